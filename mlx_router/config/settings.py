@@ -1,0 +1,357 @@
+"""The configuration schema and its loader.
+
+``config.json`` keeps the old project's shape (``defaults``, ``server``, ``models``) so existing
+files keep working. Precedence, lowest first: built-in defaults, the file, ``MLX_ROUTER_*``
+environment variables (and ``MLX_MODEL_DIR``), then CLI flags. Every problem is reported as a
+:class:`ConfigError` whose message names the key, the problem and the fix; unknown keys are
+errors with a "did you mean" suggestion, because a typo that is silently ignored is a setting
+the operator believes in and does not have.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "CHAT_TEMPLATE_NAMES",
+    "PRESSURE_LEVELS",
+    "ConfigError",
+    "Defaults",
+    "ModelConfig",
+    "ServerSettings",
+    "Settings",
+    "load_settings",
+]
+
+logger = logging.getLogger(__name__)
+
+CHAT_TEMPLATE_NAMES = ("auto", "llama3", "deepseek", "qwen", "phi4", "chatml", "gpt-oss", "generic")
+PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
+ENV_PREFIX = "MLX_ROUTER_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator (no traceback is shown)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Per-model settings (``models.<id>`` in config.json); every key is optional."""
+
+    path: str | None = Field(
+        None,
+        description="Model folder or .gguf file; relative paths are under model_directory. "
+        "Default: the folder named like the model id under model_directory.",
+    )
+    max_tokens: int | None = Field(None, ge=1, description="Default max_tokens for this model.")
+    temp: float | None = Field(None, ge=0.0, le=2.0, description="Default temperature.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Default nucleus sampling p.")
+    top_k: int | None = Field(None, ge=0, description="Default top-k (0 = off).")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Default min-p (0 = off).")
+    chat_template: str | None = Field(
+        None,
+        description="'auto' (the tokenizer's own template) or a named template: "
+        + ", ".join(CHAT_TEMPLATE_NAMES[1:]),
+    )
+    context_length: int | None = Field(
+        None, ge=16, description="Context window; default from the model's config.json."
+    )
+    required_memory_gb: float | None = Field(
+        None, gt=0, description="Memory the model needs; default measured from its weight files."
+    )
+    supports_tools: bool | None = Field(None, description="False refuses requests with tools.")
+    supports_vision: bool | None = Field(
+        None, description="Whether the model reads images; default from its config."
+    )
+    reasoning_response: Literal["enable", "disable"] | None = Field(
+        None, description="'enable' returns reasoning separately, 'disable' drops it."
+    )
+    memory_pressure_max_tokens: dict[str, int] | None = Field(
+        None, description="Cap on max_tokens per memory-pressure level (normal/moderate/high/critical)."
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is not None and value not in CHAT_TEMPLATE_NAMES:
+            raise ValueError(
+                f"unknown chat template {value!r}; use one of: {', '.join(CHAT_TEMPLATE_NAMES)}"
+            )
+        return value
+
+    @field_validator("memory_pressure_max_tokens")
+    @classmethod
+    def _known_levels(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for level, tokens in (value or {}).items():
+            if level not in PRESSURE_LEVELS:
+                raise ValueError(
+                    f"unknown pressure level {level!r}; use {', '.join(PRESSURE_LEVELS)}"
+                )
+            if tokens < 1:
+                raise ValueError(f"{level}: token cap must be at least 1")
+        return value
+
+
+class Defaults(_Section):
+    """Global defaults (``defaults`` in config.json)."""
+
+    model: str | None = Field(None, description="Model preloaded at start and pinned.")
+    model_directory: str = Field(
+        "~/models", description="Where models are discovered; MLX_MODEL_DIR overrides it."
+    )
+    max_tokens: int = Field(4096, ge=1, le=1_048_576, description="Default max_tokens.")
+    max_tokens_limit: int = Field(
+        131_072, ge=1, le=1_048_576, description="Largest max_tokens a request may ask for."
+    )
+    timeout: float = Field(120.0, gt=0, description="Seconds a request may run before it is stopped.")
+    cache_size: int = Field(1, ge=1, le=64, description="Most models resident at once.")
+    memory_threshold_gb: float = Field(
+        2.0, ge=0, description="Available memory below which pressure is 'high' (half: 'critical')."
+    )
+    safety_margin: float = Field(
+        0.9, gt=0, le=1.0, description="Fraction of available memory a model load may use."
+    )
+    swap_critical_percent: float = Field(
+        99.0, ge=0, le=100, description="Swap use (%) that, with low memory, means 'critical'."
+    )
+    swap_high_percent: float = Field(
+        90.0, ge=0, le=100, description="Swap use (%) that, with low memory, means 'high'."
+    )
+    stream: bool = Field(False, description="Stream when a request does not say.")
+    stream_chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="Obsolete: tokens are streamed as they are produced. Accepted so old "
+        "files load; a warning is logged.",
+    )
+    streaming_format: Literal["sse", "json_lines", "json_array"] = Field(
+        "sse", description="Wire format of streamed responses."
+    )
+    warmup_tokens: int = Field(
+        0, ge=0, le=256, description="Tokens generated right after a load to warm kernels."
+    )
+    enable_function_calling: bool = Field(
+        True, description="False refuses every request that carries tools."
+    )
+    embedded_model: bool = Field(
+        True,
+        description="Import and serve the bundled SmolLM2-135M-Instruct when no model is "
+        "configured or discovered.",
+    )
+
+
+class ServerSettings(_Section):
+    """Network, security and logging (``server`` in config.json)."""
+
+    ip: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8800, ge=1, le=65535, description="Port to bind.")
+    debug: bool = Field(False, description="Debug logging.")
+    api_key: str | None = Field(None, description="Bearer token clients must send.")
+    api_key_file: str | None = Field(None, description="File whose first line is the API key.")
+    allow_unauthenticated: bool = Field(
+        False, description="Allow a non-loopback bind without an API key."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty turns CORS off."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host headers accepted; empty means loopback names when bound to loopback, "
+        "any host otherwise.",
+    )
+    max_request_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
+    )
+    log_file: str | None = Field(
+        "logs/mlx_router.log", description="Rotating log file; null logs to the console only."
+    )
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Log rotation size.")
+    log_backup_count: int = Field(5, ge=0, description="Rotated log files kept.")
+    worker_start_timeout: float = Field(
+        600.0, gt=0, description="Seconds a model load may take before it is failed."
+    )
+
+
+class Settings(_Section):
+    """The whole configuration."""
+
+    defaults: Defaults = Field(default_factory=Defaults)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> Path:
+        """The resolved model directory."""
+        return Path(self.defaults.model_directory).expanduser()
+
+    def resolve_api_key(self) -> str | None:
+        """The API key from ``api_key`` or ``api_key_file`` (config or environment)."""
+        if self.server.api_key:
+            return self.server.api_key
+        if self.server.api_key_file:
+            path = Path(self.server.api_key_file).expanduser()
+            try:
+                key = path.read_text(encoding="utf-8").splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ConfigError(
+                    f"server.api_key_file: cannot read a key from {path} ({exc.__class__.__name__}); "
+                    "put the key on the file's first line or set server.api_key"
+                ) from None
+            if not key:
+                raise ConfigError(f"server.api_key_file: {path} is empty; put the key on its first line")
+            return key
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" Did you mean {match[0]!r}?" if match else f" Known keys: {', '.join(sorted(choices))}."
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Known keys of the section a validation error location points into."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        if model is Settings and part == "models":
+            model = ModelConfig
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return list(model.model_fields)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"Invalid configuration in {source}:"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            hint = _suggest(str(loc[-1]), _fields_at(loc))
+            lines.append(f"  - {key}: unknown key.{hint} Remove or rename it.")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = err.get("input")
+            value = "" if isinstance(shown, (dict, list)) else f" (got {shown!r})"
+            lines.append(f"  - {key}: {msg}{value}. Fix the value in {source}.")
+    return "\n".join(lines)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """``MLX_ROUTER_SERVER_PORT=9000`` → ``{"server": {"port": 9000}}`` and so on.
+
+    ``MLX_ROUTER_API_KEY`` and ``MLX_ROUTER_API_KEY_FILE`` are shorthands for the server keys;
+    ``MLX_MODEL_DIR`` overrides ``defaults.model_directory``.
+    """
+    out: dict[str, dict[str, Any]] = {"defaults": {}, "server": {}}
+    sections = {"SERVER_": ("server", ServerSettings), "DEFAULTS_": ("defaults", Defaults)}
+    known = [f"{ENV_PREFIX}API_KEY", f"{ENV_PREFIX}API_KEY_FILE"] + [
+        f"{ENV_PREFIX}{prefix}{name.upper()}"
+        for prefix, (_, model) in sections.items()
+        for name in model.model_fields
+    ]
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if name in (f"{ENV_PREFIX}API_KEY", f"{ENV_PREFIX}API_KEY_FILE"):
+            out["server"][name.removeprefix(ENV_PREFIX).lower()] = raw
+            continue
+        rest = name.removeprefix(ENV_PREFIX)
+        for prefix, (section, model) in sections.items():
+            key = rest.removeprefix(prefix).lower()
+            if rest.startswith(prefix) and key in model.model_fields:
+                out[section][key] = raw if model.model_fields[key].annotation is str else _parse_env_value(raw)
+                break
+        else:
+            match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" Did you mean {match[0]}?" if match else ""
+            raise ConfigError(
+                f"Unknown environment variable {name}.{hint} Unset it or use one of the "
+                f"documented MLX_ROUTER_* names."
+            )
+    if environ.get("MLX_MODEL_DIR"):
+        out["defaults"]["model_directory"] = environ["MLX_MODEL_DIR"]
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse ``config.json`` into a dict, with operator-friendly errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist. Pass --config with an existing file.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"Config file {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+            f"{exc.colno}. Check commas and quotes there."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a JSON object with defaults/server/models.")
+    return data
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from file, environment and CLI overrides (in that order)."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = read_config_file(config_path) if config_path else {}
+    source = str(config_path) if config_path else "the built-in defaults"
+    try:
+        Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    data = _merge(data, _env_overrides(environ))
+    data = _merge(data, overrides or {})
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, "the environment or command line")) from None
+    if settings.defaults.stream_chunk_size is not None:
+        logger.warning(
+            "defaults.stream_chunk_size is obsolete and has no effect: tokens are streamed as "
+            "the model produces them. Remove the key to silence this warning."
+        )
+    return settings

@@ -1,0 +1,262 @@
+"""Router-side handle of a worker process.
+
+The router never imports MLX. It spawns a worker per resident model, sends it requests and
+cancellations, and receives one message per decode step, which a reader thread hands to the
+event loop. A worker that dies fails every request it was serving with a ``worker_crashed``
+error and reports its exit to the owner through ``on_exit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes.util
+import glob
+import importlib.metadata
+import logging
+import multiprocessing as mp
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from mlx_router.engine.types import (
+    Admission,
+    EngineError,
+    GenerationChunk,
+    GenerationRequest,
+    LoadInfo,
+    WorkerOptions,
+)
+
+__all__ = ["EngineFailure", "WorkerClient", "openblas_library"]
+
+logger = logging.getLogger(__name__)
+
+_SPAWN = mp.get_context("spawn")
+
+
+class EngineFailure(Exception):
+    """A request failed inside the engine; carries the :class:`EngineError`."""
+
+    def __init__(self, error: EngineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def openblas_library() -> str | None:
+    """The system OpenBLAS to preload into CPU workers, if there is one.
+
+    The ``mlx[cpu]`` wheel bundles a reference BLAS; the system's OpenBLAS makes float32
+    matmuls an order of magnitude faster. Only for Linux CPU builds (not CUDA, not macOS).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        dists = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
+    except Exception:  # broken metadata must not stop the server
+        dists = set()
+    if any(name.startswith("mlx-cuda") for name in dists):
+        return None
+    patterns = [
+        "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0",
+        "/usr/lib/*-linux-gnu/libopenblas.so.0",
+        "/usr/lib64/libopenblas.so.0",
+    ]
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    name = ctypes.util.find_library("openblas")
+    return name if name and os.path.isabs(name) else None
+
+
+@contextmanager
+def _child_environment(extra: dict[str, str]) -> Iterator[None]:
+    """Set environment variables that a spawned child inherits, then restore them."""
+    saved = {key: os.environ.get(key) for key in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class WorkerClient:
+    """One worker process serving one model."""
+
+    def __init__(
+        self,
+        options: WorkerOptions,
+        *,
+        on_exit: Callable[[WorkerClient, str], None] | None = None,
+        blas_library: str | None = None,
+    ) -> None:
+        self.options = options
+        self.on_exit = on_exit
+        self.blas_library = blas_library
+        self.load_info: LoadInfo | None = None
+        self._process: Any = None
+        self._conn: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[str, asyncio.Queue[Admission | GenerationChunk | EngineError]] = {}
+        self._started: asyncio.Future[LoadInfo] | None = None
+        self._send_lock = threading.Lock()
+        self._closing = False
+        self.exit_reason: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_reason is None and self._process is not None and self._process.is_alive()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._streams)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def start(self, timeout: float) -> LoadInfo:
+        """Spawn the process and wait until its model is loaded."""
+        from mlx_router.engine.worker import worker_main
+
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.create_future()
+        parent, child = _SPAWN.Pipe(duplex=True)
+        env = {"LD_PRELOAD": self.blas_library} if self.blas_library else {}
+        self._process = _SPAWN.Process(
+            target=worker_main, args=(child, self.options), name=f"mlx-worker:{self.options.model_id}", daemon=True
+        )
+        with _child_environment(env):
+            await asyncio.to_thread(self._process.start)
+        child.close()
+        self._conn = parent
+        threading.Thread(target=self._read_loop, name="worker-reader", daemon=True).start()
+        try:
+            self.load_info = await asyncio.wait_for(asyncio.shield(self._started), timeout)
+        except asyncio.TimeoutError:
+            await self.stop(grace=0)
+            raise EngineFailure(
+                EngineError("internal", f"loading took longer than {timeout:.0f} s and was stopped")
+            ) from None
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        return self.load_info
+
+    def _read_loop(self) -> None:
+        conn, loop = self._conn, self._loop
+        assert loop is not None
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # an unpicklable message: report and stop reading
+                logger.error("unreadable message from worker %s: %r", self.options.model_id, exc)
+                break
+            try:
+                loop.call_soon_threadsafe(self._on_message, msg)
+            except RuntimeError:  # loop closed during shutdown
+                return
+        try:
+            loop.call_soon_threadsafe(self._on_disconnect)
+        except RuntimeError:
+            pass
+
+    def _on_message(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "step":
+            for chunk in msg[1]:
+                stream = self._streams.get(chunk.request_id)
+                if stream is not None:
+                    stream.put_nowait(chunk)
+        elif kind == "admitted":
+            stream = self._streams.get(msg[1].request_id)
+            if stream is not None:
+                stream.put_nowait(msg[1])
+        elif kind == "error":
+            error: EngineError = msg[1]
+            stream = self._streams.get(error.request_id or "")
+            if stream is not None:
+                stream.put_nowait(error)
+        elif kind == "log":
+            logger.log(msg[1], "[%s] %s", self.options.model_id, msg[2])
+        elif kind == "ready":
+            if self._started is not None and not self._started.done():
+                self._started.set_result(msg[1])
+        elif kind == "load_failed":
+            if self._started is not None and not self._started.done():
+                self._started.set_exception(EngineFailure(EngineError(msg[1], msg[2])))
+
+    def _on_disconnect(self) -> None:
+        process = self._process
+        if process is not None:
+            process.join(timeout=5)
+        code = process.exitcode if process is not None else None
+        if self._closing:
+            reason = "stopped"
+        elif code is not None and code < 0:
+            reason = f"worker process was killed by signal {-code}"
+        else:
+            reason = f"worker process exited with code {code}"
+        self.exit_reason = reason
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(EngineFailure(EngineError("worker_crashed", f"model load failed: {reason}")))
+        for request_id, stream in list(self._streams.items()):
+            stream.put_nowait(EngineError("worker_crashed", f"the model's {reason}", request_id))
+        if self.on_exit is not None:
+            self.on_exit(self, reason)
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._conn.send(msg)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Admission | GenerationChunk]:
+        """The :class:`Admission` of one request, then its chunks; leaving early cancels it."""
+        if not self.alive:
+            raise EngineFailure(EngineError("worker_crashed", f"the model's {self.exit_reason or 'worker is not running'}"))
+        stream: asyncio.Queue[Admission | GenerationChunk | EngineError] = asyncio.Queue()
+        self._streams[request.request_id] = stream
+        finished = False
+        try:
+            self._send(("generate", request))
+            while True:
+                item = await stream.get()
+                if isinstance(item, EngineError):
+                    finished = True
+                    raise EngineFailure(item)
+                if isinstance(item, GenerationChunk) and item.finish_reason is not None:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished and self.alive:
+                try:
+                    self._send(("cancel", request.request_id))
+                except (OSError, ValueError):
+                    pass
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Ask the worker to exit; kill it after ``grace`` seconds."""
+        self._closing = True
+        process = self._process
+        if process is None:
+            return
+        if self._conn is not None and process.is_alive():
+            try:
+                self._send(("shutdown",))
+            except (OSError, ValueError):
+                pass
+        await asyncio.to_thread(process.join, grace)
+        if process.is_alive():
+            process.kill()
+            await asyncio.to_thread(process.join, 5)

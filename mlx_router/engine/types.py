@@ -1,0 +1,119 @@
+"""Small, picklable types exchanged between the router and a worker process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Admission",
+    "EngineError",
+    "EngineErrorKind",
+    "FinishReason",
+    "GenerationChunk",
+    "GenerationParams",
+    "GenerationRequest",
+    "LoadInfo",
+    "WorkerOptions",
+]
+
+FinishReason = Literal["stop", "length", "cancelled"]
+EngineErrorKind = Literal[
+    "invalid_request", "context_length", "out_of_memory", "internal", "worker_crashed"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Sampling and stopping parameters of one sequence, already resolved against defaults."""
+
+    max_tokens: int
+    """Upper bound on generated tokens; the worker lowers it to the context left."""
+    temperature: float = 0.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    min_p: float = 0.0
+    seed: int | None = None
+    """Same seed and same request give the same output."""
+    stop: tuple[str, ...] = ()
+    """Stop strings; the text from the first match on is not returned."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Additive bias per token id."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One sequence to generate. Exactly one of ``messages`` and ``prompt`` is set."""
+
+    request_id: str
+    params: GenerationParams
+    messages: tuple[dict[str, Any], ...] | None = None
+    """Chat messages, already normalised to what chat templates expect."""
+    prompt: str | None = None
+    """A raw prompt (completions)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineError:
+    """A failure of one request (or of the worker when ``request_id`` is None)."""
+
+    kind: EngineErrorKind
+    message: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Sent when the worker has tokenized a request and accepted it, before prefill."""
+
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    """max_tokens after bounding by the context left."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """What one decode step produced for one sequence."""
+
+    request_id: str
+    text: str
+    """New text since the previous chunk (may be empty while a multi-byte character builds)."""
+    completion_tokens: int
+    """Tokens generated so far for this sequence."""
+    prompt_tokens: int
+    finish_reason: FinishReason | None = None
+    """Set on the last chunk of a sequence."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadInfo:
+    """What a worker reports once its model is ready."""
+
+    load_seconds: float
+    weight_bytes: int
+    """Bytes of the model's weights as MLX holds them (its active memory after load)."""
+    context_length: int
+    eos_token_ids: tuple[int, ...]
+    has_chat_template: bool
+    backend: str
+    """``cpu``, ``gpu`` (Metal or CUDA)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """What a worker process needs to load its model."""
+
+    model_id: str
+    model_path: str
+    context_length: int | None = None
+    """Override of the model's own context window."""
+    chat_template: str | None = None
+    """A named template, or None / ``auto`` for the tokenizer's own."""
+    warmup_tokens: int = 0

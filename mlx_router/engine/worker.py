@@ -1,0 +1,129 @@
+"""The worker process: owns one model and every MLX call made for it.
+
+Protocol over a ``multiprocessing`` pipe (tuples, pickled):
+
+router → worker
+    ``("generate", GenerationRequest)``, ``("cancel", request_id)``, ``("shutdown",)``
+worker → router
+    ``("ready", LoadInfo)`` or ``("load_failed", kind, message)`` once, after the load;
+    ``("admitted", Admission)`` when a request is tokenized and accepted (before prefill);
+    ``("step", [GenerationChunk, ...])`` once per decode step, for all active sequences;
+    ``("error", EngineError)`` for a request that failed;
+    ``("log", levelno, message)`` for lines the router should log.
+
+A reader thread drains the pipe into a queue so the router never blocks on a full pipe and
+cancellations are seen between decode steps. All MLX work happens on the main thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from mlx_router.engine.types import Admission, EngineError, GenerationChunk, WorkerOptions
+
+__all__ = ["worker_main"]
+
+
+def _reader(conn: Connection, inbox: queue.Queue[tuple[Any, ...]]) -> None:
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            inbox.put(("shutdown",))
+            return
+        inbox.put(msg)
+        if msg[0] == "shutdown":
+            return
+
+
+class _Worker:
+    def __init__(self, conn: Connection, options: WorkerOptions) -> None:
+        self.conn = conn
+        self.options = options
+        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.active: dict[str, Any] = {}
+        self.send_lock = threading.Lock()
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            self.conn.send(msg)
+
+    def log(self, level: int, message: str) -> None:
+        self.send(("log", level, message))
+
+    def run(self) -> None:
+        threading.Thread(target=_reader, args=(self.conn, self.inbox), daemon=True).start()
+        try:
+            from mlx_router.engine.lm import LMEngine
+
+            engine = LMEngine.load(
+                self.options.model_path,
+                context_length=self.options.context_length,
+                chat_template=self.options.chat_template,
+            )
+            engine.warmup(self.options.warmup_tokens)
+        except Exception as exc:  # any load failure is reported, never raised past here
+            from mlx_router.engine.lm import classify_exception
+
+            kind = classify_exception(exc, None).kind
+            detail = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+            self.send(("load_failed", kind, f"{exc.__class__.__name__}: {detail}"))
+            return
+        self.send(("ready", engine.load_info))
+        self.loop(engine)
+
+    def loop(self, engine: Any) -> None:
+        from mlx_router.engine.lm import RequestRejected, classify_exception
+
+        while True:
+            block = not self.active
+            while True:
+                try:
+                    msg = self.inbox.get(block=block)
+                except queue.Empty:
+                    break
+                block = False
+                kind = msg[0]
+                if kind == "shutdown":
+                    return
+                if kind == "cancel":
+                    self.active.pop(msg[1], None)
+                elif kind == "generate":
+                    request = msg[1]
+                    try:
+                        seq = engine.start(request)
+                        self.active[request.request_id] = seq
+                        self.send(("admitted", Admission(request.request_id, seq.prompt_tokens, seq.max_tokens)))
+                    except RequestRejected as exc:
+                        self.send(("error", EngineError(exc.kind, exc.message, request.request_id)))  # type: ignore[arg-type]
+                    except Exception as exc:
+                        self.send(("error", classify_exception(exc, request.request_id)))
+            chunks: list[GenerationChunk] = []
+            for request_id, seq in list(self.active.items()):
+                try:
+                    chunk = seq.step()
+                except Exception as exc:
+                    del self.active[request_id]
+                    self.send(("error", classify_exception(exc, request_id)))
+                    continue
+                if chunk.finish_reason is not None:
+                    del self.active[request_id]
+                chunks.append(chunk)
+            if chunks:
+                self.send(("step", chunks))
+
+
+def worker_main(conn: Connection, options: WorkerOptions) -> None:
+    """Entry point of the spawned process."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download while serving
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        _Worker(conn, options).run()
+    finally:
+        conn.close()

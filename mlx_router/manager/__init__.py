@@ -1,0 +1,15 @@
+"""The model manager: which models exist, which are resident, and memory pressure."""
+
+from mlx_router.manager.manager import LoadedModel, MLXModelManager, ModelState
+from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor
+from mlx_router.manager.registry import ModelEntry, discover_models
+
+__all__ = [
+    "LoadedModel",
+    "MLXModelManager",
+    "MemorySnapshot",
+    "ModelEntry",
+    "ModelState",
+    "ResourceMonitor",
+    "discover_models",
+]

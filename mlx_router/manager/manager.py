@@ -1,0 +1,359 @@
+"""``MLXModelManager``: the lifecycle of every model the router serves.
+
+Each model is UNLOADED → LOADING → READY → UNLOADING, or FAILED with a reason. Loads are
+single-flight (concurrent first requests share one load). A model with requests in flight or
+pinned is never unloaded to make room; ``defaults.cache_size`` bounds how many are resident.
+All MLX work, GGUF imports included, happens in child processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from mlx_router.config.settings import ConfigError, Settings
+from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
+from mlx_router.engine.types import LoadInfo, WorkerOptions
+from mlx_router.errors import InsufficientMemory, ModelLoadFailed, ModelNotFound, ServiceUnavailable
+from mlx_router.manager.memory import ResourceMonitor
+from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry
+
+__all__ = ["EMBEDDED_MODEL_ID", "LoadedModel", "MLXModelManager", "ModelState"]
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
+GB = 1024**3
+
+ClientFactory = Callable[..., Any]
+
+
+class ModelState(str, Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass
+class _Resident:
+    client: Any
+    load_info: LoadInfo
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A READY model handed to one request for its duration."""
+
+    entry: ModelEntry
+    client: Any
+    load_info: LoadInfo
+
+
+def _import_gguf_job(src: str, dst: str, dequantize: bool) -> str:
+    """Runs in a child process: GGUF → MLX folder (the router process never touches MLX)."""
+    from mlx_router.importers.gguf import import_gguf
+
+    return str(import_gguf(src, dst, dequantize=dequantize))
+
+
+class MLXModelManager:
+    """Registry, residency and health of models."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_factory: ClientFactory | None = None,
+        monitor: ResourceMonitor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.monitor = monitor or ResourceMonitor(settings.defaults)
+        self._blas = openblas_library()
+        self._client_factory = client_factory or self._default_client
+        self.entries: dict[str, ModelEntry] = {}
+        self.states: dict[str, ModelState] = {}
+        self.failures: dict[str, str] = {}
+        self.pinned: set[str] = set()
+        self._resident: dict[str, _Resident] = {}
+        self._loading: dict[str, asyncio.Future[_Resident]] = {}
+        self._room_lock = asyncio.Lock()
+        self.started_at = time.time()
+        self.worker_restarts = 0
+        self.loads = 0
+
+    # ---------------------------------------------------------------- registry
+
+    def _default_client(self, options: WorkerOptions, on_exit: Callable[..., None]) -> WorkerClient:
+        return WorkerClient(options, on_exit=on_exit, blas_library=self._blas)
+
+    def refresh_registry(self) -> None:
+        """Re-read config and model directory; states of known models are kept."""
+        self.entries = build_registry(self.settings.models, self.settings.model_dir)
+        for model_id in self.entries:
+            self.states.setdefault(model_id, ModelState.UNLOADED)
+
+    async def start(self) -> None:
+        """Build the registry, import the embedded model if nothing else exists, preload."""
+        self.refresh_registry()
+        if not self.entries and self.settings.defaults.embedded_model:
+            await self._import_embedded()
+            self.refresh_registry()
+        logger.info("Serving %d model(s): %s", len(self.entries), ", ".join(sorted(self.entries)) or "none")
+        default = self.settings.defaults.model
+        if default:
+            if default not in self.entries:
+                raise ConfigError(
+                    f"defaults.model: {default!r} is not a known model. Known models: "
+                    f"{', '.join(sorted(self.entries)) or 'none'}. Fix defaults.model or add the model "
+                    f"under models / the model directory."
+                )
+            self.pinned.add(default)
+            async with self.acquire(default):
+                pass
+
+    async def _import_embedded(self) -> None:
+        from mlx_router.importers.gguf import find_embedded_gguf
+
+        gguf = find_embedded_gguf()
+        if gguf is None:
+            logger.warning("No model configured or discovered, and the embedded model package is not installed.")
+            return
+        target = self.settings.model_dir / EMBEDDED_MODEL_ID
+        logger.info("Importing the embedded %s into the model directory (once)", EMBEDDED_MODEL_ID)
+        started = time.perf_counter()
+        await self._run_import(gguf, target)
+        logger.info("Imported %s in %.1f s", EMBEDDED_MODEL_ID, time.perf_counter() - started)
+
+    async def _run_import(self, src: Path, dst: Path) -> Path:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # Float32 is faster than 4-bit on a CPU with OpenBLAS; elsewhere keep the quantized weights.
+        dequantize = self._blas is not None
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            return Path(await loop.run_in_executor(pool, _import_gguf_job, str(src), str(dst), dequantize))
+
+    def resolve(self, model_id: str) -> ModelEntry:
+        """The entry for a requested id; unknown ids are a 404 that touches nothing."""
+        entry = self.entries.get(model_id)
+        if entry is None:
+            available = ", ".join(sorted(self.entries)) or "none"
+            raise ModelNotFound(
+                f"The model {model_id!r} does not exist. Available models: {available}.", param="model"
+            )
+        return entry
+
+    # ---------------------------------------------------------------- residency
+
+    @asynccontextmanager
+    async def acquire(self, model_id: str) -> AsyncIterator[LoadedModel]:
+        """Hold a READY model for one request; it cannot be unloaded while held."""
+        entry = self.resolve(model_id)
+        resident = await self._ensure_loaded(entry)
+        resident.in_flight += 1
+        try:
+            yield LoadedModel(entry, resident.client, resident.load_info)
+        finally:
+            resident.in_flight -= 1
+            resident.last_used = time.monotonic()
+
+    async def _ensure_loaded(self, entry: ModelEntry) -> _Resident:
+        while True:
+            resident = self._resident.get(entry.id)
+            if resident is not None and resident.client.alive:
+                return resident
+            pending = self._loading.get(entry.id)
+            if pending is not None:
+                return await asyncio.shield(pending)
+            future: asyncio.Future[_Resident] = asyncio.get_running_loop().create_future()
+            self._loading[entry.id] = future
+            try:
+                resident = await self._load(entry)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters (if any) re-raise it themselves
+                raise
+            else:
+                future.set_result(resident)
+                return resident
+            finally:
+                del self._loading[entry.id]
+
+    async def _load(self, entry: ModelEntry) -> _Resident:
+        self.states[entry.id] = ModelState.LOADING
+        self.failures.pop(entry.id, None)
+        try:
+            await self._make_room(entry.id)
+            path = await self._materialize(entry)
+            options = WorkerOptions(
+                model_id=entry.id,
+                model_path=str(path),
+                context_length=entry.config.context_length,
+                chat_template=entry.config.chat_template,
+                warmup_tokens=self.settings.defaults.warmup_tokens,
+            )
+            client = self._client_factory(options, self._on_worker_exit)
+            info = await client.start(self.settings.server.worker_start_timeout)
+        except EngineFailure as exc:
+            self._fail(entry.id, exc.error.message)
+            if exc.error.kind == "out_of_memory":
+                raise InsufficientMemory(f"Model {entry.id!r} does not fit in memory: {exc.error.message}") from None
+            raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {exc.error.message}") from None
+        except Exception as exc:
+            if isinstance(exc, ServiceUnavailable):
+                self.states[entry.id] = ModelState.UNLOADED
+                raise
+            self._fail(entry.id, f"{exc.__class__.__name__}: {str(exc)[:300]}")
+            raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {self.failures[entry.id]}") from None
+        self.loads += 1
+        resident = _Resident(client, info)
+        self._resident[entry.id] = resident
+        self.states[entry.id] = ModelState.READY
+        logger.info(
+            "Loaded %s in %.2f s (%.2f GB on %s, context %d)",
+            entry.id,
+            info.load_seconds,
+            info.weight_bytes / GB,
+            info.backend,
+            info.context_length,
+        )
+        return resident
+
+    def _fail(self, model_id: str, reason: str) -> None:
+        self.states[model_id] = ModelState.FAILED
+        self.failures[model_id] = reason
+        logger.error("Model %s failed: %s", model_id, reason)
+
+    async def _materialize(self, entry: ModelEntry) -> Path:
+        """The MLX folder of a model; GGUF files are imported on first use."""
+        if not entry.is_gguf:
+            return entry.path
+        target = self.settings.model_dir / IMPORT_DIR_NAME / entry.id.replace("/", "__")
+        return await self._run_import(entry.path, target)
+
+    async def _make_room(self, model_id: str) -> None:
+        """Unload idle models (least recently used first) until one more fits the cache."""
+        async with self._room_lock:
+            while len(self._resident) + 1 > self.settings.defaults.cache_size:
+                idle = [
+                    (r.last_used, mid)
+                    for mid, r in self._resident.items()
+                    if r.in_flight == 0 and mid not in self.pinned and mid != model_id
+                ]
+                if not idle:
+                    busy = ", ".join(sorted(self._resident))
+                    raise ServiceUnavailable(
+                        f"Cannot load {model_id!r} now: all {self.settings.defaults.cache_size} model "
+                        f"slot(s) are held by models in use or pinned ({busy}). Retry shortly or raise "
+                        "defaults.cache_size.",
+                        code="model_slots_busy",
+                        headers={"Retry-After": "5"},
+                    )
+                await self.unload(min(idle)[1])
+
+    async def unload(self, model_id: str) -> None:
+        resident = self._resident.pop(model_id, None)
+        if resident is None:
+            return
+        self.states[model_id] = ModelState.UNLOADING
+        logger.info("Unloading %s", model_id)
+        await resident.client.stop()
+        self.states[model_id] = ModelState.UNLOADED
+
+    def _on_worker_exit(self, client: Any, reason: str) -> None:
+        for model_id, resident in list(self._resident.items()):
+            if resident.client is client:
+                del self._resident[model_id]
+                self.worker_restarts += 1
+                self._fail(model_id, reason)
+
+    async def close(self) -> None:
+        for model_id in list(self._resident):
+            await self.unload(model_id)
+
+    # ---------------------------------------------------------------- reporting
+
+    def is_ready(self) -> tuple[bool, str]:
+        """Whether the server can serve requests now, and why not."""
+        if not self.entries:
+            return False, "no models are available"
+        default = self.settings.defaults.model
+        if default and self.states.get(default) != ModelState.READY:
+            state = self.states.get(default, ModelState.UNLOADED).value
+            reason = self.failures.get(default)
+            return False, f"default model {default} is {state}" + (f": {reason}" if reason else "")
+        return True, "ok"
+
+    def max_tokens_cap(self, entry: ModelEntry) -> tuple[int | None, str]:
+        """The per-model cap for the current memory-pressure level, if configured."""
+        level = self.monitor.snapshot().level
+        caps = entry.config.memory_pressure_max_tokens or {}
+        return caps.get(level), level
+
+    def model_info(self, entry: ModelEntry) -> dict[str, Any]:
+        """The old project's ``memory_requirements`` and ``parameters`` plus state."""
+        resident = self._resident.get(entry.id)
+        measured = resident.load_info.weight_bytes if resident else entry.weight_bytes
+        required_gb = entry.config.required_memory_gb or round(measured / GB, 3)
+        snapshot = self.monitor.snapshot()
+        budget_gb = snapshot.available_bytes / GB * self.settings.defaults.safety_margin
+        can_load = resident is not None or required_gb <= budget_gb
+        if resident is not None:
+            reason = "Loaded"
+        elif can_load:
+            reason = "Available for loading"
+        else:
+            reason = f"Needs {required_gb:.2f} GB, {budget_gb:.2f} GB usable now"
+        state = self.states.get(entry.id, ModelState.UNLOADED)
+        defaults = self.settings.defaults
+        return {
+            "state": state.value,
+            "failure_reason": self.failures.get(entry.id),
+            "memory_requirements": {
+                "required_gb": required_gb,
+                "weight_bytes": measured,
+                "measured_from": "mlx_active_memory" if resident else "weight_files",
+                "can_load_now": can_load,
+                "load_status_reason": reason,
+            },
+            "parameters": {
+                "max_tokens": entry.config.max_tokens or defaults.max_tokens,
+                "chat_template": entry.config.chat_template or "auto",
+                "context_length": resident.load_info.context_length if resident else entry.config.context_length,
+            },
+        }
+
+    def health(self) -> dict[str, Any]:
+        snapshot = self.monitor.snapshot()
+        loaded = [
+            {
+                "id": mid,
+                "in_flight": r.in_flight,
+                "pid": getattr(r.client, "pid", None),
+                "weight_gb": round(r.load_info.weight_bytes / GB, 3),
+                "backend": r.load_info.backend,
+                "pinned": mid in self.pinned,
+            }
+            for mid, r in self._resident.items()
+        ]
+        return {
+            "memory": snapshot.to_dict(),
+            "pressure": snapshot.level,
+            "loaded_models": loaded,
+            "current_model": loaded[0]["id"] if loaded else None,
+            "models": {mid: state.value for mid, state in sorted(self.states.items())},
+            "loads": self.loads,
+            "worker_restarts": self.worker_restarts,
+        }

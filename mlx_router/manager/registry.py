@@ -1,0 +1,139 @@
+"""Model discovery: which model ids exist and where their files are.
+
+Ids are the only thing a request can name; a request never supplies a path. Discovery looks
+at ``model_directory`` for plain model folders (``name/config.json``), ``org/name`` trees
+(LM Studio's layout), Hugging Face cache folders (``models--org--name/snapshots/<hash>/``,
+newest complete snapshot) and ``.gguf`` files (imported on first use). Entries from the
+``models`` section of config.json win over discovered ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mlx_router.config.settings import ModelConfig
+
+__all__ = ["IMPORT_DIR_NAME", "ModelEntry", "discover_models", "weight_bytes"]
+
+logger = logging.getLogger(__name__)
+
+IMPORT_DIR_NAME = ".gguf-imports"
+"""Folder under model_directory where GGUF files are imported to MLX folders."""
+
+Source = Literal["config", "discovered", "embedded"]
+
+
+@dataclass
+class ModelEntry:
+    """A servable model id and what is known about it before loading."""
+
+    id: str
+    path: Path
+    config: ModelConfig
+    source: Source
+    weight_bytes: int
+    """Bytes of the weight files on disk (safetensors, or the GGUF file)."""
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.path.suffix == ".gguf"
+
+
+def weight_bytes(path: Path) -> int:
+    """Size of a model's weights as stored: its ``*.safetensors`` files or the GGUF file."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.glob("*.safetensors") if p.is_file())
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _hf_snapshot(repo_dir: Path) -> Path | None:
+    """The newest snapshot of an HF cache repo folder that holds a complete model."""
+    snapshots = repo_dir / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    candidates = [p for p in snapshots.iterdir() if p.is_dir() and _is_complete(p)]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _is_complete(folder: Path) -> bool:
+    """A folder whose sharded-weights index (if any) names only files that exist."""
+    if not _is_model_folder(folder):
+        return False
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return False
+        return all((folder / name).is_file() for name in names)
+    return True
+
+
+def discover_models(model_dir: Path) -> dict[str, Path]:
+    """Map model id → folder (or .gguf file) for everything found under ``model_dir``."""
+    found: dict[str, Path] = {}
+    if not model_dir.is_dir():
+        return found
+    for child in sorted(model_dir.iterdir()):
+        name = child.name
+        if name.startswith(".") or name == IMPORT_DIR_NAME:
+            continue
+        if child.is_file() and child.suffix == ".gguf":
+            found.setdefault(child.stem, child)
+        elif child.is_dir() and name.startswith("models--"):
+            parts = name.split("--")[1:]
+            snapshot = _hf_snapshot(child)
+            if snapshot is not None and parts:
+                found.setdefault("/".join(parts), snapshot)
+        elif child.is_dir() and _is_complete(child):
+            found.setdefault(name, child)
+        elif child.is_dir():
+            for sub in sorted(child.iterdir()):
+                if sub.is_dir() and _is_complete(sub):
+                    found.setdefault(f"{name}/{sub.name}", sub)
+                elif sub.is_file() and sub.suffix == ".gguf":
+                    found.setdefault(f"{name}/{sub.stem}", sub)
+    return found
+
+
+def build_registry(models: dict[str, ModelConfig], model_dir: Path) -> dict[str, ModelEntry]:
+    """Entries for configured models (which must exist) plus discovered ones."""
+    entries: dict[str, ModelEntry] = {}
+    discovered = discover_models(model_dir)
+    for model_id, config in models.items():
+        path = _configured_path(model_id, config, model_dir, discovered)
+        if path is None:
+            logger.warning(
+                "Configured model %r was not found under the model directory; it is not served. "
+                "Set models.%s.path or place the model folder there.",
+                model_id,
+                model_id,
+            )
+            continue
+        entries[model_id] = ModelEntry(model_id, path, config, "config", weight_bytes(path))
+    for model_id, path in discovered.items():
+        if model_id not in entries and not any(e.path == path for e in entries.values()):
+            entries[model_id] = ModelEntry(model_id, path, ModelConfig(), "discovered", weight_bytes(path))
+    return entries
+
+
+def _configured_path(
+    model_id: str, config: ModelConfig, model_dir: Path, discovered: dict[str, Path]
+) -> Path | None:
+    if config.path:
+        path = Path(config.path).expanduser()
+        path = path if path.is_absolute() else model_dir / path
+        return path if (path.is_file() and path.suffix == ".gguf") or _is_complete(path) else None
+    if model_id in discovered:
+        return discovered[model_id]
+    # The old project's ids are Hub names ("mlx-community/X"); accept a folder named like the last part.
+    tail = model_id.rsplit("/", 1)[-1]
+    return discovered.get(tail)

@@ -1,0 +1,26 @@
+"""``GET /v1/models`` shapes, with the old project's memory fields as extensions."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from mlx_router.protocol.common import OpenAIResponse
+
+__all__ = ["ModelCard", "ModelList"]
+
+
+class ModelCard(OpenAIResponse):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mlx-router"
+    state: str
+    failure_reason: str | None = None
+    memory_requirements: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class ModelList(OpenAIResponse):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+    memory_status: dict[str, Any]
