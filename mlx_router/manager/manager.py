@@ -90,6 +90,9 @@ class MLXModelManager:
         self._resident: dict[str, _Resident] = {}
         self._loading: dict[str, asyncio.Future[_Resident]] = {}
         self._room_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self.default_model: str | None = settings.defaults.model
+        """Preloaded and pinned; the embedded model takes this role when it is the fallback."""
         self.started_at = time.time()
         self.worker_restarts = 0
         self.loads = 0
@@ -111,8 +114,10 @@ class MLXModelManager:
         if not self.entries and self.settings.defaults.embedded_model:
             await self._import_embedded()
             self.refresh_registry()
+            if self.default_model is None and EMBEDDED_MODEL_ID in self.entries:
+                self.default_model = EMBEDDED_MODEL_ID
         logger.info("Serving %d model(s): %s", len(self.entries), ", ".join(sorted(self.entries)) or "none")
-        default = self.settings.defaults.model
+        default = self.default_model
         if default:
             if default not in self.entries:
                 raise ConfigError(
@@ -273,13 +278,26 @@ class MLXModelManager:
         self.states[model_id] = ModelState.UNLOADED
 
     def _on_worker_exit(self, client: Any, reason: str) -> None:
+        """A worker died: its requests already got errors; pinned models come back at once."""
         for model_id, resident in list(self._resident.items()):
             if resident.client is client:
                 del self._resident[model_id]
                 self.worker_restarts += 1
                 self._fail(model_id, reason)
+                if model_id in self.pinned:
+                    task = asyncio.get_running_loop().create_task(self._reload_pinned(model_id))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+
+    async def _reload_pinned(self, model_id: str) -> None:
+        try:
+            await self._ensure_loaded(self.entries[model_id])
+        except Exception as exc:  # the state already says FAILED with the reason
+            logger.error("Restarting pinned model %s failed: %s", model_id, exc)
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for model_id in list(self._resident):
             await self.unload(model_id)
 
@@ -289,7 +307,7 @@ class MLXModelManager:
         """Whether the server can serve requests now, and why not."""
         if not self.entries:
             return False, "no models are available"
-        default = self.settings.defaults.model
+        default = self.default_model
         if default and self.states.get(default) != ModelState.READY:
             state = self.states.get(default, ModelState.UNLOADED).value
             reason = self.failures.get(default)

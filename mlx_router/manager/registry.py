@@ -119,8 +119,11 @@ def build_registry(models: dict[str, ModelConfig], model_dir: Path) -> dict[str,
             )
             continue
         entries[model_id] = ModelEntry(model_id, path, config, "config", weight_bytes(path))
+    # A configured id that found its folder by name (e.g. "org/X" → folder X) stands for that
+    # folder; one with an explicit `path` is an alias with its own settings, beside it.
+    claimed = {e.path for e in entries.values() if not e.config.path}
     for model_id, path in discovered.items():
-        if model_id not in entries and not any(e.path == path for e in entries.values()):
+        if model_id not in entries and path not in claimed:
             entries[model_id] = ModelEntry(model_id, path, ModelConfig(), "discovered", weight_bytes(path))
     return entries
 
