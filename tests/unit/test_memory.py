@@ -1,0 +1,35 @@
+"""The pressure rule, as a table."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlx_router.config.settings import Defaults
+from mlx_router.manager.memory import ResourceMonitor, pressure_level
+
+DEFAULTS = Defaults(memory_threshold_gb=2.0, swap_high_percent=90.0, swap_critical_percent=99.0)
+
+
+@pytest.mark.parametrize(
+    ("available_gb", "swap_percent", "psi", "level"),
+    [
+        (64.0, 0.0, None, "normal"),
+        (64.0, 100.0, None, "normal"),  # swap alone never raises the level (macOS keeps swap around)
+        (5.0, 95.0, 0.0, "normal"),
+        (3.9, 0.0, None, "moderate"),
+        (8.0, 0.0, 25.0, "moderate"),  # PSI memory stalls
+        (3.5, 95.0, None, "high"),
+        (1.9, 0.0, None, "high"),
+        (1.5, 99.5, None, "critical"),
+        (0.9, 0.0, None, "critical"),
+    ],
+)
+def test_pressure_levels(available_gb: float, swap_percent: float, psi: float | None, level: str) -> None:
+    assert pressure_level(available_gb, swap_percent, psi, DEFAULTS) == level
+
+
+def test_snapshot_reads_this_machine() -> None:
+    snap = ResourceMonitor(DEFAULTS).snapshot()
+    assert snap.total_bytes > 0 and 0 < snap.available_bytes <= snap.total_bytes
+    assert snap.level in ("normal", "moderate", "high", "critical")
+    assert set(snap.to_dict()) >= {"total_gb", "available_gb", "pressure", "swap_percent"}

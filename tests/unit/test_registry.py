@@ -1,0 +1,67 @@
+"""Discovery: which folders become model ids, and configured entries."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from mlx_router.config.settings import ModelConfig
+from mlx_router.manager.registry import IMPORT_DIR_NAME, build_registry, discover_models
+
+
+def model_folder(path: Path, weights: int = 10, shards: list[str] | None = None) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    for name in shards or ["model.safetensors"]:
+        (path / name).write_bytes(b"x" * weights)
+    return path
+
+
+def test_layouts(tmp_path: Path) -> None:
+    model_folder(tmp_path / "plain")
+    model_folder(tmp_path / "org" / "name")
+    old = model_folder(tmp_path / "models--acme--chat" / "snapshots" / "aaa")
+    new = model_folder(tmp_path / "models--acme--chat" / "snapshots" / "bbb")
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    (tmp_path / "local.gguf").write_bytes(b"GGUF")
+    (tmp_path / "empty").mkdir()
+    model_folder(tmp_path / IMPORT_DIR_NAME / "imported")
+    model_folder(tmp_path / ".hidden")
+    found = discover_models(tmp_path)
+    assert found == {
+        "plain": tmp_path / "plain",
+        "org/name": tmp_path / "org" / "name",
+        "acme/chat": new,
+        "local": tmp_path / "local.gguf",
+    }
+
+
+def test_incomplete_sharded_snapshot_is_skipped(tmp_path: Path) -> None:
+    complete = model_folder(tmp_path / "models--a--b" / "snapshots" / "old")
+    broken = model_folder(tmp_path / "models--a--b" / "snapshots" / "new", shards=["model-00001.safetensors"])
+    index = {"weight_map": {"x": "model-00001.safetensors", "y": "model-00002.safetensors"}}
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    os.utime(complete, (time.time() - 100, time.time() - 100))
+    assert discover_models(tmp_path) == {"a/b": complete}
+
+
+def test_registry_measures_weights_and_honours_config(tmp_path: Path) -> None:
+    model_folder(tmp_path / "Llama-3.2-3B-Instruct-4bit", weights=1234)
+    model_folder(tmp_path / "other", weights=7)
+    models = {
+        "mlx-community/Llama-3.2-3B-Instruct-4bit": ModelConfig(max_tokens=99),
+        "alias": ModelConfig(path="other", context_length=64),
+        "missing": ModelConfig(),
+    }
+    entries = build_registry(models, tmp_path)
+    assert set(entries) == {"mlx-community/Llama-3.2-3B-Instruct-4bit", "alias", "other"}
+    hub = entries["mlx-community/Llama-3.2-3B-Instruct-4bit"]
+    assert hub.weight_bytes == 1234 and hub.config.max_tokens == 99 and hub.source == "config"
+    assert entries["alias"].path == tmp_path / "other" and entries["alias"].config.context_length == 64
+    assert entries["other"].source == "discovered"
+
+
+def test_missing_directory_is_empty(tmp_path: Path) -> None:
+    assert discover_models(tmp_path / "nope") == {}
