@@ -38,6 +38,7 @@ from mlx_router.protocol.chat import (
     ResponseMessage,
 )
 from mlx_router.protocol.common import new_id, now, usage
+from mlx_router.text.reasoning import ReasoningSplitter
 
 __all__ = ["ChatService", "SYSTEM_FINGERPRINT", "engine_error"]
 
@@ -65,6 +66,16 @@ class _Prepared:
     request: GenerationRequest
     stream: bool
     include_usage: bool
+
+    def splitter(self, admission: Admission) -> ReasoningSplitter | None:
+        """A reasoning splitter when the model's ``reasoning_response`` asks for one."""
+        if self.entry.config.reasoning_response is None:
+            return None
+        return ReasoningSplitter(inside=admission.reasoning_open)
+
+    def reasoning_out(self, reasoning: str) -> str | None:
+        """Reasoning text as returned: separated when enabled, dropped when disabled."""
+        return reasoning if reasoning and self.entry.config.reasoning_response == "enable" else None
 
 
 class ChatService:
@@ -153,6 +164,12 @@ class ChatService:
                 last = item
         assert last is not None and last.finish_reason is not None
         self._log_done(prep, admission, last, time.perf_counter() - started)
+        content, reasoning = "".join(parts), ""
+        splitter = prep.splitter(admission)
+        if splitter is not None:
+            reasoning, content = splitter.feed(content)
+            more_reasoning, more_content = splitter.flush()
+            reasoning, content = reasoning + more_reasoning, content + more_content
         return ChatCompletionResponse(
             id=new_id("chatcmpl"),
             created=now(),
@@ -160,7 +177,7 @@ class ChatService:
             choices=[
                 Choice(
                     index=0,
-                    message=ResponseMessage(content="".join(parts)),
+                    message=ResponseMessage(content=content, reasoning_content=prep.reasoning_out(reasoning)),
                     finish_reason=_finish(last.finish_reason),
                 )
             ],
@@ -189,14 +206,22 @@ class ChatService:
             )
 
         yield chunk(Delta(role="assistant", content=""))
+        splitter = prep.splitter(admission)
         last: GenerationChunk | None = None
         try:
             async for item in events:
                 if not isinstance(item, GenerationChunk):
                     continue
                 last = item
-                if item.text:
-                    yield chunk(Delta(content=item.text))
+                reasoning, content = "", item.text
+                if splitter is not None:
+                    reasoning, content = splitter.feed(item.text)
+                    if item.finish_reason is not None:
+                        more_reasoning, more_content = splitter.flush()
+                        reasoning, content = reasoning + more_reasoning, content + more_content
+                shown_reasoning = prep.reasoning_out(reasoning)
+                if content or shown_reasoning:
+                    yield chunk(Delta(content=content or None, reasoning_content=shown_reasoning))
                 if item.finish_reason is not None:
                     yield chunk(Delta(), _finish(item.finish_reason))
         finally:

@@ -99,6 +99,7 @@ class Sequence:
             logits_processors=_logits_processors(request.params),
         )
         self.finished = False
+        self.reasoning_open = False
 
     def step(self) -> GenerationChunk:
         """Advance one token; the chunk carries the text that may be shown now."""
@@ -219,7 +220,10 @@ class LMEngine:
                 f"the prompt has {len(prompt_ids)} tokens, which does not fit this model's "
                 f"context of {self.context_length} tokens",
             )
-        return Sequence(request, prompt_ids, self, min(request.params.max_tokens, room))
+        seq = Sequence(request, prompt_ids, self, min(request.params.max_tokens, room))
+        tail = self.tokenizer.decode(prompt_ids[-16:]).rstrip()
+        seq.reasoning_open = tail.endswith("<think>")
+        return seq
 
     def warmup(self, tokens: int) -> None:
         """Run a short greedy generation so the first request does not pay for kernel setup."""

@@ -76,6 +76,8 @@ class Admission:
     prompt_tokens: int
     max_tokens: int
     """max_tokens after bounding by the context left."""
+    reasoning_open: bool = False
+    """The prompt ends inside a ``<think>`` block (the template opened it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,7 +98,9 @@ class _Worker:
                     try:
                         seq = engine.start(request)
                         self.active[request.request_id] = seq
-                        self.send(("admitted", Admission(request.request_id, seq.prompt_tokens, seq.max_tokens)))
+                        self.send(
+                            ("admitted", Admission(request.request_id, seq.prompt_tokens, seq.max_tokens, seq.reasoning_open))
+                        )
                     except RequestRejected as exc:
                         self.send(("error", EngineError(exc.kind, exc.message, request.request_id)))  # type: ignore[arg-type]
                     except Exception as exc:

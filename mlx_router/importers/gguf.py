@@ -953,7 +953,12 @@ def import_gguf(
         if out.exists() and not overwrite and _is_complete(out):
             logger.info("%s was completed by another import meanwhile", out)
             return out
-        _replace_dir(staged, out)
+        try:
+            _replace_dir(staged, out)
+        except OSError as exc:  # lost a race with a concurrent import of the same file
+            if not _is_complete(out):
+                raise GGUFImportError(f"cannot move the imported model into {out}: {exc}") from exc
+            logger.info("%s was completed by another import meanwhile", out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return out

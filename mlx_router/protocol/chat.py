@@ -230,6 +230,15 @@ class ResponseMessage(OpenAIResponse):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    reasoning_content: str | None = None
+    """Reasoning separated from the answer (models with ``reasoning_response: enable``)."""
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_reasoning(self, handler: Any) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("reasoning_content") is None:
+            data.pop("reasoning_content", None)
+        return data
 
 
 class Choice(OpenAIResponse):
@@ -254,6 +263,7 @@ class Delta(OpenAIResponse):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
 
     @model_serializer(mode="wrap")
     def _drop_none(self, handler: Any) -> dict[str, Any]:

@@ -174,3 +174,50 @@ def test_killed_worker_fails_its_stream_and_a_fresh_worker_serves_next(
             assert http.get("/health").status_code == 200
     finally:
         server.stop()
+
+
+def test_reasoning_response_enable_and_disable(tmp_path: Path, make_tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """A template that opens <think> in the prompt: the whole answer is reasoning until </think>."""
+    folder = make_tiny_model("thinker")
+    config_file = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config["chat_template"] = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+    )
+    config_file.write_text(json.dumps(tokenizer_config))
+    (tmp_path / "srv").mkdir()
+    server = start_server(
+        tmp_path / "srv",
+        {
+            "defaults": {"model_directory": str(folder.parent), "embedded_model": False, "cache_size": 3},
+            "models": {
+                "thinker": {},
+                "thinker-shown": {"path": "thinker", "reasoning_response": "enable"},
+                "thinker-hidden": {"path": "thinker", "reasoning_response": "disable"},
+            },
+        },
+    )
+    try:
+        client = server.openai()
+
+        def ask(model: str, stream: bool = False) -> tuple[str, str | None]:
+            kwargs = {"model": model, "messages": MESSAGES, "max_tokens": 12, "temperature": 0}
+            if stream:
+                chunks = list(client.chat.completions.create(stream=True, **kwargs))
+                content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                reasoning = "".join(
+                    getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
+                )
+                return content, reasoning or None
+            message = client.chat.completions.create(**kwargs).choices[0].message
+            return message.content or "", getattr(message, "reasoning_content", None)
+
+        raw, _ = ask("thinker")
+        assert raw
+        assert ask("thinker-shown") == ("", raw)
+        assert ask("thinker-shown", stream=True) == ("", raw)
+        assert ask("thinker-hidden") == ("", None)
+        assert ask("thinker-hidden", stream=True) == ("", None)
+    finally:
+        server.stop()
