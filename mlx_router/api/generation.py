@@ -90,10 +90,24 @@ class ChatService:
     def prepare(self, req: ChatCompletionRequest) -> _Prepared:
         """Validate against server and model settings; nothing is loaded yet."""
         defaults = self.settings.defaults
-        req.unsupported_features(function_calling=defaults.enable_function_calling)
+        req.unsupported_features()
         entry = self.manager.resolve(req.model)
-        if req.tools and entry.config.supports_tools is False:
-            raise InvalidRequest(f"Model {entry.id!r} does not support tools.", param="tools")
+        if req.tools:
+            if not defaults.enable_function_calling:
+                reason = "function calling is disabled on this server (defaults.enable_function_calling)"
+            elif entry.config.supports_tools is False:
+                reason = f"model {entry.id!r} does not support tools (supports_tools is false)"
+            else:
+                reason = "tool calling is not implemented in this version of mlx-router"
+            raise InvalidRequest(f"Tools cannot be used here: {reason}.", param="tools")
+        image_at = req.first_image()
+        if image_at is not None:
+            reason = (
+                "image input is not implemented in this version of mlx-router"
+                if entry.config.supports_vision
+                else f"model {entry.id!r} cannot read images (it is not marked supports_vision)"
+            )
+            raise InvalidRequest(f"Images cannot be used here: {reason}.", param=f"messages[{image_at}].content")
         cap, _level = self.manager.max_tokens_cap(entry)
         model_defaults = ModelDefaults(
             max_tokens=entry.config.max_tokens or defaults.max_tokens,

@@ -161,7 +161,7 @@ class ChatCompletionRequest(OpenAIRequest):
             raise ValueError(f"each stop sequence may be at most {MAX_STOP_LENGTH} characters")
         return value
 
-    def unsupported_features(self, *, function_calling: bool) -> None:
+    def unsupported_features(self) -> None:
         """Refuse what this server does not implement yet, naming the parameter."""
         if self.n not in (None, 1):
             raise InvalidRequest("n > 1 is not supported: only one choice is generated per request.", param="n")
@@ -169,10 +169,6 @@ class ChatCompletionRequest(OpenAIRequest):
             raise InvalidRequest("logprobs are not supported yet.", param="logprobs")
         if self.top_logprobs:
             raise InvalidRequest("top_logprobs requires logprobs, which are not supported yet.", param="top_logprobs")
-        if self.tools:
-            if not function_calling:
-                raise InvalidRequest("Function calling is disabled on this server.", param="tools")
-            raise InvalidRequest("Tool calling is not supported yet.", param="tools")
         if self.tool_choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice requires tools, which are not supported yet.", param="tool_choice")
         if self.response_format is not None and self.response_format.type != "text":
@@ -180,15 +176,14 @@ class ChatCompletionRequest(OpenAIRequest):
                 f"response_format {self.response_format.type!r} is not supported yet.", param="response_format"
             )
         for index, message in enumerate(self.messages):
-            if message.has_images():
-                raise InvalidRequest(
-                    "This model cannot read images: image_url parts need a vision model.",
-                    param=f"messages[{index}].content",
-                )
             if message.tool_calls:
                 raise InvalidRequest(
                     "Assistant tool_calls are not supported yet.", param=f"messages[{index}].tool_calls"
                 )
+
+    def first_image(self) -> int | None:
+        """Index of the first message carrying an image part, if any."""
+        return next((i for i, m in enumerate(self.messages) if m.has_images()), None)
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
