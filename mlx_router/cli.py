@@ -67,6 +67,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config, overrides=_overrides(args))
+    settings.resolve_api_key()  # a missing or empty key file is a configuration error
     check_bind_safety(settings)
     check_default_model(settings)
     return settings

@@ -7,6 +7,8 @@ written for users; they never carry filesystem paths, addresses or tracebacks.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "RouterError",
     "InvalidRequest",
@@ -21,7 +23,15 @@ __all__ = [
     "GenerationTimeout",
     "InsufficientMemory",
     "InternalError",
+    "redact_paths",
 ]
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"<>:,;()\[\]{}]+){2,}")
+
+
+def redact_paths(text: str) -> str:
+    """Replace filesystem paths in a message (library errors often name files) with ``<path>``."""
+    return _PATH.sub("<path>", text)
 
 
 class RouterError(Exception):

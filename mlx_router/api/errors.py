@@ -36,7 +36,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     return text or None
 
 
-def validation_error(exc: RequestValidationError) -> InvalidRequest:
+def validation_error(exc: RequestValidationError, content_type: str = "application/json") -> InvalidRequest:
     """The first validation problem, phrased for a user, naming the parameter."""
     errors = exc.errors()
     if not errors:
@@ -50,6 +50,13 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
         return InvalidRequest(f"The request body is not valid JSON: {detail}".rstrip(": "), code="invalid_json")
     if kind == "missing" and param is None:
         return InvalidRequest("The request body is missing; send a JSON object.", code="missing_body")
+    if param is None:
+        if "json" not in content_type.lower():
+            return InvalidRequest(
+                "The request body must be JSON sent with the header 'Content-Type: application/json'.",
+                code="invalid_content_type",
+            )
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_value")
     if kind == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
     if kind == "missing":
@@ -68,14 +75,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error(exc))
+        return error_response(validation_error(exc, request.headers.get("content-type", "")))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             error: RouterError = NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
         elif exc.status_code == 405:
-            error = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed")
+            error = InvalidRequest(
+                f"Method {request.method} is not allowed on {request.url.path}.",
+                code="method_not_allowed",
+                headers=dict(exc.headers or {}),
+            )
             error.status_code = 405
         else:
             error = InvalidRequest(str(exc.detail))

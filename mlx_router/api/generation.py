@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlx_router import __version__
 from mlx_router.config.settings import Settings
@@ -23,6 +23,7 @@ from mlx_router.errors import (
     InvalidRequest,
     RouterError,
     WorkerCrashed,
+    redact_paths,
 )
 from mlx_router.logs import REQUEST_ID
 from mlx_router.manager.manager import MLXModelManager
@@ -48,7 +49,8 @@ SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
 
 
 def engine_error(error: EngineError) -> RouterError:
-    """Map an engine failure to the client-visible error."""
+    """Map an engine failure to the client-visible error (library text may name files)."""
+    error = replace(error, message=redact_paths(error.message))
     if error.kind == "invalid_request":
         return InvalidRequest(error.message, param="messages")
     if error.kind == "context_length":
@@ -133,6 +135,14 @@ class ChatService:
         """Admission, then chunks, under the request timeout; the model is held throughout."""
         deadline = time.monotonic() + self.settings.defaults.timeout
         self.requests_total += 1
+        try:
+            async for item in self._generate(prep, deadline):
+                yield item
+        except RouterError:
+            self.requests_failed += 1
+            raise
+
+    async def _generate(self, prep: _Prepared, deadline: float) -> AsyncIterator[Admission | GenerationChunk]:
         async with self.manager.acquire(prep.entry.id) as lm:
             events = lm.client.generate(prep.request)
             try:
@@ -146,12 +156,10 @@ class ChatService:
                         return
                     yield item
             except asyncio.TimeoutError:
-                self.requests_failed += 1
                 raise GenerationTimeout(
                     f"Generation stopped after {self.settings.defaults.timeout:g} s (defaults.timeout)."
                 ) from None
             except EngineFailure as exc:
-                self.requests_failed += 1
                 raise engine_error(exc.error) from None
             finally:
                 await events.aclose()
@@ -159,11 +167,7 @@ class ChatService:
     async def start(self, prep: _Prepared) -> tuple[Admission, AsyncIterator[Admission | GenerationChunk]]:
         """Load the model if needed and get the request admitted, so errors so far are HTTP errors."""
         events = self._events(prep)
-        try:
-            first = await events.__anext__()
-        except RouterError:
-            self.requests_failed += 1
-            raise
+        first = await events.__anext__()
         assert isinstance(first, Admission)
         return first, events
 

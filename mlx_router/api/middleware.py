@@ -98,7 +98,17 @@ class RouterMiddleware:
                     message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
                 await send(message)
 
-            await self.app(scope, self._capped(receive), send_with_id)
+            if _header(scope, b"content-length") is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+                buffered = await self._read_capped(receive)
+                if buffered is None:
+                    error = PayloadTooLarge(
+                        f"The request body exceeds {self.max_request_bytes} bytes (server.max_request_bytes)."
+                    )
+                    status_holder["status"] = error.status_code
+                    await _send_error(send, error, request_id)
+                    return
+                receive = _replay(buffered, receive)
+            await self.app(scope, receive, send_with_id)
         finally:
             logger.info(
                 "%s %s %d %.3fs",
@@ -130,18 +140,31 @@ class RouterMiddleware:
                 )
         return None
 
-    def _capped(self, receive: Receive) -> Receive:
-        """Enforce the cap on bodies sent without a Content-Length (chunked uploads)."""
+    async def _read_capped(self, receive: Receive) -> list[Message] | None:
+        """Read a body sent without Content-Length (chunked); None once it passes the cap."""
+        messages: list[Message] = []
         seen = 0
-        limit = self.max_request_bytes
-
-        async def wrapped() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise PayloadTooLarge(f"The request body exceeds {limit} bytes (server.max_request_bytes).")
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            seen += len(message.get("body", b""))
+            if seen > self.max_request_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
 
-        return wrapped
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((v for k, v in scope.get("headers", []) if k.lower() == name), None)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive() that returns the buffered body first, then defers to the real one."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay

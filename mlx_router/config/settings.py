@@ -14,8 +14,9 @@ import difflib
 import json
 import logging
 import os
+import types
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 CHAT_TEMPLATE_NAMES = ("auto", "llama3", "deepseek", "qwen", "phi4", "chatml", "gpt-oss", "generic")
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 ENV_PREFIX = "MLX_ROUTER_"
+SECRET_KEYS = frozenset({"api_key"})
+"""Keys whose values are never echoed in error messages."""
 
 
 class ConfigError(Exception):
@@ -249,7 +252,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             shown = err.get("input")
-            value = "" if isinstance(shown, (dict, list)) else f" (got {shown!r})"
+            secret = any(str(part) in SECRET_KEYS for part in loc)
+            value = "" if secret or isinstance(shown, (dict, list)) else f" (got {shown!r})"
             lines.append(f"  - {key}: {msg}{value}. Fix the value in {source}.")
     return "\n".join(lines)
 
@@ -284,7 +288,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         for prefix, (section, model) in sections.items():
             key = rest.removeprefix(prefix).lower()
             if rest.startswith(prefix) and key in model.model_fields:
-                out[section][key] = raw if model.model_fields[key].annotation is str else _parse_env_value(raw)
+                out[section][key] = raw if _accepts_str(model.model_fields[key].annotation) else _parse_env_value(raw)
                 break
         else:
             match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
@@ -296,6 +300,13 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     if environ.get("MLX_MODEL_DIR"):
         out["defaults"]["model_directory"] = environ["MLX_MODEL_DIR"]
     return out
+
+
+def _accepts_str(annotation: Any) -> bool:
+    """Whether a field takes strings (then an env value is kept verbatim, digits included)."""
+    if annotation is str:
+        return True
+    return get_origin(annotation) in (Union, types.UnionType) and str in get_args(annotation)
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from mlx_router.engine.types import EngineError, GenerationChunk, GenerationParams, GenerationRequest, LoadInfo
+from mlx_router.errors import redact_paths
 from mlx_router.text.templates import named_template
 
 __all__ = ["LMEngine", "RequestRejected", "Sequence", "classify_exception", "make_sampler"]
@@ -199,7 +200,9 @@ class LMEngine:
                 list(request.messages), add_generation_prompt=True, tokenize=True, **kwargs
             )
         except Exception as exc:  # jinja raises template errors of many types
-            raise RequestRejected("invalid_request", f"the chat template rejected the messages: {exc}") from None
+            raise RequestRejected(
+                "invalid_request", redact_paths(f"the chat template rejected the messages: {exc}")
+            ) from None
         if isinstance(ids, dict):  # transformers 5 may return a BatchEncoding
             ids = ids["input_ids"]
         return list(ids)

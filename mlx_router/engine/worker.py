@@ -24,6 +24,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from mlx_router.errors import redact_paths
 from mlx_router.engine.types import Admission, EngineError, GenerationChunk, WorkerOptions
 
 __all__ = ["worker_main"]
@@ -71,8 +72,8 @@ class _Worker:
             from mlx_router.engine.lm import classify_exception
 
             kind = classify_exception(exc, None).kind
-            detail = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
-            self.send(("load_failed", kind, f"{exc.__class__.__name__}: {detail}"))
+            detail = redact_paths(str(exc).splitlines()[0][:300]) if str(exc) else ""
+            self.send(("load_failed", kind, f"{exc.__class__.__name__}: {detail}".rstrip(": ")))
             return
         self.send(("ready", engine.load_info))
         self.loop(engine)

@@ -23,7 +23,14 @@ from typing import Any, Callable
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
 from mlx_router.engine.types import LoadInfo, WorkerOptions
-from mlx_router.errors import InsufficientMemory, ModelLoadFailed, ModelNotFound, ServiceUnavailable
+from mlx_router.errors import (
+    InsufficientMemory,
+    ModelLoadFailed,
+    ModelNotFound,
+    RouterError,
+    ServiceUnavailable,
+    redact_paths,
+)
 from mlx_router.manager.memory import ResourceMonitor
 from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry
 
@@ -126,8 +133,12 @@ class MLXModelManager:
                     f"under models / the model directory."
                 )
             self.pinned.add(default)
-            async with self.acquire(default):
-                pass
+            try:
+                async with self.acquire(default):
+                    pass
+            except RouterError as exc:
+                # Serve the other models; /health says 503 with the reason until it loads.
+                logger.error("The default model %s could not be loaded: %s", default, exc.message)
 
     async def _import_embedded(self) -> None:
         from mlx_router.importers.gguf import find_embedded_gguf
@@ -212,15 +223,16 @@ class MLXModelManager:
             client = self._client_factory(options, self._on_worker_exit)
             info = await client.start(self.settings.server.worker_start_timeout)
         except EngineFailure as exc:
-            self._fail(entry.id, exc.error.message)
+            reason = redact_paths(exc.error.message)
+            self._fail(entry.id, reason)
             if exc.error.kind == "out_of_memory":
-                raise InsufficientMemory(f"Model {entry.id!r} does not fit in memory: {exc.error.message}") from None
-            raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {exc.error.message}") from None
+                raise InsufficientMemory(f"Model {entry.id!r} does not fit in memory: {reason}") from None
+            raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {reason}") from None
         except Exception as exc:
             if isinstance(exc, ServiceUnavailable):
                 self.states[entry.id] = ModelState.UNLOADED
                 raise
-            self._fail(entry.id, f"{exc.__class__.__name__}: {str(exc)[:300]}")
+            self._fail(entry.id, redact_paths(f"{exc.__class__.__name__}: {str(exc)[:300]}"))
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {self.failures[entry.id]}") from None
         self.loads += 1
         resident = _Resident(client, info)
