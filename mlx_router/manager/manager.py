@@ -95,7 +95,7 @@ class MLXModelManager:
         self.failures: dict[str, str] = {}
         self.pinned: set[str] = set()
         self._resident: dict[str, _Resident] = {}
-        self._loading: dict[str, asyncio.Future[_Resident]] = {}
+        self._loading: dict[str, asyncio.Task[_Resident]] = {}
         self._room_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.default_model: str | None = settings.defaults.model
@@ -186,26 +186,23 @@ class MLXModelManager:
             resident.last_used = time.monotonic()
 
     async def _ensure_loaded(self, entry: ModelEntry) -> _Resident:
-        while True:
-            resident = self._resident.get(entry.id)
-            if resident is not None and resident.client.alive:
-                return resident
-            pending = self._loading.get(entry.id)
-            if pending is not None:
-                return await asyncio.shield(pending)
-            future: asyncio.Future[_Resident] = asyncio.get_running_loop().create_future()
-            self._loading[entry.id] = future
-            try:
-                resident = await self._load(entry)
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # retrieved: waiters (if any) re-raise it themselves
-                raise
-            else:
-                future.set_result(resident)
-                return resident
-            finally:
-                del self._loading[entry.id]
+        """Single-flight: the load runs as its own task; every caller awaits it shielded, so a
+        caller that goes away (cancelled, timed out) never cancels the load for the others."""
+        resident = self._resident.get(entry.id)
+        if resident is not None and resident.client.alive:
+            return resident
+        task = self._loading.get(entry.id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(entry), name=f"load:{entry.id}")
+            self._loading[entry.id] = task
+            task.add_done_callback(lambda done, model_id=entry.id: self._load_done(model_id, done))
+        return await asyncio.shield(task)
+
+    def _load_done(self, model_id: str, task: asyncio.Task[_Resident]) -> None:
+        if self._loading.get(model_id) is task:
+            del self._loading[model_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here: callers that are still waiting re-raise it themselves
 
     async def _load(self, entry: ModelEntry) -> _Resident:
         self.states[entry.id] = ModelState.LOADING
@@ -228,6 +225,9 @@ class MLXModelManager:
             if exc.error.kind == "out_of_memory":
                 raise InsufficientMemory(f"Model {entry.id!r} does not fit in memory: {reason}") from None
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {reason}") from None
+        except asyncio.CancelledError:
+            self.states[entry.id] = ModelState.UNLOADED  # shutdown while loading
+            raise
         except Exception as exc:
             if isinstance(exc, ServiceUnavailable):
                 self.states[entry.id] = ModelState.UNLOADED
@@ -308,7 +308,7 @@ class MLXModelManager:
             logger.error("Restarting pinned model %s failed: %s", model_id, exc)
 
     async def close(self) -> None:
-        for task in list(self._background):
+        for task in [*self._background, *self._loading.values()]:
             task.cancel()
         for model_id in list(self._resident):
             await self.unload(model_id)
