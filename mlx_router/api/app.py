@@ -15,9 +15,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
-from mlx_router.api.generation import ChatService
+from mlx_router.api.generation import GenerationService
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
-from mlx_router.api.routes import chat, health, models
+from mlx_router.api.routes import chat, completions, health, models
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 
@@ -55,9 +55,9 @@ def create_app(settings: Settings, *, manager: MLXModelManager | None = None) ->
     )
     app.state.settings = settings
     app.state.manager = manager
-    app.state.chat_service = ChatService(manager, settings)
+    app.state.generation = GenerationService(manager, settings)
     install_error_handlers(app)
-    for module in (chat, models, health):
+    for module in (chat, completions, models, health):
         app.include_router(module.router)
     app.add_middleware(
         RouterMiddleware,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from mlx_router.api.generation import ChatService
+from mlx_router.api.generation import GenerationService
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 
@@ -21,10 +21,10 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _service(request: Request) -> ChatService:
-    return request.app.state.chat_service  # type: ignore[no-any-return]
+def _service(request: Request) -> GenerationService:
+    return request.app.state.generation  # type: ignore[no-any-return]
 
 
 ManagerDep = Annotated[MLXModelManager, Depends(_manager)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-ServiceDep = Annotated[ChatService, Depends(_service)]
+ServiceDep = Annotated[GenerationService, Depends(_service)]

@@ -1,7 +1,11 @@
-"""Chat generation as a service: wire request in, wire response or chunk stream out.
+"""Generation as a service: wire request in, wire response or chunk stream out.
 
 The only place where protocol objects become engine requests and engine chunks become
 protocol objects. Routes stay thin; the manager and engine never see the wire format.
+
+A request becomes a :class:`Job` with one engine sequence per choice (``n`` choices per prompt,
+several prompts for text completions). The sequences run side by side in the model's worker;
+their chunks are merged here, tagged with the choice index.
 """
 
 from __future__ import annotations
@@ -10,12 +14,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from mlx_router import __version__
 from mlx_router.config.settings import Settings
 from mlx_router.engine.client import EngineFailure
-from mlx_router.engine.types import Admission, EngineError, GenerationChunk, GenerationRequest
+from mlx_router.engine.types import (
+    Admission,
+    EngineError,
+    GenerationChunk,
+    GenerationParams,
+    GenerationRequest,
+    TokenLogprob,
+)
 from mlx_router.errors import (
     GenerationTimeout,
     InsufficientMemory,
@@ -32,20 +44,31 @@ from mlx_router.protocol.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatLogprobs,
     Choice,
     ChunkChoice,
     Delta,
-    ModelDefaults,
     ResponseMessage,
+    TokenLogprobOut,
+    TopLogprob,
 )
-from mlx_router.protocol.common import new_id, now, usage
+from mlx_router.protocol.common import Usage, new_id, now, usage
+from mlx_router.protocol.completions import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
+from mlx_router.protocol.sampling import ModelDefaults, SamplingRequest
 from mlx_router.text.reasoning import ReasoningSplitter
 
-__all__ = ["ChatService", "SYSTEM_FINGERPRINT", "engine_error"]
+__all__ = ["GenerationService", "Job", "SYSTEM_FINGERPRINT", "engine_error"]
 
 logger = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
+
+Event = tuple[int, Admission | GenerationChunk]
 
 
 def engine_error(error: EngineError) -> RouterError:
@@ -63,15 +86,24 @@ def engine_error(error: EngineError) -> RouterError:
 
 
 @dataclass
-class _Prepared:
+class Job:
+    """A validated request: one engine sequence per choice; nothing is loaded yet."""
+
+    kind: Literal["chat", "completion"]
     entry: ModelEntry
-    request: GenerationRequest
+    requests: list[GenerationRequest]
+    """Index = choice index."""
+    prompt_of: list[int]
+    """For each choice, which prompt it continues (usage counts each prompt once)."""
     stream: bool
     include_usage: bool
+    stream_format: Literal["sse", "json_lines", "json_array"]
+    echo: list[str] = field(default_factory=list)
+    """Completions with ``echo``: the prompt text each choice starts with."""
 
     def splitter(self, admission: Admission) -> ReasoningSplitter | None:
-        """A reasoning splitter when the model's ``reasoning_response`` asks for one."""
-        if self.entry.config.reasoning_response is None:
+        """A reasoning splitter when the model's ``reasoning_response`` asks for one (chat only)."""
+        if self.kind != "chat" or self.entry.config.reasoning_response is None:
             return None
         return ReasoningSplitter(inside=admission.reasoning_open)
 
@@ -80,8 +112,21 @@ class _Prepared:
         return reasoning if reasoning and self.entry.config.reasoning_response == "enable" else None
 
 
-class ChatService:
-    """Runs chat completions against the manager's models."""
+@dataclass
+class _Run:
+    """A started job: every choice admitted, chunks to come."""
+
+    admissions: list[Admission]
+    events: AsyncIterator[Event]
+    started: float = field(default_factory=time.perf_counter)
+
+    def usage(self, job: Job, completion_tokens: int) -> Usage:
+        prompts = {job.prompt_of[i]: a.prompt_tokens for i, a in enumerate(self.admissions)}
+        return usage(sum(prompts.values()), completion_tokens)
+
+
+class GenerationService:
+    """Runs chat and text completions against the manager's models."""
 
     def __init__(self, manager: MLXModelManager, settings: Settings) -> None:
         self.manager = manager
@@ -89,13 +134,49 @@ class ChatService:
         self.requests_total = 0
         self.requests_failed = 0
 
-    def prepare(self, req: ChatCompletionRequest) -> _Prepared:
-        """Validate against server and model settings; nothing is loaded yet."""
-        defaults = self.settings.defaults
-        req.unsupported_features()
+    # ------------------------------------------------------------------ preparing
+
+    def _common(self, req: SamplingRequest) -> tuple[ModelEntry, ModelDefaults, int]:
         entry = self.manager.resolve(req.model)
+        n = req.n or 1
+        if n > self.settings.defaults.max_n:
+            raise InvalidRequest(f"n must be at most {self.settings.defaults.max_n} (defaults.max_n).", param="n")
+        if req.stream_options is not None and not self._stream(req):
+            raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
+        cap, _level = self.manager.max_tokens_cap(entry)
+        config = entry.config
+        defaults = ModelDefaults(
+            max_tokens=config.max_tokens or self.settings.defaults.max_tokens,
+            temperature=config.temp if config.temp is not None else 0.7,
+            top_p=config.top_p if config.top_p is not None else 1.0,
+            top_k=config.top_k or 0,
+            min_p=config.min_p or 0.0,
+            max_tokens_cap=cap,
+        )
+        return entry, defaults, n
+
+    def _stream(self, req: SamplingRequest) -> bool:
+        return self.settings.defaults.stream if req.stream is None else req.stream
+
+    def _job(self, kind: Literal["chat", "completion"], req: SamplingRequest, entry: ModelEntry,
+             requests: list[GenerationRequest], prompt_of: list[int], echo: list[str] | None = None) -> Job:
+        return Job(
+            kind=kind,
+            entry=entry,
+            requests=requests,
+            prompt_of=prompt_of,
+            stream=self._stream(req),
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+            stream_format=req.streaming_format or self.settings.defaults.streaming_format,
+            echo=echo or [],
+        )
+
+    def prepare_chat(self, req: ChatCompletionRequest) -> Job:
+        """Validate a chat request against server and model settings."""
+        req.unsupported_features()
+        entry, defaults, n = self._common(req)
         if req.tools:
-            if not defaults.enable_function_calling:
+            if not self.settings.defaults.enable_function_calling:
                 reason = "function calling is disabled on this server (defaults.enable_function_calling)"
             elif entry.config.supports_tools is False:
                 reason = f"model {entry.id!r} does not support tools (supports_tools is false)"
@@ -110,51 +191,76 @@ class ChatService:
                 else f"model {entry.id!r} cannot read images (it is not marked supports_vision)"
             )
             raise InvalidRequest(f"Images cannot be used here: {reason}.", param=f"messages[{image_at}].content")
-        cap, _level = self.manager.max_tokens_cap(entry)
-        model_defaults = ModelDefaults(
-            max_tokens=entry.config.max_tokens or defaults.max_tokens,
-            temperature=entry.config.temp if entry.config.temp is not None else 0.7,
-            top_p=entry.config.top_p if entry.config.top_p is not None else 1.0,
-            top_k=entry.config.top_k or 0,
-            min_p=entry.config.min_p or 0.0,
-            max_tokens_cap=cap,
-        )
-        params = req.to_generation_params(model_defaults, max_tokens_limit=defaults.max_tokens_limit)
-        request = GenerationRequest(
-            request_id=REQUEST_ID.get() if REQUEST_ID.get() != "-" else new_id("gen"),
-            params=params,
-            messages=tuple(m.to_template() for m in req.messages),
-        )
-        stream = defaults.stream if req.stream is None else req.stream
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream_options is not None and not stream:
-            raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
-        return _Prepared(entry, request, stream, include_usage)
+        params = req.to_generation_params(defaults, max_tokens_limit=self.settings.defaults.max_tokens_limit)
+        messages = tuple(m.to_template() for m in req.messages)
+        base = _request_id()
+        requests = [
+            GenerationRequest(f"{base}-{i}", _choice_params(params, i), messages=messages) for i in range(n)
+        ]
+        return self._job("chat", req, entry, requests, [0] * n)
 
-    async def _events(self, prep: _Prepared) -> AsyncIterator[Admission | GenerationChunk]:
-        """Admission, then chunks, under the request timeout; the model is held throughout."""
+    def prepare_completion(self, req: CompletionRequest) -> Job:
+        """Validate a text completion request against server and model settings."""
+        req.unsupported_features()
+        entry, defaults, n = self._common(req)
+        params = req.to_generation_params(defaults, max_tokens_limit=self.settings.defaults.max_tokens_limit)
+        base = _request_id()
+        requests: list[GenerationRequest] = []
+        prompt_of: list[int] = []
+        echo: list[str] = []
+        for p, prompt in enumerate(req.prompts()):
+            for i in range(n):
+                index = len(requests)
+                text = prompt if isinstance(prompt, str) else None
+                ids = tuple(prompt) if not isinstance(prompt, str) else None
+                requests.append(GenerationRequest(f"{base}-{index}", _choice_params(params, i), prompt=text, prompt_ids=ids))
+                prompt_of.append(p)
+                echo.append((text or "") if req.echo else "")
+        if req.echo and any(not isinstance(p, str) for p in req.prompts()):
+            raise InvalidRequest("echo is supported for text prompts only.", param="echo")
+        return self._job("completion", req, entry, requests, prompt_of, echo)
+
+    # ------------------------------------------------------------------ running
+
+    async def _events(self, job: Job) -> AsyncIterator[Event]:
+        """(choice, Admission | chunk) for every choice, under the request timeout."""
         deadline = time.monotonic() + self.settings.defaults.timeout
         self.requests_total += 1
         try:
-            async for item in self._generate(prep, deadline):
-                yield item
+            async for event in self._generate(job, deadline):
+                yield event
         except RouterError:
             self.requests_failed += 1
             raise
 
-    async def _generate(self, prep: _Prepared, deadline: float) -> AsyncIterator[Admission | GenerationChunk]:
-        async with self.manager.acquire(prep.entry.id) as lm:
-            events = lm.client.generate(prep.request)
+    async def _generate(self, job: Job, deadline: float) -> AsyncIterator[Event]:
+        async with self.manager.acquire(job.entry.id) as lm:
+            queue: asyncio.Queue[tuple[int, Admission | GenerationChunk | BaseException | None]] = asyncio.Queue()
+
+            async def pump(index: int, request: GenerationRequest) -> None:
+                try:
+                    async for item in lm.client.generate(request):
+                        queue.put_nowait((index, item))
+                    queue.put_nowait((index, None))
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # handed to the consumer, which raises it
+                    queue.put_nowait((index, exc))
+
+            tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(job.requests)]
+            running = len(tasks)
             try:
-                while True:
+                while running:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise asyncio.TimeoutError
-                    try:
-                        item = await asyncio.wait_for(events.__anext__(), remaining)
-                    except StopAsyncIteration:
-                        return
-                    yield item
+                    index, item = await asyncio.wait_for(queue.get(), remaining)
+                    if item is None:
+                        running -= 1
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        yield index, item
             except asyncio.TimeoutError:
                 raise GenerationTimeout(
                     f"Generation stopped after {self.settings.defaults.timeout:g} s (defaults.timeout)."
@@ -162,111 +268,243 @@ class ChatService:
             except EngineFailure as exc:
                 raise engine_error(exc.error) from None
             finally:
-                await events.aclose()
+                for task in tasks:
+                    task.cancel()  # leaving early cancels the sequences in the worker
+                await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def start(self, prep: _Prepared) -> tuple[Admission, AsyncIterator[Admission | GenerationChunk]]:
-        """Load the model if needed and get the request admitted, so errors so far are HTTP errors."""
-        events = self._events(prep)
-        first = await events.__anext__()
-        assert isinstance(first, Admission)
-        return first, events
+    async def start(self, job: Job) -> _Run:
+        """Load the model if needed and get every choice admitted, so errors so far are HTTP errors."""
+        events = self._events(job)
+        admissions: dict[int, Admission] = {}
+        early: list[Event] = []
+        while len(admissions) < len(job.requests):
+            index, item = await events.__anext__()
+            if isinstance(item, Admission):
+                admissions[index] = item
+            else:
+                early.append((index, item))
+        return _Run([admissions[i] for i in range(len(job.requests))], _replay(early, events))
 
-    async def complete(self, prep: _Prepared) -> ChatCompletionResponse:
-        admission, events = await self.start(prep)
-        started = time.perf_counter()
-        parts: list[str] = []
-        last: GenerationChunk | None = None
-        async for item in events:
-            if isinstance(item, GenerationChunk):
-                parts.append(item.text)
-                last = item
-        assert last is not None and last.finish_reason is not None
-        self._log_done(prep, admission, last, time.perf_counter() - started)
-        content, reasoning = "".join(parts), ""
-        splitter = prep.splitter(admission)
-        if splitter is not None:
-            reasoning, content = splitter.feed(content)
-            more_reasoning, more_content = splitter.flush()
-            reasoning, content = reasoning + more_reasoning, content + more_content
+    # ------------------------------------------------------------------ chat
+
+    async def chat_response(self, job: Job) -> ChatCompletionResponse:
+        run = await self.start(job)
+        texts: list[list[str]] = [[] for _ in job.requests]
+        tokens: list[list[TokenLogprob]] = [[] for _ in job.requests]
+        last: dict[int, GenerationChunk] = {}
+        async for index, chunk in run.events:
+            assert isinstance(chunk, GenerationChunk)
+            texts[index].append(chunk.text)
+            tokens[index].extend(chunk.logprobs)
+            last[index] = chunk
+        choices = []
+        for index, admission in enumerate(run.admissions):
+            content, reasoning = "".join(texts[index]), ""
+            splitter = job.splitter(admission)
+            if splitter is not None:
+                reasoning, content = _split_all(splitter, content)
+            choices.append(
+                Choice(
+                    index=index,
+                    message=ResponseMessage(content=content, reasoning_content=job.reasoning_out(reasoning)),
+                    logprobs=_chat_logprobs(tokens[index]) if job.requests[index].params.logprobs else None,
+                    finish_reason=_finish(last[index].finish_reason),  # type: ignore[arg-type]
+                )
+            )
+        completion_tokens = sum(c.completion_tokens for c in last.values())
+        self._log_done(job, run, last)
         return ChatCompletionResponse(
             id=new_id("chatcmpl"),
             created=now(),
-            model=prep.entry.id,
-            choices=[
-                Choice(
-                    index=0,
-                    message=ResponseMessage(content=content, reasoning_content=prep.reasoning_out(reasoning)),
-                    finish_reason=_finish(last.finish_reason),
-                )
-            ],
-            usage=usage(admission.prompt_tokens, last.completion_tokens),
+            model=job.entry.id,
+            choices=choices,
+            usage=run.usage(job, completion_tokens),
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    async def stream(self, prep: _Prepared) -> AsyncIterator[ChatCompletionChunk]:
+    async def chat_stream(self, job: Job) -> AsyncIterator[ChatCompletionChunk]:
         """Start generation (errors raise here), then return the chunk stream."""
-        admission, events = await self.start(prep)
-        return self._chunks(prep, admission, events)
+        run = await self.start(job)
+        return self._chat_chunks(job, run)
 
-    async def _chunks(
-        self, prep: _Prepared, admission: Admission, events: AsyncIterator[Admission | GenerationChunk]
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        chunk_id, created, model = new_id("chatcmpl"), now(), prep.entry.id
-        started = time.perf_counter()
+    async def _chat_chunks(self, job: Job, run: _Run) -> AsyncIterator[ChatCompletionChunk]:
+        chunk_id, created, model = new_id("chatcmpl"), now(), job.entry.id
 
-        def chunk(delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
+        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(
                 id=chunk_id,
                 created=created,
                 model=model,
-                choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
+                choices=choices,
+                usage=usage,
                 system_fingerprint=SYSTEM_FINGERPRINT,
             )
 
-        yield chunk(Delta(role="assistant", content=""))
-        splitter = prep.splitter(admission)
-        last: GenerationChunk | None = None
-        try:
-            async for item in events:
-                if not isinstance(item, GenerationChunk):
-                    continue
-                last = item
-                reasoning, content = "", item.text
-                if splitter is not None:
-                    reasoning, content = splitter.feed(item.text)
-                    if item.finish_reason is not None:
-                        more_reasoning, more_content = splitter.flush()
-                        reasoning, content = reasoning + more_reasoning, content + more_content
-                shown_reasoning = prep.reasoning_out(reasoning)
-                if content or shown_reasoning:
-                    yield chunk(Delta(content=content or None, reasoning_content=shown_reasoning))
+        for index in range(len(job.requests)):
+            yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+        splitters = [job.splitter(a) for a in run.admissions]
+        last: dict[int, GenerationChunk] = {}
+        async for index, item in run.events:
+            assert isinstance(item, GenerationChunk)
+            last[index] = item
+            reasoning, content = "", item.text
+            splitter = splitters[index]
+            if splitter is not None:
+                reasoning, content = splitter.feed(item.text)
                 if item.finish_reason is not None:
-                    yield chunk(Delta(), _finish(item.finish_reason))
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
-        if last is not None:
-            self._log_done(prep, admission, last, time.perf_counter() - started)
-            if prep.include_usage:
-                yield ChatCompletionChunk(
-                    id=chunk_id,
-                    created=created,
-                    model=model,
-                    choices=[],
-                    usage=usage(admission.prompt_tokens, last.completion_tokens),
-                    system_fingerprint=SYSTEM_FINGERPRINT,
-                )
+                    more_reasoning, more_content = splitter.flush()
+                    reasoning, content = reasoning + more_reasoning, content + more_content
+            shown_reasoning = job.reasoning_out(reasoning)
+            logprobs = _chat_logprobs(list(item.logprobs)) if item.logprobs else None
+            if content or shown_reasoning or logprobs:
+                delta = Delta(content=content or None, reasoning_content=shown_reasoning)
+                yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+            if item.finish_reason is not None:
+                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=_finish(item.finish_reason))])  # type: ignore[arg-type]
+        self._log_done(job, run, last)
+        if job.include_usage:
+            yield chunk([], run.usage(job, sum(c.completion_tokens for c in last.values())))
 
-    def _log_done(self, prep: _Prepared, admission: Admission, last: GenerationChunk, seconds: float) -> None:
+    # ------------------------------------------------------------------ text completions
+
+    async def completion_response(self, job: Job) -> CompletionResponse:
+        run = await self.start(job)
+        texts: list[list[str]] = [[echo] for echo in job.echo] or [[] for _ in job.requests]
+        tokens: list[list[TokenLogprob]] = [[] for _ in job.requests]
+        last: dict[int, GenerationChunk] = {}
+        async for index, chunk in run.events:
+            assert isinstance(chunk, GenerationChunk)
+            texts[index].append(chunk.text)
+            tokens[index].extend(chunk.logprobs)
+            last[index] = chunk
+        choices = [
+            CompletionChoice(
+                text="".join(texts[index]),
+                index=index,
+                logprobs=_legacy_logprobs(tokens[index], 0) if job.requests[index].params.logprobs else None,
+                finish_reason=_finish(last[index].finish_reason),  # type: ignore[arg-type]
+            )
+            for index in range(len(job.requests))
+        ]
+        self._log_done(job, run, last)
+        return CompletionResponse(
+            id=new_id("cmpl"),
+            created=now(),
+            model=job.entry.id,
+            choices=choices,
+            usage=run.usage(job, sum(c.completion_tokens for c in last.values())),
+            system_fingerprint=SYSTEM_FINGERPRINT,
+        )
+
+    async def completion_stream(self, job: Job) -> AsyncIterator[CompletionResponse]:
+        run = await self.start(job)
+        return self._completion_chunks(job, run)
+
+    async def _completion_chunks(self, job: Job, run: _Run) -> AsyncIterator[CompletionResponse]:
+        chunk_id, created, model = new_id("cmpl"), now(), job.entry.id
+
+        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
+            return CompletionResponse(
+                id=chunk_id,
+                created=created,
+                model=model,
+                choices=choices,
+                usage=usage,
+                system_fingerprint=SYSTEM_FINGERPRINT,
+            )
+
+        offsets = [len(echo) for echo in job.echo] or [0] * len(job.requests)
+        for index, echo in enumerate(job.echo):
+            if echo:
+                yield chunk([CompletionChoice(text=echo, index=index, finish_reason=None)])
+        last: dict[int, GenerationChunk] = {}
+        async for index, item in run.events:
+            assert isinstance(item, GenerationChunk)
+            last[index] = item
+            logprobs = _legacy_logprobs(list(item.logprobs), offsets[index]) if item.logprobs else None
+            offsets[index] += sum(len(t.token) for t in item.logprobs)
+            finish = _finish(item.finish_reason) if item.finish_reason is not None else None
+            if item.text or logprobs or finish:
+                yield chunk([CompletionChoice(text=item.text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
+        self._log_done(job, run, last)
+        if job.include_usage:
+            yield chunk([], run.usage(job, sum(c.completion_tokens for c in last.values())))
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_done(self, job: Job, run: _Run, last: dict[int, GenerationChunk]) -> None:
+        seconds = time.perf_counter() - run.started
+        generated = sum(c.completion_tokens for c in last.values())
         logger.info(
-            "model=%s prompt_tokens=%d completion_tokens=%d finish=%s %.2fs %.1f tok/s",
-            prep.entry.id,
-            admission.prompt_tokens,
-            last.completion_tokens,
-            last.finish_reason,
+            "model=%s choices=%d prompt_tokens=%d completion_tokens=%d finish=%s %.2fs %.1f tok/s",
+            job.entry.id,
+            len(job.requests),
+            run.usage(job, 0).prompt_tokens,
+            generated,
+            ",".join(str(last[i].finish_reason) for i in sorted(last)),
             seconds,
-            last.completion_tokens / seconds if seconds > 0 else 0.0,
+            generated / seconds if seconds > 0 else 0.0,
         )
 
 
-def _finish(reason: str) -> str:
-    return "stop" if reason == "cancelled" else reason
+# ---------------------------------------------------------------------- helpers
+
+
+def _request_id() -> str:
+    current = REQUEST_ID.get()
+    return current if current != "-" else new_id("gen")
+
+
+def _choice_params(params: GenerationParams, choice: int) -> GenerationParams:
+    """Choice ``i`` of ``n`` uses ``seed + i``: the choices differ, and a seed repeats them all."""
+    if choice == 0 or params.seed is None:
+        return params
+    return replace(params, seed=params.seed + choice)
+
+
+async def _replay(early: list[Event], events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    try:
+        for event in early:
+            yield event
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+def _split_all(splitter: ReasoningSplitter, text: str) -> tuple[str, str]:
+    reasoning, content = splitter.feed(text)
+    more_reasoning, more_content = splitter.flush()
+    return reasoning + more_reasoning, content + more_content
+
+
+def _chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token_bytes),
+                top_logprobs=[TopLogprob(token=s, logprob=lp, bytes=list(b)) for s, b, lp in t.top],
+            )
+            for t in tokens
+        ],
+        refusal=None,
+    )
+
+
+def _legacy_logprobs(tokens: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return CompletionLogprobs(
+        tokens=[t.token for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[{s: lp for s, _b, lp in t.top} for t in tokens],
+        text_offset=offsets,
+    )
+
+
+def _finish(reason: str | None) -> str:
+    return "stop" if reason in ("cancelled", None) else reason

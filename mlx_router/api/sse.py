@@ -17,11 +17,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Literal
 
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from mlx_router.errors import InternalError, RouterError
 
-__all__ = ["MEDIA_TYPES", "StreamFormat", "write_stream"]
+__all__ = ["MEDIA_TYPES", "StreamFormat", "stream_response", "write_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +107,12 @@ def _frame(payload: str, fmt: StreamFormat, first: bool) -> str:
     if fmt == "json_lines":
         return payload + "\n"
     return payload if first else "," + payload
+
+
+def stream_response(items: AsyncIterator[BaseModel], fmt: StreamFormat) -> StreamingResponse:
+    """A streaming HTTP response for ``items`` in ``fmt``."""
+    return StreamingResponse(
+        write_stream(items, fmt),
+        media_type=MEDIA_TYPES[fmt],
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -116,6 +116,7 @@ class Defaults(_Section):
     max_tokens_limit: int = Field(
         131_072, ge=1, le=1_048_576, description="Largest max_tokens a request may ask for."
     )
+    max_n: int = Field(16, ge=1, le=128, description="Most choices (n) one request may ask for.")
     timeout: float = Field(120.0, gt=0, description="Seconds a request may run before it is stopped.")
     cache_size: int = Field(1, ge=1, le=64, description="Most models resident at once.")
     memory_threshold_gb: float = Field(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,7 +19,14 @@ from mlx_lm import load as mlx_lm_load
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from mlx_router.engine.types import EngineError, GenerationChunk, GenerationParams, GenerationRequest, LoadInfo
+from mlx_router.engine.types import (
+    EngineError,
+    GenerationChunk,
+    GenerationParams,
+    GenerationRequest,
+    LoadInfo,
+    TokenLogprob,
+)
 from mlx_router.errors import redact_paths
 from mlx_router.text.templates import named_template
 
@@ -101,12 +108,15 @@ class Sequence:
         )
         self.finished = False
         self.reasoning_open = False
+        self._engine = engine
+        self._top = request.params.top_logprobs if request.params.logprobs else None
 
     def step(self) -> GenerationChunk:
         """Advance one token; the chunk carries the text that may be shown now."""
         finish: str | None = None
+        logprobs: tuple[TokenLogprob, ...] = ()
         try:
-            token, _ = next(self._steps)
+            token, vector = next(self._steps)
         except StopIteration:
             finish = "length"
         else:
@@ -114,6 +124,8 @@ class Sequence:
             if token in self._eos:
                 finish = "stop"
             else:
+                if self._top is not None:
+                    logprobs = (self._engine.token_logprob(token, vector, self._top),)
                 self.completion_tokens += 1
                 self._detok.add_token(token)
                 self._pending += self._detok.last_segment
@@ -133,6 +145,7 @@ class Sequence:
             completion_tokens=self.completion_tokens,
             prompt_tokens=self.prompt_tokens,
             finish_reason=finish,  # type: ignore[arg-type]
+            logprobs=logprobs,
         )
 
     def _take_text(self, *, final: bool) -> tuple[str, bool]:
@@ -158,6 +171,8 @@ class LMEngine:
     eos_token_ids: frozenset[int]
     chat_template: str | None
     load_info: LoadInfo
+    _pieces: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    _byte_decoder: dict[str, int] | None = None
 
     @classmethod
     def load(cls, model_path: str, *, context_length: int | None, chat_template: str | None) -> LMEngine:
@@ -178,7 +193,7 @@ class LMEngine:
             has_chat_template=has_template,
             backend="gpu" if mx.default_device() == mx.gpu else "cpu",
         )
-        return cls(model, tokenizer, limit, eos, template, info)
+        return cls(model, tokenizer, limit, eos, template, info, {}, _byte_decoder_for(tokenizer))
 
     @property
     def vocab_size(self) -> int:
@@ -188,6 +203,8 @@ class LMEngine:
 
     def encode(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids: chat messages through the chat template, or a raw prompt."""
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
         if request.messages is None:
             return list(self.tokenizer.encode(request.prompt or ""))
         kwargs = dict(request.chat_template_kwargs)
@@ -213,6 +230,8 @@ class LMEngine:
         bad = [t for t in request.params.logit_bias if t >= vocab]
         if bad:
             raise RequestRejected("invalid_request", f"logit_bias token id {bad[0]} is outside the vocabulary (size {vocab})")
+        if request.prompt_ids is not None and any(not 0 <= t < vocab for t in request.prompt_ids):
+            raise RequestRejected("invalid_request", f"prompt token ids must be between 0 and {vocab - 1}")
         prompt_ids = self.encode(request)
         if not prompt_ids:
             raise RequestRejected("invalid_request", "the prompt is empty")
@@ -227,6 +246,26 @@ class LMEngine:
         tail = self.tokenizer.decode(prompt_ids[-16:]).rstrip()
         seq.reasoning_open = tail.endswith("<think>")
         return seq
+
+    def token_logprob(self, token: int, vector: mx.array, top: int) -> TokenLogprob:
+        """The log-probability of ``token`` and the ``top`` most likely tokens at this step."""
+        alternatives: tuple[tuple[str, bytes, float], ...] = ()
+        if top > 0:
+            ids = mx.argpartition(-vector, kth=top - 1)[:top]
+            values = vector[ids].tolist()
+            ranked = sorted(zip(ids.tolist(), values), key=lambda pair: -pair[1])
+            alternatives = tuple((*self.token_piece(i), float(v)) for i, v in ranked)
+        text, raw = self.token_piece(token)
+        return TokenLogprob(text, raw, float(vector[token].item()), alternatives)
+
+    def token_piece(self, token: int) -> tuple[str, bytes]:
+        """A token's own text and bytes (a byte-level piece may be part of a character)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            raw = _token_bytes(self.tokenizer, token, self._byte_decoder)
+            cached = (raw.decode("utf-8", errors="replace"), raw)
+            self._pieces[token] = cached
+        return cached
 
     def warmup(self, tokens: int) -> None:
         """Run a short greedy generation so the first request does not pay for kernel setup."""
@@ -258,3 +297,39 @@ def _config_context_length(config: dict[str, Any]) -> int | None:
 
 def _weight_bytes(model_path: str) -> int:
     return sum(p.stat().st_size for p in Path(model_path).glob("*.safetensors"))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable character map used by byte-level BPE vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {byte: chr(char) for byte, char in zip(printable, chars)}
+
+
+def _byte_decoder_for(tokenizer: Any) -> dict[str, int] | None:
+    """The byte decoder when the vocabulary is byte-level BPE (it spells spaces as 'Ġ')."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # tokenizers without a vocabulary view fall back to decode()
+        return None
+    if not any(piece.startswith("Ġ") for piece in list(vocab)[:50000]):
+        return None
+    return {char: byte for byte, char in _bytes_to_unicode().items()}
+
+
+def _token_bytes(tokenizer: Any, token: int, byte_decoder: dict[str, int] | None) -> bytes:
+    piece = tokenizer.convert_ids_to_tokens(token)
+    if isinstance(piece, str):
+        if byte_decoder is not None and all(ch in byte_decoder for ch in piece):
+            return bytes(byte_decoder[ch] for ch in piece)
+        if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:  # SentencePiece byte fallback
+            return bytes([int(piece[3:5], 16)])
+        if byte_decoder is None:
+            return piece.replace("\u2581", " ").encode("utf-8")
+    return str(tokenizer.decode([token])).encode("utf-8")

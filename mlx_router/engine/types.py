@@ -14,6 +14,7 @@ __all__ = [
     "GenerationParams",
     "GenerationRequest",
     "LoadInfo",
+    "TokenLogprob",
     "WorkerOptions",
 ]
 
@@ -44,18 +45,24 @@ class GenerationParams:
     repetition_penalty: float | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     """Additive bias per token id."""
+    logprobs: bool = False
+    """Report the log-probability of each generated token."""
+    top_logprobs: int = 0
+    """Also report this many most likely alternatives per position."""
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One sequence to generate. Exactly one of ``messages`` and ``prompt`` is set."""
+    """One sequence to generate. Exactly one of ``messages``, ``prompt`` and ``prompt_ids`` is set."""
 
     request_id: str
     params: GenerationParams
     messages: tuple[dict[str, Any], ...] | None = None
     """Chat messages, already normalised to what chat templates expect."""
     prompt: str | None = None
-    """A raw prompt (completions)."""
+    """A raw prompt (completions), tokenized as is."""
+    prompt_ids: tuple[int, ...] | None = None
+    """A prompt given as token ids (completions)."""
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,6 +88,17 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives."""
+
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+    """(token, bytes, logprob) of the most likely tokens at this position, best first."""
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationChunk:
     """What one decode step produced for one sequence."""
 
@@ -92,6 +110,8 @@ class GenerationChunk:
     prompt_tokens: int
     finish_reason: FinishReason | None = None
     """Set on the last chunk of a sequence."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """Per generated token in this chunk, when the request asked for logprobs."""
 
 
 @dataclass(frozen=True, slots=True)

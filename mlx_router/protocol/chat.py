@@ -12,21 +12,18 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
 
-from mlx_router.engine.types import GenerationParams
 from mlx_router.errors import InvalidRequest
 from mlx_router.protocol.common import OpenAIRequest, OpenAIResponse, Usage
+from mlx_router.protocol.sampling import SamplingRequest
 
 __all__ = [
     "ChatCompletionChunk",
     "ChatCompletionRequest",
     "ChatCompletionResponse",
     "ChatMessage",
-    "ModelDefaults",
-    "StreamOptions",
+    "ChatLogprobs",
 ]
 
-MAX_STOP_SEQUENCES = 4
-MAX_STOP_LENGTH = 256
 MAX_MESSAGES = 4096
 
 
@@ -101,74 +98,26 @@ class ChatMessage(OpenAIRequest):
         return message
 
 
-class StreamOptions(OpenAIRequest):
-    include_usage: bool = False
-
-
 class ResponseFormat(OpenAIRequest):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
 
 
-class ModelDefaults(BaseModel):
-    """Sampling defaults of one model (config.json), applied where a request is silent."""
-
-    max_tokens: int
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_tokens_cap: int | None = None
-    """A lower bound from memory pressure, if any."""
-
-
-class ChatCompletionRequest(OpenAIRequest):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
-    model: str = Field(..., min_length=1, max_length=512)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     metadata: dict[str, str] | None = Field(None, max_length=16)
-    n: int | None = Field(None, ge=1, le=16)
     parallel_tool_calls: bool | None = None
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     response_format: ResponseFormat | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
-    stop: str | list[str] | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
     tools: list[dict[str, Any]] | None = Field(None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
-    user: str | None = Field(None, max_length=256)
-    # Extensions common to local servers.
-    top_k: int | None = Field(None, ge=0, le=1000)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    streaming_format: Literal["sse", "json_lines", "json_array"] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
-        if any(len(s) > MAX_STOP_LENGTH for s in stops):
-            raise ValueError(f"each stop sequence may be at most {MAX_STOP_LENGTH} characters")
-        return value
 
     def unsupported_features(self) -> None:
         """Refuse what this server does not implement yet, naming the parameter."""
-        if self.n not in (None, 1):
-            raise InvalidRequest("n > 1 is not supported: only one choice is generated per request.", param="n")
-        if self.logprobs:
-            raise InvalidRequest("logprobs are not supported yet.", param="logprobs")
-        if self.top_logprobs:
-            raise InvalidRequest("top_logprobs requires logprobs, which are not supported yet.", param="top_logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs: true.", param="top_logprobs")
         if self.tool_choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice requires tools, which are not supported yet.", param="tool_choice")
         if self.response_format is not None and self.response_format.type != "text":
@@ -185,40 +134,13 @@ class ChatCompletionRequest(OpenAIRequest):
         """Index of the first message carrying an image part, if any."""
         return next((i for i, m in enumerate(self.messages) if m.has_images()), None)
 
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
 
-    def to_generation_params(self, defaults: ModelDefaults, *, max_tokens_limit: int) -> GenerationParams:
-        """Resolve request values against the model's defaults."""
-        requested = self.max_completion_tokens or self.max_tokens
-        if requested is not None and requested > max_tokens_limit:
-            param = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
-            raise InvalidRequest(f"{param} must be at most {max_tokens_limit}.", param=param)
-        max_tokens = requested or defaults.max_tokens
-        if defaults.max_tokens_cap is not None:
-            max_tokens = min(max_tokens, defaults.max_tokens_cap)
-        logit_bias: dict[int, float] = {}
-        for key, value in (self.logit_bias or {}).items():
-            if not key.lstrip("-").isdigit() or int(key) < 0:
-                raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}.", param="logit_bias")
-            if not -100.0 <= value <= 100.0:
-                raise InvalidRequest("logit_bias values must be between -100 and 100.", param="logit_bias")
-            logit_bias[int(key)] = value
-        return GenerationParams(
-            max_tokens=max_tokens,
-            temperature=defaults.temperature if self.temperature is None else self.temperature,
-            top_p=defaults.top_p if self.top_p is None else self.top_p,
-            top_k=defaults.top_k if self.top_k is None else self.top_k,
-            min_p=defaults.min_p if self.min_p is None else self.min_p,
-            seed=self.seed,
-            stop=self.stop_list(),
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=self.repetition_penalty,
-            logit_bias=logit_bias,
-        )
+    def logprob_request(self) -> tuple[bool, int]:
+        return bool(self.logprobs), self.top_logprobs or 0
 
 
 class ResponseMessage(OpenAIResponse):
@@ -236,10 +158,25 @@ class ResponseMessage(OpenAIResponse):
         return data
 
 
+class TopLogprob(OpenAIResponse):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(OpenAIResponse):
+    content: list[TokenLogprobOut] | None
+    refusal: list[TokenLogprobOut] | None = None
+
+
 class Choice(OpenAIResponse):
     index: int
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
 
 
@@ -268,7 +205,7 @@ class Delta(OpenAIResponse):
 class ChunkChoice(OpenAIResponse):
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
 
 

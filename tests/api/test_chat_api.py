@@ -172,7 +172,8 @@ async def test_x_request_id_header_is_the_engine_request_id(harness: Any) -> Non
     second = await harness.client.post(CHAT, json=chat_body(stream=True))
     ids = [first.headers["x-request-id"], second.headers["x-request-id"]]
     assert all(i.startswith("req-") for i in ids) and ids[0] != ids[1]
-    assert [r.request_id for r in harness.factory.requests] == ids
+    # One engine sequence per choice, named after the request: <x-request-id>-<choice>.
+    assert [r.request_id for r in harness.factory.requests] == [f"{i}-0" for i in ids]
     assert (await harness.client.get("/v1/models")).headers["x-request-id"].startswith("req-")
     assert (await harness.client.get("/health")).headers["x-request-id"].startswith("req-")
 
@@ -548,9 +549,9 @@ async def test_write_stream_no_keepalive_in_json_formats(fmt: str) -> None:
 
 async def test_keepalive_during_slow_first_token_end_to_end(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The route's writer with a short interval: comments flow while the prefill is slow."""
-    from mlx_router.api.routes import chat as chat_route
+    from mlx_router.api import sse
 
-    monkeypatch.setattr(chat_route, "write_stream", functools.partial(write_stream, keepalive=0.05))
+    monkeypatch.setattr(sse, "write_stream", functools.partial(write_stream, keepalive=0.05))
     harness = await make_app(script=FakeEngineScript(first_chunk_delay=0.4))
     response = await harness.client.post(CHAT, json=chat_body(stream=True))
     text = response.text

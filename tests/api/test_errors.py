@@ -96,9 +96,9 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str | None, str]] = [
         "messages[0].mood",
         "unknown_parameter",
     ),
-    ("n-two", {"json": chat_body(n=2)}, "n", "invalid_request"),
+    ("n-over-max-n", {"json": chat_body(n=17)}, "n", "invalid_request"),
     ("n-huge", {"json": chat_body(n=1000)}, "n", "invalid_value"),
-    ("logprobs", {"json": chat_body(logprobs=True)}, "logprobs", "invalid_request"),
+    ("top-logprobs-without-logprobs", {"json": chat_body(top_logprobs=2)}, "top_logprobs", "invalid_request"),
     ("top-logprobs-too-many", {"json": chat_body(top_logprobs=21)}, "top_logprobs", "invalid_value"),
     (
         "tools",
@@ -363,7 +363,7 @@ async def test_unexpected_exception_is_500_without_traceback(make_app: Any) -> N
     async def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"secret detail at {harness.settings.defaults.model_directory}/x.py")
 
-    harness.app.state.chat_service.complete = explode
+    harness.app.state.generation.chat_response = explode
     response = await harness.client.post(CHAT, json=chat_body())
     error = assert_error(response, 500, code="internal_error", leaks=leaks_of(harness))
     assert "secret detail" not in error["message"]
@@ -379,7 +379,7 @@ async def test_responses_carry_request_id_even_on_errors(harness: Any) -> None:
 
 
 async def test_error_bodies_are_json_with_content_length(harness: Any) -> None:
-    response = await harness.client.post(CHAT, json=chat_body(n=2))
+    response = await harness.client.post(CHAT, json=chat_body(n=17))
     assert int(response.headers["content-length"]) == len(response.content)
     assert isinstance(response.json(), dict)
     assert httpx.codes.is_client_error(response.status_code)

@@ -1,0 +1,88 @@
+"""``POST /v1/completions`` (legacy text completions): request, response and stream chunk."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from mlx_router.errors import InvalidRequest
+from mlx_router.protocol.common import OpenAIResponse, Usage
+from mlx_router.protocol.sampling import SamplingRequest
+
+__all__ = [
+    "CompletionChoice",
+    "CompletionLogprobs",
+    "CompletionRequest",
+    "CompletionResponse",
+]
+
+MAX_PROMPTS = 64
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(None, ge=1, le=128)
+    echo: bool | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _bounded_prompt(cls, value: str | list[str] | list[int] | list[list[int]]) -> object:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("prompt must not be empty")
+            if isinstance(value[0], (str, list)) and len(value) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+            if isinstance(value[0], list) and any(not p for p in value):  # type: ignore[union-attr]
+                raise ValueError("token prompts must not be empty")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each a string or a list of token ids."""
+        value = self.prompt
+        if isinstance(value, str):
+            return [value]
+        if value and isinstance(value[0], int):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]
+
+    def unsupported_features(self) -> None:
+        if self.suffix:
+            raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise InvalidRequest("best_of other than n is not supported.", param="best_of")
+        if self.echo and self.logprobs is not None:
+            raise InvalidRequest(
+                "echo together with logprobs (prompt logprobs) is not supported.", param="logprobs"
+            )
+
+    def logprob_request(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
+
+
+class CompletionLogprobs(OpenAIResponse):
+    """The legacy logprobs shape."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(OpenAIResponse):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
+
+
+class CompletionResponse(OpenAIResponse):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
