@@ -98,6 +98,8 @@ class Job:
     stream: bool
     include_usage: bool
     stream_format: Literal["sse", "json_lines", "json_array"]
+    keepalive: float
+    """Seconds without output after which an SSE stream gets a keep-alive comment."""
     echo: list[str] = field(default_factory=list)
     """Completions with ``echo``: the prompt text each choice starts with."""
 
@@ -168,6 +170,7 @@ class GenerationService:
             stream=self._stream(req),
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
             stream_format=req.streaming_format or self.settings.defaults.streaming_format,
+            keepalive=self.settings.server.sse_keepalive_seconds,
             echo=echo or [],
         )
 
@@ -194,8 +197,10 @@ class GenerationService:
         params = req.to_generation_params(defaults, max_tokens_limit=self.settings.defaults.max_tokens_limit)
         messages = tuple(m.to_template() for m in req.messages)
         base = _request_id()
+        kwargs = req.template_kwargs()
         requests = [
-            GenerationRequest(f"{base}-{i}", _choice_params(params, i), messages=messages) for i in range(n)
+            GenerationRequest(f"{base}-{i}", _choice_params(params, i), messages=messages, chat_template_kwargs=kwargs)
+            for i in range(n)
         ]
         return self._job("chat", req, entry, requests, [0] * n)
 

@@ -109,10 +109,10 @@ def _frame(payload: str, fmt: StreamFormat, first: bool) -> str:
     return payload if first else "," + payload
 
 
-def stream_response(items: AsyncIterator[BaseModel], fmt: StreamFormat) -> StreamingResponse:
+def stream_response(items: AsyncIterator[BaseModel], fmt: StreamFormat, *, keepalive: float = 10.0) -> StreamingResponse:
     """A streaming HTTP response for ``items`` in ``fmt``."""
     return StreamingResponse(
-        write_stream(items, fmt),
+        write_stream(items, fmt, keepalive=keepalive),
         media_type=MEDIA_TYPES[fmt],
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

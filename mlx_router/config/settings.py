@@ -181,6 +181,9 @@ class ServerSettings(_Section):
     )
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Log rotation size.")
     log_backup_count: int = Field(5, ge=0, description="Rotated log files kept.")
+    sse_keepalive_seconds: float = Field(
+        10.0, gt=0, le=300, description="Idle seconds after which a stream gets a ': keep-alive' comment (SSE)."
+    )
     worker_start_timeout: float = Field(
         600.0, gt=0, description="Seconds a model load may take before it is failed."
     )

@@ -25,6 +25,14 @@ __all__ = [
 ]
 
 MAX_MESSAGES = 4096
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+CHAT_TEMPLATE_KWARGS: dict[str, type] = {
+    "enable_thinking": bool,  # Qwen3, GLM, Granite: think or answer directly
+    "thinking": bool,  # DeepSeek-V3.1 style switch
+    "reasoning_effort": str,  # gpt-oss: low / medium / high
+}
+"""Template variables a request may set; anything else could change the prompt in ways the
+operator did not expect, so it is refused."""
 
 
 class TextPart(OpenAIRequest):
@@ -113,6 +121,30 @@ class ChatCompletionRequest(SamplingRequest):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = Field(None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    """Passed to the chat template (gpt-oss and others read it)."""
+    # Extension: variables for the model's chat template, from an allow-list.
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _allowed_template_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key, item in (value or {}).items():
+            expected = CHAT_TEMPLATE_KWARGS.get(key)
+            if expected is None:
+                raise ValueError(
+                    f"{key!r} is not an allowed chat template variable; allowed: {', '.join(sorted(CHAT_TEMPLATE_KWARGS))}"
+                )
+            if not isinstance(item, expected) or (expected is str and item not in REASONING_EFFORTS):
+                raise ValueError(f"{key!r} has the wrong type or value")
+        return value
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """Variables handed to the chat template."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", self.reasoning_effort)
+        return kwargs
 
     def unsupported_features(self) -> None:
         """Refuse what this server does not implement yet, naming the parameter."""

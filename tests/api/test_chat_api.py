@@ -547,12 +547,9 @@ async def test_write_stream_no_keepalive_in_json_formats(fmt: str) -> None:
     assert [i["choices"][0]["delta"].get("content") for i in items] == ["", "hi"]
 
 
-async def test_keepalive_during_slow_first_token_end_to_end(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The route's writer with a short interval: comments flow while the prefill is slow."""
-    from mlx_router.api import sse
-
-    monkeypatch.setattr(sse, "write_stream", functools.partial(write_stream, keepalive=0.05))
-    harness = await make_app(script=FakeEngineScript(first_chunk_delay=0.4))
+async def test_keepalive_during_slow_first_token_end_to_end(make_app: Any) -> None:
+    """server.sse_keepalive_seconds: comments flow while the prefill is slow."""
+    harness = await make_app(script=FakeEngineScript(first_chunk_delay=0.4), server={"sse_keepalive_seconds": 0.05})
     response = await harness.client.post(CHAT, json=chat_body(stream=True))
     text = response.text
     assert text.count(": keep-alive\n\n") >= 3, text[:300]

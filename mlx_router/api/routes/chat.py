@@ -25,4 +25,4 @@ async def create_chat_completion(
     job = service.prepare_chat(body)
     if not job.stream:
         return await service.chat_response(job)
-    return stream_response(await service.chat_stream(job), job.stream_format)
+    return stream_response(await service.chat_stream(job), job.stream_format, keepalive=job.keepalive)

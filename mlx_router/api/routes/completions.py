@@ -23,4 +23,4 @@ async def create_completion(body: CompletionRequest, service: ServiceDep) -> Com
     job = service.prepare_completion(body)
     if not job.stream:
         return await service.completion_response(job)
-    return stream_response(await service.completion_stream(job), job.stream_format)
+    return stream_response(await service.completion_stream(job), job.stream_format, keepalive=job.keepalive)
