@@ -7,7 +7,6 @@ stream writers, errors inside streams, timeouts, cancellation and worker crashes
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from collections.abc import AsyncIterator
