@@ -123,8 +123,13 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
 
     def usage(self, job: Job, completion_tokens: int) -> Usage:
-        prompts = {job.prompt_of[i]: a.prompt_tokens for i, a in enumerate(self.admissions)}
-        return usage(sum(prompts.values()), completion_tokens)
+        """Each prompt counts once, however many choices continue it."""
+        prompts = {job.prompt_of[i]: a for i, a in enumerate(self.admissions)}
+        return usage(
+            sum(a.prompt_tokens for a in prompts.values()),
+            completion_tokens,
+            sum(a.cached_tokens for a in prompts.values()),
+        )
 
 
 class GenerationService:
@@ -239,7 +244,7 @@ class GenerationService:
             raise
 
     async def _generate(self, job: Job, deadline: float) -> AsyncIterator[Event]:
-        async with self.manager.acquire(job.entry.id) as lm:
+        async with self.manager.acquire(job.entry.id, len(job.requests)) as lm:
             queue: asyncio.Queue[tuple[int, Admission | GenerationChunk | BaseException | None]] = asyncio.Queue()
 
             async def pump(index: int, request: GenerationRequest) -> None:

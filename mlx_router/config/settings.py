@@ -79,6 +79,9 @@ class ModelConfig(_Section):
     reasoning_response: Literal["enable", "disable"] | None = Field(
         None, description="'enable' returns reasoning separately, 'disable' drops it."
     )
+    max_batch_size: int | None = Field(None, ge=1, le=1024, description="Overrides defaults.max_batch_size.")
+    max_queue: int | None = Field(None, ge=0, le=100_000, description="Overrides defaults.max_queue.")
+    prefix_cache_bytes: int | None = Field(None, ge=0, description="Overrides defaults.prefix_cache_bytes.")
     memory_pressure_max_tokens: dict[str, int] | None = Field(
         None, description="Cap on max_tokens per memory-pressure level (normal/moderate/high/critical)."
     )
@@ -144,6 +147,20 @@ class Defaults(_Section):
     warmup_tokens: int = Field(
         0, ge=0, le=256, description="Tokens generated right after a load to warm kernels."
     )
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="Requests per model decoded together (continuous batching)."
+    )
+    max_queue: int = Field(
+        64, ge=0, le=100_000, description="Requests per model waiting beyond max_batch_size; more get 429."
+    )
+    prefill_batch_size: int = Field(8, ge=1, le=256, description="Prompts per model prefilled together.")
+    prefill_step_size: int = Field(
+        2048, ge=16, le=65536, description="Prompt tokens per prefill step; decoding continues between steps."
+    )
+    prefix_cache_bytes: int = Field(
+        1 << 30, ge=0, description="Bytes of KV kept per model for reuse across requests (0: off)."
+    )
+    prefix_cache_entries: int = Field(64, ge=1, le=100_000, description="Cached prefixes kept per model.")
     enable_function_calling: bool = Field(
         True, description="False refuses every request that carries tools."
     )

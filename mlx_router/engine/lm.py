@@ -1,8 +1,9 @@
-"""The mlx-lm adapter: loading a text model and stepping its sequences.
+"""The mlx-lm adapter: loading a text model, admitting requests, per-sequence sampling.
 
-Runs only inside a worker process. Each :class:`Sequence` wraps mlx-lm's ``generate_step``
-with its own sampler (and random key, so seeds stay reproducible while other sequences run),
-its own streaming detokenizer and stop-string matching.
+Runs only inside a worker process. Batching lives in :mod:`mlx_router.engine.batch`; this
+module knows the model: its tokenizer and chat template, its context window, and how to build
+a sequence's sampler (with a private random key, so a seed reproduces its sequence whatever
+runs beside it) and logits processors.
 """
 
 from __future__ import annotations
@@ -12,25 +13,17 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import mlx.core as mx
 from mlx_lm import load as mlx_lm_load
-from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from mlx_router.engine.types import (
-    EngineError,
-    GenerationChunk,
-    GenerationParams,
-    GenerationRequest,
-    LoadInfo,
-    TokenLogprob,
-)
+from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, LoadInfo, TokenLogprob
 from mlx_router.errors import redact_paths
 from mlx_router.text.templates import named_template
 
-__all__ = ["LMEngine", "RequestRejected", "Sequence", "classify_exception", "make_sampler"]
+__all__ = ["LMEngine", "RequestRejected", "classify_exception", "greedy", "logits_processors", "make_sampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +39,15 @@ class RequestRejected(Exception):
         self.message = message
 
 
+def greedy(logprobs: mx.array) -> mx.array:
+    """Argmax. One shared function: a batch whose sequences all use it samples in one call."""
+    return mx.argmax(logprobs, axis=-1)
+
+
 def make_sampler(params: GenerationParams) -> Callable[[mx.array], mx.array]:
     """A sampler with a private random key: a seed reproduces its sequence whatever runs beside it."""
     if params.temperature == 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+        return greedy
     filters: list[Callable[[mx.array], mx.array]] = []
     if 0 < params.top_p < 1.0:
         filters.append(lambda x: apply_top_p(x, params.top_p))
@@ -71,94 +69,13 @@ def make_sampler(params: GenerationParams) -> Callable[[mx.array], mx.array]:
     return sampler
 
 
-def _logits_processors(params: GenerationParams) -> list[Callable[[mx.array, mx.array], mx.array]]:
+def logits_processors(params: GenerationParams) -> list[Callable[[mx.array, mx.array], mx.array]]:
     return make_logits_processors(
         logit_bias=params.logit_bias or None,
         repetition_penalty=params.repetition_penalty,
         presence_penalty=params.presence_penalty or None,
         frequency_penalty=params.frequency_penalty or None,
     )
-
-
-class Sequence:
-    """One request being generated: tokens in, text chunks out."""
-
-    def __init__(
-        self,
-        request: GenerationRequest,
-        prompt_ids: list[int],
-        engine: LMEngine,
-        max_tokens: int,
-    ) -> None:
-        self.request_id = request.request_id
-        self.prompt_tokens = len(prompt_ids)
-        self.completion_tokens = 0
-        self.max_tokens = max_tokens
-        self._eos = engine.eos_token_ids
-        self._stops = tuple(s for s in request.params.stop if s)
-        self._holdback = max((len(s) for s in self._stops), default=1) - 1
-        self._pending = ""
-        self._detok = engine.tokenizer.detokenizer
-        self._steps: Iterator[tuple[Any, Any]] = generate_step(
-            mx.array(prompt_ids),
-            engine.model,
-            max_tokens=max_tokens,
-            sampler=make_sampler(request.params),
-            logits_processors=_logits_processors(request.params),
-        )
-        self.finished = False
-        self.reasoning_open = False
-        self._engine = engine
-        self._top = request.params.top_logprobs if request.params.logprobs else None
-
-    def step(self) -> GenerationChunk:
-        """Advance one token; the chunk carries the text that may be shown now."""
-        finish: str | None = None
-        logprobs: tuple[TokenLogprob, ...] = ()
-        try:
-            token, vector = next(self._steps)
-        except StopIteration:
-            finish = "length"
-        else:
-            token = int(token)
-            if token in self._eos:
-                finish = "stop"
-            else:
-                if self._top is not None:
-                    logprobs = (self._engine.token_logprob(token, vector, self._top),)
-                self.completion_tokens += 1
-                self._detok.add_token(token)
-                self._pending += self._detok.last_segment
-                if self.completion_tokens >= self.max_tokens:
-                    finish = "length"
-        if finish is not None:
-            self._detok.finalize()
-            self._pending += self._detok.last_segment
-        text, matched = self._take_text(final=finish is not None)
-        if matched:
-            finish = "stop"
-        if finish is not None:
-            self.finished = True
-        return GenerationChunk(
-            request_id=self.request_id,
-            text=text,
-            completion_tokens=self.completion_tokens,
-            prompt_tokens=self.prompt_tokens,
-            finish_reason=finish,  # type: ignore[arg-type]
-            logprobs=logprobs,
-        )
-
-    def _take_text(self, *, final: bool) -> tuple[str, bool]:
-        """Text safe to emit, holding back what could still become a stop string."""
-        pending = self._pending
-        if self._stops:
-            hits = [i for i in (pending.find(s) for s in self._stops) if i >= 0]
-            if hits:
-                self._pending = ""
-                return pending[: min(hits)], True
-        cut = len(pending) if final or not self._stops else max(0, len(pending) - self._holdback)
-        self._pending = pending[cut:]
-        return pending[:cut], False
 
 
 @dataclass
@@ -224,8 +141,8 @@ class LMEngine:
             ids = ids["input_ids"]
         return list(ids)
 
-    def start(self, request: GenerationRequest) -> Sequence:
-        """Tokenize and admit a request, bounding max_tokens by the context left."""
+    def admit(self, request: GenerationRequest) -> tuple[list[int], int]:
+        """Prompt token ids and max_tokens bounded by the context left; refuses what cannot run."""
         vocab = self.vocab_size
         bad = [t for t in request.params.logit_bias if t >= vocab]
         if bad:
@@ -242,10 +159,11 @@ class LMEngine:
                 f"the prompt has {len(prompt_ids)} tokens, which does not fit this model's "
                 f"context of {self.context_length} tokens",
             )
-        seq = Sequence(request, prompt_ids, self, min(request.params.max_tokens, room))
-        tail = self.tokenizer.decode(prompt_ids[-16:]).rstrip()
-        seq.reasoning_open = tail.endswith("<think>")
-        return seq
+        return prompt_ids, min(request.params.max_tokens, room)
+
+    def reasoning_open(self, prompt_ids: list[int]) -> bool:
+        """Whether the prompt ends inside a think block the template opened."""
+        return str(self.tokenizer.decode(prompt_ids[-16:])).rstrip().endswith("<think>")
 
     def token_logprob(self, token: int, vector: mx.array, top: int) -> TokenLogprob:
         """The log-probability of ``token`` and the ``top`` most likely tokens at this step."""
@@ -266,15 +184,6 @@ class LMEngine:
             cached = (raw.decode("utf-8", errors="replace"), raw)
             self._pieces[token] = cached
         return cached
-
-    def warmup(self, tokens: int) -> None:
-        """Run a short greedy generation so the first request does not pay for kernel setup."""
-        if tokens <= 0:
-            return
-        request = GenerationRequest("warmup", GenerationParams(max_tokens=tokens), prompt="Hello")
-        seq = self.start(request)
-        while not seq.finished:
-            seq.step()
 
 
 def classify_exception(exc: BaseException, request_id: str | None) -> EngineError:

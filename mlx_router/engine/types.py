@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 __all__ = [
     "Admission",
+    "BatchOptions",
     "EngineError",
     "EngineErrorKind",
     "FinishReason",
@@ -85,6 +86,8 @@ class Admission:
     """max_tokens after bounding by the context left."""
     reasoning_open: bool = False
     """The prompt ends inside a ``<think>`` block (the template opened it)."""
+    cached_tokens: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +142,20 @@ class WorkerOptions:
     chat_template: str | None = None
     """A named template, or None / ``auto`` for the tokenizer's own."""
     warmup_tokens: int = 0
+    batch: BatchOptions = field(default_factory=lambda: BatchOptions())
+    """Batch and prefix-cache limits."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """Limits of one model's batch (configurable in config.json, ``defaults`` and per model)."""
+
+    max_batch_size: int = 32
+    """Sequences decoded together; more wait in the worker's queue."""
+    prefill_batch_size: int = 8
+    """Prompts prefilled together."""
+    prefill_step_size: int = 2048
+    """Prompt tokens per prefill step (decoding of the others continues between steps)."""
+    prefix_cache_bytes: int = 1 << 30
+    """Bytes of KV kept for reuse across requests (0 turns the prefix cache off)."""
+    prefix_cache_entries: int = 64

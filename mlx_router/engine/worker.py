@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from mlx_router.errors import redact_paths
-from mlx_router.engine.types import Admission, EngineError, GenerationChunk, WorkerOptions
+from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, WorkerOptions
 
 __all__ = ["worker_main"]
 
@@ -47,7 +47,6 @@ class _Worker:
         self.conn = conn
         self.options = options
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.active: dict[str, Any] = {}
         self.send_lock = threading.Lock()
 
     def send(self, msg: tuple[Any, ...]) -> None:
@@ -59,30 +58,33 @@ class _Worker:
 
     def run(self) -> None:
         threading.Thread(target=_reader, args=(self.conn, self.inbox), daemon=True).start()
-        try:
-            from mlx_router.engine.lm import LMEngine
+        from mlx_router.engine.batch import BatchScheduler
+        from mlx_router.engine.lm import LMEngine, classify_exception
 
+        try:
             engine = LMEngine.load(
                 self.options.model_path,
                 context_length=self.options.context_length,
                 chat_template=self.options.chat_template,
             )
-            engine.warmup(self.options.warmup_tokens)
+            scheduler = BatchScheduler(engine, self.options.batch)
+            if self.options.warmup_tokens > 0:
+                scheduler.run_to_end(
+                    GenerationRequest("warmup", GenerationParams(max_tokens=self.options.warmup_tokens), prompt="Hello")
+                )
         except Exception as exc:  # any load failure is reported, never raised past here
-            from mlx_router.engine.lm import classify_exception
-
             kind = classify_exception(exc, None).kind
             detail = redact_paths(str(exc).splitlines()[0][:300]) if str(exc) else ""
             self.send(("load_failed", kind, f"{exc.__class__.__name__}: {detail}".rstrip(": ")))
             return
         self.send(("ready", engine.load_info))
-        self.loop(engine)
+        self.loop(scheduler)
 
-    def loop(self, engine: Any) -> None:
+    def loop(self, scheduler: Any) -> None:
         from mlx_router.engine.lm import RequestRejected, classify_exception
 
         while True:
-            block = not self.active
+            block = not scheduler.active
             while True:
                 try:
                     msg = self.inbox.get(block=block)
@@ -93,30 +95,23 @@ class _Worker:
                 if kind == "shutdown":
                     return
                 if kind == "cancel":
-                    self.active.pop(msg[1], None)
+                    scheduler.cancel(msg[1])
                 elif kind == "generate":
                     request = msg[1]
                     try:
-                        seq = engine.start(request)
-                        self.active[request.request_id] = seq
-                        self.send(
-                            ("admitted", Admission(request.request_id, seq.prompt_tokens, seq.max_tokens, seq.reasoning_open))
-                        )
+                        self.send(("admitted", scheduler.add(request)))
                     except RequestRejected as exc:
                         self.send(("error", EngineError(exc.kind, exc.message, request.request_id)))  # type: ignore[arg-type]
                     except Exception as exc:
                         self.send(("error", classify_exception(exc, request.request_id)))
-            chunks: list[GenerationChunk] = []
-            for request_id, seq in list(self.active.items()):
-                try:
-                    chunk = seq.step()
-                except Exception as exc:
-                    del self.active[request_id]
+            if not scheduler.active:
+                continue
+            try:
+                chunks = scheduler.step()
+            except Exception as exc:  # a failed step fails the whole batch, not the process
+                for request_id in scheduler.fail_all():
                     self.send(("error", classify_exception(exc, request_id)))
-                    continue
-                if chunk.finish_reason is not None:
-                    del self.active[request_id]
-                chunks.append(chunk)
+                continue
             if chunks:
                 self.send(("step", chunks))
 

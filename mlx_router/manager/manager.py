@@ -22,11 +22,12 @@ from typing import Any, Callable
 
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
-from mlx_router.engine.types import LoadInfo, WorkerOptions
+from mlx_router.engine.types import BatchOptions, LoadInfo, WorkerOptions
 from mlx_router.errors import (
     InsufficientMemory,
     ModelLoadFailed,
     ModelNotFound,
+    Overloaded,
     RouterError,
     ServiceUnavailable,
     redact_paths,
@@ -98,6 +99,8 @@ class MLXModelManager:
         self._loading: dict[str, asyncio.Task[_Resident]] = {}
         self._room_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._demand: dict[str, int] = {}
+        """Sequences per model running or waiting (loading included), for backpressure."""
         self.default_model: str | None = settings.defaults.model
         """Preloaded and pinned; the embedded model takes this role when it is the fallback."""
         self.started_at = time.time()
@@ -174,16 +177,36 @@ class MLXModelManager:
     # ---------------------------------------------------------------- residency
 
     @asynccontextmanager
-    async def acquire(self, model_id: str) -> AsyncIterator[LoadedModel]:
-        """Hold a READY model for one request; it cannot be unloaded while held."""
+    async def acquire(self, model_id: str, sequences: int = 1) -> AsyncIterator[LoadedModel]:
+        """Hold a READY model for one request of ``sequences`` sequences; it cannot be unloaded
+        while held. Beyond the model's batch plus queue, the request is refused with 429."""
         entry = self.resolve(model_id)
-        resident = await self._ensure_loaded(entry)
-        resident.in_flight += 1
+        limit = self.queue_limit(entry)
+        demand = self._demand.get(entry.id, 0)
+        if demand + sequences > limit:
+            raise Overloaded(
+                f"Model {entry.id!r} is at capacity ({demand} sequences running or queued, limit {limit}: "
+                "max_batch_size + max_queue). Retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        self._demand[entry.id] = demand + sequences
         try:
-            yield LoadedModel(entry, resident.client, resident.load_info)
+            resident = await self._ensure_loaded(entry)
+            resident.in_flight += 1
+            try:
+                yield LoadedModel(entry, resident.client, resident.load_info)
+            finally:
+                resident.in_flight -= 1
+                resident.last_used = time.monotonic()
         finally:
-            resident.in_flight -= 1
-            resident.last_used = time.monotonic()
+            self._demand[entry.id] -= sequences
+
+    def queue_limit(self, entry: ModelEntry) -> int:
+        """Sequences a model may have running or waiting: its batch plus its queue."""
+        defaults, config = self.settings.defaults, entry.config
+        batch = config.max_batch_size or defaults.max_batch_size
+        queue = config.max_queue if config.max_queue is not None else defaults.max_queue
+        return batch + queue
 
     async def _ensure_loaded(self, entry: ModelEntry) -> _Resident:
         """Single-flight: the load runs as its own task; every caller awaits it shielded, so a
@@ -216,6 +239,7 @@ class MLXModelManager:
                 context_length=entry.config.context_length,
                 chat_template=entry.config.chat_template,
                 warmup_tokens=self.settings.defaults.warmup_tokens,
+                batch=self.batch_options(entry),
             )
             client = self._client_factory(options, self._on_worker_exit)
             info = await client.start(self.settings.server.worker_start_timeout)
@@ -247,6 +271,19 @@ class MLXModelManager:
             info.context_length,
         )
         return resident
+
+    def batch_options(self, entry: ModelEntry) -> BatchOptions:
+        """Batch limits of a model: its own settings over the defaults."""
+        defaults, config = self.settings.defaults, entry.config
+        return BatchOptions(
+            max_batch_size=config.max_batch_size or defaults.max_batch_size,
+            prefill_batch_size=defaults.prefill_batch_size,
+            prefill_step_size=defaults.prefill_step_size,
+            prefix_cache_bytes=(
+                config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
+            ),
+            prefix_cache_entries=defaults.prefix_cache_entries,
+        )
 
     def _fail(self, model_id: str, reason: str) -> None:
         self.states[model_id] = ModelState.FAILED
@@ -371,6 +408,7 @@ class MLXModelManager:
             {
                 "id": mid,
                 "in_flight": r.in_flight,
+                "sequences": self._demand.get(mid, 0),
                 "pid": getattr(r.client, "pid", None),
                 "weight_gb": round(r.load_info.weight_bytes / GB, 3),
                 "backend": r.load_info.backend,

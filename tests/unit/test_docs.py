@@ -48,3 +48,15 @@ def test_every_cli_flag_is_documented() -> None:
         for flag in action.option_strings:
             if flag.startswith("--") and flag != "--help":
                 assert f"`{flag}`" in README, flag
+
+
+def test_reference_table_is_current() -> None:
+    """README's table is exactly what helper_tools/config_reference.py prints (run it with --write)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "helper_tools" / "config_reference.py"
+    spec = importlib.util.spec_from_file_location("config_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.table() in README

@@ -1,0 +1,225 @@
+"""Continuous batching: every active sequence of a model shares each decode step.
+
+Built on mlx-lm's ``BatchGenerator`` (chunked prefill interleaved with decoding, per-sequence
+samplers, logits processors, max_tokens and stop tokens) and ``LRUPromptCache`` (the prefix
+cache: KV snapshots in a token trie, bounded in entries and bytes). This module adds what a
+server needs on top: admission (tokenize, bound by the context, look up the prefix cache),
+per-sequence text (streaming detokenizer, stop strings that are never half-sent), logprobs,
+cancellation, and one list of chunks per step for the worker to send.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import LRUPromptCache
+
+from mlx_router.engine.lm import LMEngine, RequestRejected, logits_processors, make_sampler
+from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationRequest, TokenLogprob
+
+__all__ = ["BatchScheduler", "canonicalize_messages"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEY = "model"
+"""One prefix cache per worker, so one key: caches never mix models."""
+
+_BILLING_LINE = re.compile(r"^x-anthropic-billing-header:.*$", re.MULTILINE)
+
+
+def canonicalize_messages(messages: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    """Blank volatile lines some agent clients put in system prompts (a per-request billing
+    header), so that otherwise identical prompts share their cached prefix."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "system" and isinstance(content, str) and "x-anthropic-billing-header:" in content:
+            message = {**message, "content": _BILLING_LINE.sub("x-anthropic-billing-header:", content)}
+        out.append(message)
+    return tuple(out)
+
+
+class _Sequence:
+    """The text side of one sequence: detokenizer, stop strings, counts, logprobs."""
+
+    def __init__(self, request: GenerationRequest, engine: LMEngine, prompt_ids: list[int], max_tokens: int) -> None:
+        self.request_id = request.request_id
+        self.prompt_ids = prompt_ids
+        self.prompt_tokens = len(prompt_ids)
+        self.max_tokens = max_tokens
+        self.completion_tokens = 0
+        self.engine = engine
+        self.top = request.params.top_logprobs if request.params.logprobs else None
+        self.stops = tuple(s for s in request.params.stop if s)
+        self.holdback = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.detok = engine.tokenizer.detokenizer
+
+    def consume(self, token: int, vector: mx.array, finish: str | None) -> GenerationChunk:
+        """One generated token (and the batch's verdict) in, the text that may be shown out."""
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if token in self.engine.eos_token_ids:
+            finish = "stop"
+        else:
+            if self.top is not None:
+                logprobs = (self.engine.token_logprob(token, vector, self.top),)
+            self.completion_tokens += 1
+            self.detok.add_token(token)
+            self.pending += self.detok.last_segment
+        if finish is not None:
+            self.detok.finalize()
+            self.pending += self.detok.last_segment
+        text, matched = self._take_text(final=finish is not None)
+        if matched:
+            finish = "stop"
+        return GenerationChunk(
+            request_id=self.request_id,
+            text=text,
+            completion_tokens=self.completion_tokens,
+            prompt_tokens=self.prompt_tokens,
+            finish_reason=finish,  # type: ignore[arg-type]
+            logprobs=logprobs,
+        )
+
+    def _take_text(self, *, final: bool) -> tuple[str, bool]:
+        """Text safe to emit, holding back what could still become a stop string."""
+        pending = self.pending
+        if self.stops:
+            hits = [i for i in (pending.find(s) for s in self.stops) if i >= 0]
+            if hits:
+                self.pending = ""
+                return pending[: min(hits)], True
+        cut = len(pending) if final or not self.stops else max(0, len(pending) - self.holdback)
+        self.pending = pending[cut:]
+        return pending[:cut], False
+
+
+class BatchScheduler:
+    """Admits requests into one ``BatchGenerator`` and turns each step into chunks."""
+
+    def __init__(self, engine: LMEngine, options: BatchOptions) -> None:
+        self.engine = engine
+        self.options = options
+        self.prefix_cache = (
+            LRUPromptCache(max_size=options.prefix_cache_entries, max_bytes=options.prefix_cache_bytes)
+            if options.prefix_cache_bytes > 0
+            else None
+        )
+        self._sequences: dict[int, _Sequence] = {}
+        self._uids: dict[str, int] = {}
+        self._generator = self._new_generator()
+
+    def _new_generator(self) -> BatchGenerator:
+        return BatchGenerator(
+            self.engine.model,
+            stop_tokens=[[t] for t in sorted(self.engine.eos_token_ids)],
+            completion_batch_size=self.options.max_batch_size,
+            prefill_batch_size=self.options.prefill_batch_size,
+            prefill_step_size=self.options.prefill_step_size,
+        )
+
+    @property
+    def active(self) -> int:
+        return len(self._sequences)
+
+    def add(self, request: GenerationRequest) -> Admission:
+        """Tokenize, bound by the context, reuse a cached prefix and queue the sequence."""
+        if request.messages is not None:
+            request = _with_messages(request, canonicalize_messages(request.messages))
+        prompt_ids, max_tokens = self.engine.admit(request)
+        cache, rest = None, prompt_ids
+        if self.prefix_cache is not None:
+            cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt_ids)
+        cached = len(prompt_ids) - len(rest)
+        (uid,) = self._generator.insert(
+            [rest],
+            max_tokens=[max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[prompt_ids[:cached]],
+            samplers=[make_sampler(request.params)],
+            logits_processors=[logits_processors(request.params)],
+        )
+        sequence = _Sequence(request, self.engine, prompt_ids, max_tokens)
+        self._sequences[uid] = sequence
+        self._uids[request.request_id] = uid
+        return Admission(
+            request_id=request.request_id,
+            prompt_tokens=len(prompt_ids),
+            max_tokens=max_tokens,
+            reasoning_open=self.engine.reasoning_open(prompt_ids),
+            cached_tokens=cached,
+        )
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a sequence (queued, prefilling or decoding); it produces nothing more."""
+        uid = self._uids.pop(request_id, None)
+        if uid is not None:
+            self._sequences.pop(uid, None)
+            self._generator.remove([uid])
+
+    def step(self) -> list[GenerationChunk]:
+        """One decode step for every decoding sequence (and one prefill chunk for new ones)."""
+        _prompt_responses, responses = self._generator.next()
+        chunks: list[GenerationChunk] = []
+        for response in responses:
+            sequence = self._sequences.get(response.uid)
+            if sequence is None:
+                continue
+            chunk = sequence.consume(int(response.token), response.logprobs, response.finish_reason)
+            chunks.append(chunk)
+            if chunk.finish_reason is None:
+                continue
+            self._finish(response.uid, sequence)
+            if response.finish_reason is not None:
+                self._remember(response.all_tokens, response.prompt_cache)
+            else:  # a stop string ended it: the batch still holds the sequence
+                caches = self._generator.remove([response.uid], return_prompt_caches=True)
+                for cache, tokens in caches.values():
+                    self._remember(tokens, cache)
+        return chunks
+
+    def fail_all(self) -> list[str]:
+        """After an error in a step: drop every sequence and start a fresh batch."""
+        failed = [s.request_id for s in self._sequences.values()]
+        self._sequences.clear()
+        self._uids.clear()
+        self._generator.close()
+        self._generator = self._new_generator()
+        return failed
+
+    def run_to_end(self, request: GenerationRequest) -> list[GenerationChunk]:
+        """Generate one request alone until it finishes (warm-up)."""
+        self.add(request)
+        chunks: list[GenerationChunk] = []
+        while self.active:
+            chunks.extend(self.step())
+        return chunks
+
+    def _finish(self, uid: int, sequence: _Sequence) -> None:
+        self._sequences.pop(uid, None)
+        if self._uids.get(sequence.request_id) == uid:
+            del self._uids[sequence.request_id]
+
+    def _remember(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        """Keep a finished sequence's KV for requests that share its prefix."""
+        if self.prefix_cache is None or not tokens or cache is None:
+            return
+        self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
+        active = self._generator.prompt_cache_nbytes
+        self.prefix_cache.trim_to(n_bytes=self.options.prefix_cache_bytes - active)
+
+
+def _with_messages(request: GenerationRequest, messages: tuple[dict[str, Any], ...]) -> GenerationRequest:
+    if messages == request.messages:
+        return request
+    return GenerationRequest(
+        request_id=request.request_id,
+        params=request.params,
+        messages=messages,
+        chat_template_kwargs=request.chat_template_kwargs,
+    )
+
