@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from mlx_router.api.app import create_app
+    from mlx_router.api.server import DrainingServer
     from mlx_router.logs import setup_logging
 
     server = settings.server
@@ -137,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         port=server.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=5,
     )
-    uvicorn_server = uvicorn.Server(config)
+    uvicorn_server = DrainingServer(config, app.state.generation, server.drain_timeout)
     try:
         uvicorn_server.run()
     except ConfigError as exc:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from mlx_router import __version__
 from mlx_router.config.settings import Settings
@@ -34,6 +34,7 @@ from mlx_router.errors import (
     InternalError,
     InvalidRequest,
     RouterError,
+    ServiceUnavailable,
     WorkerCrashed,
     redact_paths,
 )
@@ -140,6 +141,9 @@ class GenerationService:
         self.settings = settings
         self.requests_total = 0
         self.requests_failed = 0
+        self.draining = False
+        self._queues: set[asyncio.Queue[Any]] = set()
+        """The event queue of every running job (shutdown puts an error into each)."""
 
     # ------------------------------------------------------------------ preparing
 
@@ -259,12 +263,16 @@ class GenerationService:
 
             tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(job.requests)]
             running = len(tasks)
+            self._queues.add(queue)
             try:
                 while running:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise asyncio.TimeoutError
-                    index, item = await asyncio.wait_for(queue.get(), remaining)
+                    try:
+                        index, item = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise asyncio.TimeoutError from None
+                        index, item = await asyncio.wait_for(queue.get(), remaining)
                     if item is None:
                         running -= 1
                     elif isinstance(item, BaseException):
@@ -278,6 +286,7 @@ class GenerationService:
             except EngineFailure as exc:
                 raise engine_error(exc.error) from None
             finally:
+                self._queues.discard(queue)
                 for task in tasks:
                     task.cancel()  # leaving early cancels the sequences in the worker
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -294,6 +303,26 @@ class GenerationService:
             else:
                 early.append((index, item))
         return _Run([admissions[i] for i in range(len(job.requests))], _replay(early, events))
+
+    @property
+    def running(self) -> int:
+        """Jobs generating now."""
+        return len(self._queues)
+
+    async def drain(self, deadline: float) -> None:
+        """Refuse new work, let running jobs finish until ``deadline`` seconds, then end the
+        rest with an error (streams get an error event and their end marker)."""
+        self.draining = True
+        limit = time.monotonic() + deadline
+        while self._queues and time.monotonic() < limit:
+            await asyncio.sleep(0.05)
+        if self._queues:
+            logger.warning("Drain deadline reached; ending %d running request(s)", len(self._queues))
+        stop = ServiceUnavailable("The server is shutting down; the request was stopped.", code="shutting_down")
+        for queue in list(self._queues):
+            queue.put_nowait((-1, stop))
+        while self._queues and time.monotonic() < limit + 5:
+            await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ chat
 

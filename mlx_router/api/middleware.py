@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable
 
-from mlx_router.errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RouterError
+from mlx_router.errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RouterError, ServiceUnavailable
 from mlx_router.logs import REQUEST_ID
 
 __all__ = ["RouterMiddleware", "is_loopback", "LOOPBACK_HOSTS"]
@@ -85,7 +85,7 @@ class RouterMiddleware:
         started = time.perf_counter()
         status_holder = {"status": 0}
         try:
-            error = self._check(scope)
+            error = self._check(scope) or _draining(scope)
             if error is not None:
                 status_holder["status"] = error.status_code
                 await _send_error(send, error, request_id)
@@ -154,6 +154,15 @@ class RouterMiddleware:
                 return None
             if not message.get("more_body", False):
                 return messages
+
+
+def _draining(scope: Scope) -> RouterError | None:
+    """While shutting down, only /health answers (with 503); everything else is refused."""
+    app = scope.get("app")
+    service = getattr(getattr(app, "state", None), "generation", None)
+    if service is not None and service.draining and scope.get("path") not in OPEN_PATHS:
+        return ServiceUnavailable("The server is shutting down.", code="shutting_down", headers={"Retry-After": "5"})
+    return None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

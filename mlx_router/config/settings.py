@@ -201,6 +201,9 @@ class ServerSettings(_Section):
     sse_keepalive_seconds: float = Field(
         10.0, gt=0, le=300, description="Idle seconds after which a stream gets a ': keep-alive' comment (SSE)."
     )
+    drain_timeout: float = Field(
+        30.0, ge=0, le=3600, description="On SIGTERM: seconds running requests may finish before they are ended."
+    )
     worker_start_timeout: float = Field(
         600.0, gt=0, description="Seconds a model load may take before it is failed."
     )

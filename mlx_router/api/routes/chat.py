@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from mlx_router.api.deps import ServiceDep
+from mlx_router.api.disconnect import unless_disconnected
 from mlx_router.api.sse import stream_response
 from mlx_router.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
 
@@ -20,9 +21,9 @@ router = APIRouter(tags=["Chat"])
     summary="Create a chat completion (streaming with stream: true)",
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, service: ServiceDep
+    body: ChatCompletionRequest, service: ServiceDep, request: Request
 ) -> ChatCompletionResponse | StreamingResponse:
     job = service.prepare_chat(body)
     if not job.stream:
-        return await service.chat_response(job)
+        return await unless_disconnected(request, service.chat_response(job))
     return stream_response(await service.chat_stream(job), job.stream_format, keepalive=job.keepalive)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from mlx_router.api.deps import ServiceDep
+from mlx_router.api.disconnect import unless_disconnected
 from mlx_router.api.sse import stream_response
 from mlx_router.protocol.completions import CompletionRequest, CompletionResponse
 
@@ -19,8 +20,10 @@ router = APIRouter(tags=["Completions"])
     response_model=CompletionResponse,
     summary="Create a text completion from a raw prompt (streaming with stream: true)",
 )
-async def create_completion(body: CompletionRequest, service: ServiceDep) -> CompletionResponse | StreamingResponse:
+async def create_completion(
+    body: CompletionRequest, service: ServiceDep, request: Request
+) -> CompletionResponse | StreamingResponse:
     job = service.prepare_completion(body)
     if not job.stream:
-        return await service.completion_response(job)
+        return await unless_disconnected(request, service.completion_response(job))
     return stream_response(await service.completion_stream(job), job.stream_format, keepalive=job.keepalive)

@@ -17,8 +17,8 @@ router = APIRouter(tags=["Health"])
 
 
 @router.get("/health", summary="Readiness: 200 when requests can be served, 503 with the reason otherwise")
-async def health(manager: ManagerDep) -> JSONResponse:
-    ready, reason = manager.is_ready()
+async def health(manager: ManagerDep, service: ServiceDep) -> JSONResponse:
+    ready, reason = (False, "the server is shutting down") if service.draining else manager.is_ready()
     body = {"status": "ok" if ready else "unavailable", "reason": None if ready else reason}
     return JSONResponse(body, status_code=200 if ready else 503)
 
