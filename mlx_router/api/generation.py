@@ -61,7 +61,7 @@ from mlx_router.protocol.completions import (
     CompletionResponse,
 )
 from mlx_router.protocol.sampling import ModelDefaults, SamplingRequest
-from mlx_router.text.reasoning import ReasoningSplitter
+from mlx_router.text.reasoning import HarmonySplitter, ReasoningSplitter, make_splitter
 
 __all__ = ["GenerationService", "Job", "SYSTEM_FINGERPRINT", "engine_error"]
 
@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
 
 Event = tuple[int, Admission | GenerationChunk]
+Splitter = ReasoningSplitter | HarmonySplitter
 
 
 def engine_error(error: EngineError) -> RouterError:
@@ -104,11 +105,14 @@ class Job:
     echo: list[str] = field(default_factory=list)
     """Completions with ``echo``: the prompt text each choice starts with."""
 
-    def splitter(self, admission: Admission) -> ReasoningSplitter | None:
-        """A reasoning splitter when the model's ``reasoning_response`` asks for one (chat only)."""
-        if self.kind != "chat" or self.entry.config.reasoning_response is None:
+    def splitter(self, admission: Admission) -> Splitter | None:
+        """A reasoning splitter (chat only) when the model's ``reasoning_response`` asks for one;
+        always for harmony output, whose channel markup must never reach a client."""
+        if self.kind != "chat":
             return None
-        return ReasoningSplitter(inside=admission.reasoning_open)
+        if self.entry.config.reasoning_response is None and admission.reasoning_format != "harmony":
+            return None
+        return make_splitter(admission.reasoning_format, inside=admission.reasoning_open)
 
     def reasoning_out(self, reasoning: str) -> str | None:
         """Reasoning text as returned: separated when enabled, dropped when disabled."""
@@ -511,7 +515,7 @@ async def _replay(early: list[Event], events: AsyncIterator[Event]) -> AsyncIter
         await events.aclose()  # type: ignore[attr-defined]
 
 
-def _split_all(splitter: ReasoningSplitter, text: str) -> tuple[str, str]:
+def _split_all(splitter: Splitter, text: str) -> tuple[str, str]:
     reasoning, content = splitter.feed(text)
     more_reasoning, more_content = splitter.flush()
     return reasoning + more_reasoning, content + more_content

@@ -152,6 +152,7 @@ class BatchScheduler:
             max_tokens=max_tokens,
             reasoning_open=self.engine.reasoning_open(prompt_ids),
             cached_tokens=cached,
+            reasoning_format=self.engine.reasoning_format,  # type: ignore[arg-type]
         )
 
     def cancel(self, request_id: str) -> None:

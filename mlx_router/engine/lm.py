@@ -21,6 +21,7 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logi
 
 from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, LoadInfo, TokenLogprob
 from mlx_router.errors import redact_paths
+from mlx_router.text.reasoning import detect_reasoning_format
 from mlx_router.text.templates import named_template
 
 __all__ = ["LMEngine", "RequestRejected", "classify_exception", "greedy", "logits_processors", "make_sampler"]
@@ -90,6 +91,7 @@ class LMEngine:
     load_info: LoadInfo
     _pieces: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     _byte_decoder: dict[str, int] | None = None
+    reasoning_format: str = "think"
 
     @classmethod
     def load(cls, model_path: str, *, context_length: int | None, chat_template: str | None) -> LMEngine:
@@ -110,7 +112,8 @@ class LMEngine:
             has_chat_template=has_template,
             backend="gpu" if mx.default_device() == mx.gpu else "cpu",
         )
-        return cls(model, tokenizer, limit, eos, template, info, {}, _byte_decoder_for(tokenizer))
+        reasoning = detect_reasoning_format(template if template is not None else getattr(tokenizer, "chat_template", None))
+        return cls(model, tokenizer, limit, eos, template, info, {}, _byte_decoder_for(tokenizer), reasoning)
 
     @property
     def vocab_size(self) -> int:

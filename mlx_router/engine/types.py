@@ -88,6 +88,8 @@ class Admission:
     """The prompt ends inside a ``<think>`` block (the template opened it)."""
     cached_tokens: int = 0
     """Prompt tokens whose KV came from the prefix cache."""
+    reasoning_format: Literal["think", "harmony"] = "think"
+    """How this model marks reasoning: ``<think>`` tags or gpt-oss harmony channels."""
 
 
 @dataclass(frozen=True, slots=True)
