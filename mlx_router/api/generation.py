@@ -73,13 +73,14 @@ Event = tuple[int, Admission | GenerationChunk]
 Splitter = ReasoningSplitter | HarmonySplitter
 
 
-def engine_error(error: EngineError) -> RouterError:
-    """Map an engine failure to the client-visible error (library text may name files)."""
+def engine_error(error: EngineError, prompt_param: str = "messages") -> RouterError:
+    """Map an engine failure to the client-visible error (library text may name files).
+    ``prompt_param`` names where the prompt came from: ``messages`` (chat) or ``prompt``."""
     error = replace(error, message=redact_paths(error.message))
     if error.kind == "invalid_request":
-        return InvalidRequest(error.message, param="messages")
+        return InvalidRequest(error.message, param=error.param or prompt_param)
     if error.kind == "context_length":
-        return InvalidRequest(error.message, param="messages", code="context_length_exceeded")
+        return InvalidRequest(error.message, param=prompt_param, code="context_length_exceeded")
     if error.kind == "out_of_memory":
         return InsufficientMemory(f"Out of memory during generation: {error.message}")
     if error.kind == "worker_crashed":
@@ -288,7 +289,7 @@ class GenerationService:
                     f"Generation stopped after {self.settings.defaults.timeout:g} s (defaults.timeout)."
                 ) from None
             except EngineFailure as exc:
-                raise engine_error(exc.error) from None
+                raise engine_error(exc.error, "messages" if job.kind == "chat" else "prompt") from None
             finally:
                 self._queues.discard(queue)
                 for task in tasks:
@@ -465,7 +466,7 @@ class GenerationService:
             assert isinstance(item, GenerationChunk)
             last[index] = item
             logprobs = _legacy_logprobs(list(item.logprobs), offsets[index]) if item.logprobs else None
-            offsets[index] += sum(len(t.token) for t in item.logprobs)
+            offsets[index] += sum(_text_length(t) for t in item.logprobs)
             finish = _finish(item.finish_reason) if item.finish_reason is not None else None
             if item.text or logprobs or finish:
                 yield chunk([CompletionChoice(text=item.text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
@@ -540,13 +541,18 @@ def _legacy_logprobs(tokens: list[TokenLogprob], offset: int) -> CompletionLogpr
     offsets = []
     for t in tokens:
         offsets.append(offset)
-        offset += len(t.token)
+        offset += _text_length(t)
     return CompletionLogprobs(
         tokens=[t.token for t in tokens],
         token_logprobs=[t.logprob for t in tokens],
         top_logprobs=[{s: lp for s, _b, lp in t.top} for t in tokens],
         text_offset=offsets,
     )
+
+
+def _text_length(token: TokenLogprob) -> int:
+    """Characters a token adds to the text (its name may be spelled ``bytes:…``)."""
+    return len(token.token_bytes.decode("utf-8", errors="replace"))
 
 
 def _finish(reason: str | None) -> str:

@@ -43,6 +43,15 @@ def canonicalize_messages(messages: tuple[dict[str, Any], ...]) -> tuple[dict[st
     return tuple(out)
 
 
+def _keep_leading_space(detokenizer: Any) -> None:
+    """mlx-lm's detokenizers drop the first token's leading space, which suits chat answers but
+    not a raw continuation ("The capital of France is" + " Paris")."""
+    if hasattr(detokenizer, "trim_space"):  # SentencePiece
+        detokenizer.trim_space = False
+    if hasattr(detokenizer, "_maybe_trim_space"):  # byte-level BPE
+        detokenizer._maybe_trim_space = lambda text: text
+
+
 class _Sequence:
     """The text side of one sequence: detokenizer, stop strings, counts, logprobs."""
 
@@ -57,16 +66,22 @@ class _Sequence:
         self.stops = tuple(s for s in request.params.stop if s)
         self.holdback = max((len(s) for s in self.stops), default=1) - 1
         self.pending = ""
+        self.emitted = 0
+        """Characters of text sent so far."""
+        self.held: list[tuple[int, TokenLogprob]] = []
+        """Logprobs not sent yet, with the text position where their token starts."""
         self.detok = engine.tokenizer.detokenizer
+        if request.messages is None:
+            _keep_leading_space(self.detok)
 
     def consume(self, token: int, vector: mx.array, finish: str | None) -> GenerationChunk:
         """One generated token (and the batch's verdict) in, the text that may be shown out."""
-        logprobs: tuple[TokenLogprob, ...] = ()
         if token in self.engine.eos_token_ids:
             finish = "stop"
         else:
             if self.top is not None:
-                logprobs = (self.engine.token_logprob(token, vector, self.top),)
+                start = self.emitted + len(self.pending)
+                self.held.append((start, self.engine.token_logprob(token, vector, self.top)))
             self.completion_tokens += 1
             self.detok.add_token(token)
             self.pending += self.detok.last_segment
@@ -76,14 +91,27 @@ class _Sequence:
         text, matched = self._take_text(final=finish is not None)
         if matched:
             finish = "stop"
+        self.emitted += len(text)
         return GenerationChunk(
             request_id=self.request_id,
             text=text,
             completion_tokens=self.completion_tokens,
             prompt_tokens=self.prompt_tokens,
             finish_reason=finish,  # type: ignore[arg-type]
-            logprobs=logprobs,
+            logprobs=self._release_logprobs(final=finish is not None, cut=matched),
         )
+
+    def _release_logprobs(self, *, final: bool, cut: bool) -> tuple[TokenLogprob, ...]:
+        """Logprobs of tokens whose text has started to be sent. At the end all the rest, except
+        after a stop string: its tokens (starting at or after the cut) are dropped with it."""
+        if not self.held:
+            return ()
+        if final and not cut:
+            ready = [lp for _, lp in self.held]
+        else:
+            ready = [lp for start, lp in self.held if start < self.emitted]
+        self.held = [] if final else self.held[len(ready) :]
+        return tuple(ready)
 
     def _take_text(self, *, final: bool) -> tuple[str, bool]:
         """Text safe to emit, holding back what could still become a stop string."""

@@ -34,10 +34,11 @@ DEFAULT_CONTEXT_LENGTH = 4096
 class RequestRejected(Exception):
     """A request the model cannot serve (bad template input, prompt longer than the context)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.param = param
 
 
 def greedy(logprobs: mx.array) -> mx.array:
@@ -149,9 +150,11 @@ class LMEngine:
         vocab = self.vocab_size
         bad = [t for t in request.params.logit_bias if t >= vocab]
         if bad:
-            raise RequestRejected("invalid_request", f"logit_bias token id {bad[0]} is outside the vocabulary (size {vocab})")
+            raise RequestRejected(
+                "invalid_request", f"logit_bias token id {bad[0]} is outside the vocabulary (size {vocab})", "logit_bias"
+            )
         if request.prompt_ids is not None and any(not 0 <= t < vocab for t in request.prompt_ids):
-            raise RequestRejected("invalid_request", f"prompt token ids must be between 0 and {vocab - 1}")
+            raise RequestRejected("invalid_request", f"prompt token ids must be between 0 and {vocab - 1}", "prompt")
         prompt_ids = self.encode(request)
         if not prompt_ids:
             raise RequestRejected("invalid_request", "the prompt is empty")
@@ -184,7 +187,11 @@ class LMEngine:
         cached = self._pieces.get(token)
         if cached is None:
             raw = _token_bytes(self.tokenizer, token, self._byte_decoder)
-            cached = (raw.decode("utf-8", errors="replace"), raw)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # part of a character: spelled as OpenAI does
+                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            cached = (text, raw)
             self._pieces[token] = cached
         return cached
 

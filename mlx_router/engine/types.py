@@ -74,6 +74,8 @@ class EngineError:
     kind: EngineErrorKind
     message: str
     request_id: str | None = None
+    param: str | None = None
+    """The request parameter at fault, when one is (e.g. ``logit_bias``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,7 @@ class _Worker:
                     try:
                         self.send(("admitted", scheduler.add(request)))
                     except RequestRejected as exc:
-                        self.send(("error", EngineError(exc.kind, exc.message, request.request_id)))  # type: ignore[arg-type]
+                        self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))  # type: ignore[arg-type]
                     except Exception as exc:
                         self.send(("error", classify_exception(exc, request.request_id)))
             if not scheduler.active:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from mlx_router.errors import InvalidRequest
 from mlx_router.protocol.common import OpenAIResponse, Usage
@@ -79,6 +79,8 @@ class CompletionChoice(OpenAIResponse):
 
 
 class CompletionResponse(OpenAIResponse):
+    """A text completion, or one chunk of a streamed one (same object)."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -86,3 +88,11 @@ class CompletionResponse(OpenAIResponse):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_usage(self, handler: Any) -> dict[str, Any]:
+        """The schema does not allow ``usage: null``: chunks without usage leave it out."""
+        data: dict[str, Any] = handler(self)
+        if data.get("usage") is None:
+            data.pop("usage", None)
+        return data
