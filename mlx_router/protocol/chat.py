@@ -8,6 +8,8 @@ naming it (see ``unsupported_features``), never silently dropped.
 
 from __future__ import annotations
 
+import json
+
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
@@ -63,6 +65,18 @@ class ToolCall(OpenAIRequest):
     type: Literal["function"] = "function"
     function: FunctionCall
 
+    def to_template(self) -> dict[str, Any]:
+        """Templates (Hugging Face convention) expect the arguments as an object; OpenAI sends
+        a JSON string. Valid JSON objects are parsed; anything else is passed as sent."""
+        arguments: Any = self.function.arguments
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            arguments = parsed
+        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+
 
 class ChatMessage(OpenAIRequest):
     """A message of any role; the checks that depend on the role are in the validator."""
@@ -103,6 +117,8 @@ class ChatMessage(OpenAIRequest):
             message["name"] = self.name
         if self.tool_call_id:
             message["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_template() for call in self.tool_calls]
         return message
 
 
@@ -156,11 +172,6 @@ class ChatCompletionRequest(SamplingRequest):
             raise InvalidRequest(
                 f"response_format {self.response_format.type!r} is not supported yet.", param="response_format"
             )
-        for index, message in enumerate(self.messages):
-            if message.tool_calls:
-                raise InvalidRequest(
-                    "Assistant tool_calls are not supported yet.", param=f"messages[{index}].tool_calls"
-                )
 
     def first_image(self) -> int | None:
         """Index of the first message carrying an image part, if any."""

@@ -105,11 +105,14 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory, tiny_models_root: Path
                 "model_directory": str(tiny_models_root),
                 "embedded_model": False,
                 "max_tokens": 64,
-                "cache_size": 2,
+                "cache_size": 3,
             },
             "server": {},
             # The same weights with a 48-token context, to exercise context limits.
-            "models": {"tiny-short": {"path": "tiny-llama", "context_length": 48}},
+            "models": {
+                "tiny-short": {"path": "tiny-llama", "context_length": 48},
+                "tiny-qwen-template": {"path": "tiny-llama", "chat_template": "qwen"},
+            },
         },
     )
     yield server

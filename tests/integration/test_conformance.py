@@ -38,6 +38,8 @@ COMPLETIONS = "/v1/completions"
 ENDPOINTS = [CHAT, COMPLETIONS]
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
+QWEN_TEMPLATE = "tiny-qwen-template"
+"""The tiny model served with the named ``qwen`` template (see the tiny_server fixture)."""
 PROMPT = "Hello"
 RESPONSE_SCHEMA = {CHAT: "CreateChatCompletionResponse", COMPLETIONS: "CreateCompletionResponse"}
 CHUNK_SCHEMA = {CHAT: "CreateChatCompletionStreamResponse", COMPLETIONS: "CreateCompletionStreamResponse"}
@@ -693,10 +695,21 @@ def test_chat_roles_and_content_forms(http: httpx.Client) -> None:
     assert longer["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
 
 
+def test_tool_call_history_reaches_the_template(http: httpx.Client) -> None:
+    """An assistant turn with tool_calls (content null) and the tool's answer go into the
+    template: with the Qwen template the call's name and arguments are in the prompt."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup_weather", "arguments": '{"city": "Paris"}'}}
+    history = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    with_result = [*history, {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    base = create(http, CHAT, model=QWEN_TEMPLATE, messages=MESSAGES, max_tokens=1, temperature=0)
+    called = create(http, CHAT, model=QWEN_TEMPLATE, messages=with_result, max_tokens=1, temperature=0)
+    grown = called["usage"]["prompt_tokens"] - base["usage"]["prompt_tokens"]
+    # <tool_call>{"name": "lookup_weather", "arguments": {"city": "Paris"}}</tool_call> plus the
+    # tool response turn: many tokens with this small vocabulary.
+    assert grown > 30, grown
+
+
 def test_chat_message_refusals(http: httpx.Client) -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
-    assistant_call = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [call]}]
-    refused(http, CHAT, body_for(CHAT, messages=assistant_call), "messages[1].tool_calls")
     no_call_id = [*MESSAGES, {"role": "tool", "content": "42"}]
     refused(http, CHAT, body_for(CHAT, messages=no_call_id), "messages[1]")
     refused(http, CHAT, body_for(CHAT, messages=[{"role": "user", "content": None}]), "messages[0]")
