@@ -16,6 +16,7 @@ __all__ = [
     "NotFound",
     "ModelNotFound",
     "PayloadTooLarge",
+    "Conflict",
     "Overloaded",
     "ModelLoadFailed",
     "ServiceUnavailable",
@@ -88,6 +89,12 @@ class NotFound(RouterError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class Conflict(RouterError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLarge(RouterError):

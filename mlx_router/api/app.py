@@ -17,7 +17,7 @@ from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.generation import GenerationService
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
-from mlx_router.api.routes import chat, completions, health, models
+from mlx_router.api.routes import admin, chat, completions, health, models
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, manager: MLXModelManager | None = None) ->
     app.state.manager = manager
     app.state.generation = GenerationService(manager, settings)
     install_error_handlers(app)
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, models, health, admin):
         app.include_router(module.router)
     app.add_middleware(
         RouterMiddleware,

@@ -79,6 +79,9 @@ class ModelConfig(_Section):
     reasoning_response: Literal["enable", "disable"] | None = Field(
         None, description="'enable' returns reasoning separately, 'disable' drops it."
     )
+    pin: bool = Field(False, description="Never unload this model to make room (and load it at start).")
+    preload: bool = Field(False, description="Load this model at start.")
+    keep_alive: float | None = Field(None, ge=0, description="Overrides defaults.keep_alive for this model.")
     max_batch_size: int | None = Field(None, ge=1, le=1024, description="Overrides defaults.max_batch_size.")
     max_queue: int | None = Field(None, ge=0, le=100_000, description="Overrides defaults.max_queue.")
     prefix_cache_bytes: int | None = Field(None, ge=0, description="Overrides defaults.prefix_cache_bytes.")
@@ -122,6 +125,21 @@ class Defaults(_Section):
     max_n: int = Field(16, ge=1, le=128, description="Most choices (n) one request may ask for.")
     timeout: float = Field(120.0, gt=0, description="Seconds a request may run before it is stopped.")
     cache_size: int = Field(1, ge=1, le=64, description="Most models resident at once.")
+    memory_budget_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Memory all resident models may use together (weights + KV allowance); default "
+        "75% of the GPU memory (NVIDIA) or of the system memory.",
+    )
+    kv_allowance_tokens: int = Field(
+        32768, ge=0, description="Tokens of KV cache counted per resident model in its memory cost."
+    )
+    keep_alive: float = Field(
+        0, ge=0, description="Seconds an idle model stays loaded (0: until evicted); pinned models stay."
+    )
+    rescan_interval: float = Field(
+        10.0, ge=0, description="Least seconds between model-directory rescans triggered by unknown model ids."
+    )
     memory_threshold_gb: float = Field(
         2.0, ge=0, description="Available memory below which pressure is 'high' (half: 'critical')."
     )

@@ -24,7 +24,9 @@ from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
 from mlx_router.engine.types import BatchOptions, LoadInfo, WorkerOptions
 from mlx_router.errors import (
+    Conflict,
     InsufficientMemory,
+    InvalidRequest,
     ModelLoadFailed,
     ModelNotFound,
     Overloaded,
@@ -32,14 +34,16 @@ from mlx_router.errors import (
     ServiceUnavailable,
     redact_paths,
 )
-from mlx_router.manager.memory import ResourceMonitor
-from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry
+from mlx_router.manager.memory import ResourceMonitor, memory_budget_bytes
+from mlx_router.manager.policy import Resident, plan_eviction
+from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry, kv_allowance_bytes
 
 __all__ = ["EMBEDDED_MODEL_ID", "LoadedModel", "MLXModelManager", "ModelState"]
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
+MAX_MODEL_ID = 256
 GB = 1024**3
 
 ClientFactory = Callable[..., Any]
@@ -68,6 +72,17 @@ class LoadedModel:
     entry: ModelEntry
     client: Any
     load_info: LoadInfo
+
+
+def _plausible_id(model_id: str) -> bool:
+    """Ids are registry names: bounded, and never shaped like a path."""
+    return (
+        0 < len(model_id) <= MAX_MODEL_ID
+        and not model_id.startswith(("/", "~"))
+        and "\\" not in model_id
+        and "\x00" not in model_id
+        and ".." not in model_id.split("/")
+    )
 
 
 def _import_gguf_job(src: str, dst: str, dequantize: bool) -> str:
@@ -99,6 +114,10 @@ class MLXModelManager:
         self._loading: dict[str, asyncio.Task[_Resident]] = {}
         self._room_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._scanned_at = 0.0
+        self._reserved: dict[str, int] = {}
+        """Cost of loads in progress, counted against the budget until they finish."""
+        self.budget_bytes = memory_budget_bytes(settings.defaults)
         self._demand: dict[str, int] = {}
         """Sequences per model running or waiting (loading included), for backpressure."""
         self.default_model: str | None = settings.defaults.model
@@ -114,7 +133,10 @@ class MLXModelManager:
 
     def refresh_registry(self) -> None:
         """Re-read config and model directory; states of known models are kept."""
-        self.entries = build_registry(self.settings.models, self.settings.model_dir)
+        self._scanned_at = time.monotonic()
+        entries = build_registry(self.settings.models, self.settings.model_dir)
+        # Loaded models stay known even if their folder went away meanwhile.
+        self.entries = {**{m: self.entries[m] for m in self._resident if m in self.entries}, **entries}
         for model_id in self.entries:
             self.states.setdefault(model_id, ModelState.UNLOADED)
 
@@ -136,12 +158,37 @@ class MLXModelManager:
                     f"under models / the model directory."
                 )
             self.pinned.add(default)
+        self.pinned.update(mid for mid, e in self.entries.items() if e.config.pin)
+        preload = [default] if default else []
+        preload += [mid for mid, e in sorted(self.entries.items()) if (e.config.pin or e.config.preload) and mid != default]
+        for model_id in preload:
             try:
-                async with self.acquire(default):
+                async with self.acquire(model_id):
                     pass
             except RouterError as exc:
-                # Serve the other models; /health says 503 with the reason until it loads.
-                logger.error("The default model %s could not be loaded: %s", default, exc.message)
+                # Serve the other models; /health says 503 with the reason until the default loads.
+                logger.error("Preloading %s failed: %s", model_id, exc.message)
+        if self.settings.defaults.keep_alive or any(e.config.keep_alive for e in self.entries.values()):
+            task = asyncio.get_running_loop().create_task(self._expire_idle_loop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def keep_alive(self, model_id: str) -> float:
+        """Seconds this model may stay idle before it is unloaded (0: no limit)."""
+        entry = self.entries.get(model_id)
+        own = entry.config.keep_alive if entry is not None else None
+        return own if own is not None else self.settings.defaults.keep_alive
+
+    async def _expire_idle_loop(self) -> None:
+        """Unload idle, unpinned models whose keep-alive has run out."""
+        while True:
+            limits = [self.keep_alive(mid) for mid in self._resident] or [self.settings.defaults.keep_alive]
+            await asyncio.sleep(max(0.2, min((t for t in limits if t > 0), default=5.0) / 4))
+            now = time.monotonic()
+            for model_id, resident in list(self._resident.items()):
+                ttl = self.keep_alive(model_id)
+                if ttl and not resident.in_flight and model_id not in self.pinned and now - resident.last_used >= ttl:
+                    await self.unload(model_id, reason=f"idle for {ttl:g} s (keep_alive)")
 
     async def _import_embedded(self) -> None:
         from mlx_router.importers.gguf import find_embedded_gguf
@@ -165,8 +212,19 @@ class MLXModelManager:
             return Path(await loop.run_in_executor(pool, _import_gguf_job, str(src), str(dst), dequantize))
 
     def resolve(self, model_id: str) -> ModelEntry:
-        """The entry for a requested id; unknown ids are a 404 that touches nothing."""
+        """The entry for a requested id; unknown ids are a 404 that touches nothing.
+
+        An unknown id rescans the model directory first (at most every
+        ``defaults.rescan_interval`` seconds), so new folders appear without a restart."""
+        if not _plausible_id(model_id):
+            raise InvalidRequest(
+                f"Invalid model id: ids are names from GET /v1/models (at most {MAX_MODEL_ID} characters, no paths).",
+                param="model",
+            )
         entry = self.entries.get(model_id)
+        if entry is None and time.monotonic() - self._scanned_at >= self.settings.defaults.rescan_interval:
+            self.refresh_registry()
+            entry = self.entries.get(model_id)
         if entry is None:
             available = ", ".join(sorted(self.entries)) or "none"
             raise ModelNotFound(
@@ -231,7 +289,7 @@ class MLXModelManager:
         self.states[entry.id] = ModelState.LOADING
         self.failures.pop(entry.id, None)
         try:
-            await self._make_room(entry.id)
+            await self._make_room(entry)
             path = await self._materialize(entry)
             options = WorkerOptions(
                 model_id=entry.id,
@@ -249,15 +307,14 @@ class MLXModelManager:
             if exc.error.kind == "out_of_memory":
                 raise InsufficientMemory(f"Model {entry.id!r} does not fit in memory: {reason}") from None
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {reason}") from None
-        except asyncio.CancelledError:
-            self.states[entry.id] = ModelState.UNLOADED  # shutdown while loading
+        except (asyncio.CancelledError, RouterError):
+            self.states[entry.id] = ModelState.UNLOADED  # shutdown while loading, or no room
             raise
         except Exception as exc:
-            if isinstance(exc, ServiceUnavailable):
-                self.states[entry.id] = ModelState.UNLOADED
-                raise
             self._fail(entry.id, redact_paths(f"{exc.__class__.__name__}: {str(exc)[:300]}"))
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {self.failures[entry.id]}") from None
+        finally:
+            self._reserved.pop(entry.id, None)
         self.loads += 1
         resident = _Resident(client, info)
         self._resident[entry.id] = resident
@@ -297,32 +354,60 @@ class MLXModelManager:
         target = self.settings.model_dir / IMPORT_DIR_NAME / entry.id.replace("/", "__")
         return await self._run_import(entry.path, target)
 
-    async def _make_room(self, model_id: str) -> None:
-        """Unload idle models (least recently used first) until one more fits the cache."""
-        async with self._room_lock:
-            while len(self._resident) + 1 > self.settings.defaults.cache_size:
-                idle = [
-                    (r.last_used, mid)
-                    for mid, r in self._resident.items()
-                    if r.in_flight == 0 and mid not in self.pinned and mid != model_id
-                ]
-                if not idle:
-                    busy = ", ".join(sorted(self._resident))
-                    raise ServiceUnavailable(
-                        f"Cannot load {model_id!r} now: all {self.settings.defaults.cache_size} model "
-                        f"slot(s) are held by models in use or pinned ({busy}). Retry shortly or raise "
-                        "defaults.cache_size.",
-                        code="model_slots_busy",
-                        headers={"Retry-After": "5"},
-                    )
-                await self.unload(min(idle)[1])
+    def cost_bytes(self, entry: ModelEntry) -> int:
+        """What a model takes resident: its weights (as MLX measured them once loaded, else the
+        weight files) plus its KV allowance (one context's KV, capped, and its prefix cache)."""
+        resident = self._resident.get(entry.id)
+        weights = resident.load_info.weight_bytes if resident else entry.weight_bytes
+        if entry.config.required_memory_gb:
+            weights = int(entry.config.required_memory_gb * GB)
+        return weights + kv_allowance_bytes(entry, self.settings.defaults, self.batch_options(entry).prefix_cache_bytes)
 
-    async def unload(self, model_id: str) -> None:
+    async def _make_room(self, entry: ModelEntry) -> None:
+        """Unload idle models (least recently used first) until the target fits the memory
+        budget and ``cache_size``; if it cannot, unload nothing and refuse (507 or 503)."""
+        async with self._room_lock:
+            level = self.monitor.snapshot().level
+            if level in ("high", "critical"):
+                await self._unload_idle(f"memory pressure is {level}")
+            target = self.cost_bytes(entry)
+            resident = [
+                Resident(mid, self.cost_bytes(self.entries[mid]), r.last_used, r.in_flight, mid in self.pinned)
+                for mid, r in self._resident.items()
+                if mid in self.entries
+            ] + [Resident(mid, cost, time.monotonic(), 1) for mid, cost in self._reserved.items() if mid != entry.id]
+            decision = plan_eviction(
+                target, resident, budget_bytes=self.budget_bytes, max_resident=self.settings.defaults.cache_size
+            )
+            if not decision.fits:
+                held = ", ".join(sorted(r.id for r in resident)) or "none"
+                if decision.blocker == "memory":
+                    raise InsufficientMemory(
+                        f"Model {entry.id!r} needs {target / GB:.2f} GB and cannot fit in the memory budget of "
+                        f"{self.budget_bytes / GB:.2f} GB next to the models in use or pinned ({held}). Raise "
+                        "defaults.memory_budget_gb, or retry when they are idle."
+                    )
+                raise ServiceUnavailable(
+                    f"Cannot load {entry.id!r} now: all {self.settings.defaults.cache_size} model slot(s) are held "
+                    f"by models in use or pinned ({held}). Retry shortly or raise defaults.cache_size.",
+                    code="model_slots_busy",
+                    headers={"Retry-After": "5"},
+                )
+            for model_id in decision.evict:
+                await self.unload(model_id, reason=f"making room for {entry.id}")
+            self._reserved[entry.id] = target
+
+    async def _unload_idle(self, reason: str) -> None:
+        for model_id, resident in list(self._resident.items()):
+            if not resident.in_flight and model_id not in self.pinned:
+                await self.unload(model_id, reason=reason)
+
+    async def unload(self, model_id: str, reason: str = "requested") -> None:
         resident = self._resident.pop(model_id, None)
         if resident is None:
             return
         self.states[model_id] = ModelState.UNLOADING
-        logger.info("Unloading %s", model_id)
+        logger.info("Unloading %s (%s)", model_id, reason)
         await resident.client.stop()
         self.states[model_id] = ModelState.UNLOADED
 
@@ -343,6 +428,51 @@ class MLXModelManager:
             await self._ensure_loaded(self.entries[model_id])
         except Exception as exc:  # the state already says FAILED with the reason
             logger.error("Restarting pinned model %s failed: %s", model_id, exc)
+
+    # ---------------------------------------------------------------- admin
+
+    async def load(self, model_id: str) -> None:
+        """Load a model now (as a first request would)."""
+        async with self.acquire(model_id):
+            pass
+
+    async def unload_idle_model(self, model_id: str) -> None:
+        """Unload a model on request; refused while it serves requests or is pinned."""
+        self.resolve(model_id)
+        resident = self._resident.get(model_id)
+        if resident is None:
+            return
+        if model_id in self.pinned:
+            raise Conflict(f"Model {model_id!r} is pinned; unpin it first.", param="model")
+        if resident.in_flight:
+            raise Conflict(f"Model {model_id!r} has {resident.in_flight} request(s) in flight.", param="model")
+        await self.unload(model_id, reason="admin request")
+
+    def set_pinned(self, model_id: str, pinned: bool) -> None:
+        self.resolve(model_id)
+        (self.pinned.add if pinned else self.pinned.discard)(model_id)
+
+    def admin_status(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        rows = []
+        for model_id, entry in sorted(self.entries.items()):
+            resident = self._resident.get(model_id)
+            rows.append(
+                {
+                    "id": model_id,
+                    "state": self.states.get(model_id, ModelState.UNLOADED).value,
+                    "failure_reason": self.failures.get(model_id),
+                    "pinned": model_id in self.pinned,
+                    "in_flight": resident.in_flight if resident else 0,
+                    "sequences": self._demand.get(model_id, 0),
+                    "idle_seconds": round(now - resident.last_used, 1) if resident else None,
+                    "cost_gb": round(self.cost_bytes(entry) / GB, 3),
+                    "weight_gb": round((resident.load_info.weight_bytes if resident else entry.weight_bytes) / GB, 3),
+                    "keep_alive": self.keep_alive(model_id),
+                    "pid": getattr(resident.client, "pid", None) if resident else None,
+                }
+            )
+        return rows
 
     async def close(self) -> None:
         for task in [*self._background, *self._loading.values()]:

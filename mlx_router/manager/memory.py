@@ -21,7 +21,7 @@ import psutil
 
 from mlx_router.config.settings import Defaults
 
-__all__ = ["MemorySnapshot", "ResourceMonitor", "pressure_level"]
+__all__ = ["MemorySnapshot", "ResourceMonitor", "gpu_memory_bytes", "memory_budget_bytes", "pressure_level"]
 
 GB = 1024**3
 PSI_PATH = Path("/proc/pressure/memory")
@@ -86,3 +86,34 @@ class ResourceMonitor:
         psi = _read_psi()
         level = pressure_level(vm.available / GB, swap.percent, psi, self.defaults)
         return MemorySnapshot(vm.total, vm.available, swap.percent, psi, level)
+
+
+def gpu_memory_bytes() -> int | None:
+    """Total memory of the first NVIDIA GPU (``nvidia-smi``), or None where there is none.
+
+    On Apple Silicon the GPU shares the system memory, so the system total applies."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        return int(out.splitlines()[0].strip()) * 1024 * 1024
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def memory_budget_bytes(defaults: Defaults) -> int:
+    """Bytes all resident models may take together: ``defaults.memory_budget_gb``, or by default
+    75 % of the GPU's memory (NVIDIA) or of the system memory (Apple Silicon, CPU)."""
+    if defaults.memory_budget_gb is not None:
+        return int(defaults.memory_budget_gb * GB)
+    total = gpu_memory_bytes() or psutil.virtual_memory().total
+    return int(total * 0.75)

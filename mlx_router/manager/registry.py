@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mlx_router.config.settings import ModelConfig
+from mlx_router.config.settings import Defaults, ModelConfig
 
-__all__ = ["IMPORT_DIR_NAME", "ModelEntry", "discover_models", "weight_bytes"]
+__all__ = ["IMPORT_DIR_NAME", "ModelEntry", "discover_models", "kv_allowance_bytes", "kv_bytes_per_token", "weight_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +140,40 @@ def _configured_path(
     # The old project's ids are Hub names ("mlx-community/X"); accept a folder named like the last part.
     tail = model_id.rsplit("/", 1)[-1]
     return discovered.get(tail)
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _model_config(path: Path) -> dict[str, object]:
+    folder = path if path.is_dir() else path.parent
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    text = data.get("text_config")
+    return {**data, **text} if isinstance(text, dict) else data
+
+
+def kv_bytes_per_token(path: Path) -> int:
+    """2 (K and V) × layers × KV heads × head size × bytes per value, from the model's config.
+
+    Quantized weights still keep their KV cache in 16-bit; unknown shapes give 0."""
+    config = _model_config(path)
+    try:
+        layers = int(config["num_hidden_layers"])  # type: ignore[arg-type]
+        heads = int(config.get("num_attention_heads") or 0)  # type: ignore[arg-type]
+        kv_heads = int(config.get("num_key_value_heads") or heads)  # type: ignore[arg-type]
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // max(heads, 1))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return 0
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float16")
+    return 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 2)
+
+
+def kv_allowance_bytes(entry: ModelEntry, defaults: Defaults, prefix_cache_bytes: int) -> int:
+    """Memory a model may need beyond its weights: the KV of ``defaults.kv_allowance_tokens``
+    tokens (bounded by its context) plus its prefix cache."""
+    context = entry.config.context_length or int(_model_config(entry.path).get("max_position_embeddings") or 4096)  # type: ignore[call-overload]
+    tokens = min(context, defaults.kv_allowance_tokens)
+    return kv_bytes_per_token(entry.path) * tokens + prefix_cache_bytes

@@ -318,9 +318,13 @@ async def test_unknown_model_is_404_and_loads_nothing(harness: Any) -> None:
 async def test_unknown_model_does_not_touch_a_loaded_one(harness: Any) -> None:
     await assert_still_serving(harness)
     client = harness.factory.clients[0]
-    for name in ("../tiny-llama", "/etc/passwd", "tiny-llama/../../x", "mlx-community/Llama-3-8B", "tiny-llama "):
+    for name in ("mlx-community/Llama-3-8B", "tiny-llama ", "x" * 256):
         response = await harness.client.post(CHAT, json=chat_body(model=name))
         assert_error(response, 404, code="model_not_found", param="model", leaks=leaks_of(harness))
+    # Ids shaped like paths (or too long) are refused before any lookup.
+    for name in ("../tiny-llama", "/etc/passwd", "tiny-llama/../../x", "a\\b", "~/models/x", "x" * 257):
+        response = await harness.client.post(CHAT, json=chat_body(model=name))
+        assert_error(response, 400, code="invalid_request", param="model", leaks=leaks_of(harness))
     assert harness.factory.calls == 1
     assert client.alive and not client.stopped
     await assert_still_serving(harness)

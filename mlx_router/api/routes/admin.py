@@ -1,0 +1,51 @@
+"""Admin API: load, unload, pin and unpin models; list their states (API key required when set)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from mlx_router.api.deps import ManagerDep
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/admin", tags=["Admin"])
+
+
+@router.get("/models", summary="Every model with state, memory, last use and requests in flight")
+async def list_models(manager: ManagerDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": manager.admin_status(),
+        "memory_budget_gb": round(manager.budget_bytes / 1024**3, 3),
+        "cache_size": manager.settings.defaults.cache_size,
+    }
+
+
+def _one(manager: Any, model_id: str) -> dict[str, Any]:
+    return next(row for row in manager.admin_status() if row["id"] == model_id)
+
+
+@router.post("/models/{model_id:path}/load", summary="Load a model now")
+async def load(model_id: str, manager: ManagerDep) -> dict[str, Any]:
+    await manager.load(model_id)
+    return _one(manager, model_id)
+
+
+@router.post("/models/{model_id:path}/unload", summary="Unload an idle, unpinned model")
+async def unload(model_id: str, manager: ManagerDep) -> dict[str, Any]:
+    await manager.unload_idle_model(model_id)
+    return _one(manager, model_id)
+
+
+@router.post("/models/{model_id:path}/pin", summary="Never evict this model")
+async def pin(model_id: str, manager: ManagerDep) -> dict[str, Any]:
+    manager.set_pinned(model_id, True)
+    return _one(manager, model_id)
+
+
+@router.post("/models/{model_id:path}/unpin", summary="Let this model be evicted again")
+async def unpin(model_id: str, manager: ManagerDep) -> dict[str, Any]:
+    manager.set_pinned(model_id, False)
+    return _one(manager, model_id)

@@ -1,0 +1,142 @@
+"""The model manager through the API, with a fake engine: budget, eviction, pins, keep-alive,
+rescans and the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes import FakeEngineScript, assert_error, chat_body
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def models_dir(make_tiny_model: Any) -> Path:
+    for name in ("alpha", "beta", "gamma"):
+        folder = make_tiny_model(name)
+    return Path(folder.parent)
+
+
+def settings_for(models_dir: Path, budget_gb: float, **defaults: Any) -> dict[str, Any]:
+    """Each model costs exactly its required_memory_gb: no KV allowance, no prefix cache."""
+    return {
+        "defaults": {
+            "model_directory": str(models_dir),
+            "memory_budget_gb": budget_gb,
+            "kv_allowance_tokens": 0,
+            "prefix_cache_bytes": 0,
+            "cache_size": 8,
+            **defaults,
+        },
+        "models": {name: {"required_memory_gb": 2} for name in ("alpha", "beta", "gamma")},
+    }
+
+
+async def states(harness: Any) -> dict[str, str]:
+    rows = (await harness.client.get("/v1/admin/models")).json()["data"]
+    return {row["id"]: row["state"] for row in rows}
+
+
+async def ask(harness: Any, model: str) -> Any:
+    return await harness.client.post(CHAT, json=chat_body(model=model))
+
+
+async def test_loading_past_the_budget_evicts_the_least_recently_used(make_app: Any, models_dir: Path) -> None:
+    harness = await make_app(**settings_for(models_dir, 4.5))
+    assert (await ask(harness, "alpha")).status_code == 200
+    assert (await ask(harness, "beta")).status_code == 200
+    assert (await ask(harness, "alpha")).status_code == 200  # alpha is now the most recent
+    assert (await ask(harness, "gamma")).status_code == 200
+    assert await states(harness) == {"alpha": "ready", "beta": "unloaded", "gamma": "ready"}
+
+
+async def test_no_room_is_507_and_nothing_is_evicted(make_app: Any, models_dir: Path) -> None:
+    script = FakeEngineScript(first_chunk_delay=0.5)
+    harness = await make_app(script, **settings_for(models_dir, 4.5))
+    assert (await ask(harness, "beta")).status_code == 200
+    pinned = await harness.client.post("/v1/admin/models/beta/pin")
+    assert pinned.json()["pinned"] is True
+    busy = asyncio.ensure_future(ask(harness, "alpha"))  # alpha loads and stays busy for 0.5 s
+    await asyncio.sleep(0.2)
+    refused = await ask(harness, "gamma")
+    error = assert_error(refused, 507, code="insufficient_memory")
+    assert "gamma" in error["message"] and "memory_budget_gb" in error["message"]
+    assert (await busy).status_code == 200
+    assert await states(harness) == {"alpha": "ready", "beta": "ready", "gamma": "unloaded"}
+
+
+async def test_a_model_larger_than_the_budget_is_507(make_app: Any, models_dir: Path) -> None:
+    sections = settings_for(models_dir, 4.5)
+    sections["models"]["gamma"] = {"required_memory_gb": 9}
+    harness = await make_app(**sections)
+    assert (await ask(harness, "alpha")).status_code == 200
+    assert_error(await ask(harness, "gamma"), 507, code="insufficient_memory")
+    assert (await states(harness))["alpha"] == "ready"
+    assert harness.factory.calls == 1
+
+
+async def test_keep_alive_unloads_idle_models_but_not_pinned_ones(make_app: Any, models_dir: Path) -> None:
+    sections = settings_for(models_dir, 64, keep_alive=0.3)
+    sections["models"]["beta"]["pin"] = True
+    harness = await make_app(**sections)
+    assert (await states(harness))["beta"] == "ready"  # pinned models load at start
+    assert (await ask(harness, "alpha")).status_code == 200
+    for _ in range(40):
+        if (await states(harness))["alpha"] == "unloaded":
+            break
+        await asyncio.sleep(0.1)
+    assert await states(harness) == {"alpha": "unloaded", "beta": "ready", "gamma": "unloaded"}
+
+
+async def test_preload_loads_at_start_without_pinning(make_app: Any, models_dir: Path) -> None:
+    sections = settings_for(models_dir, 64)
+    sections["models"]["gamma"]["preload"] = True
+    harness = await make_app(**sections)
+    rows = {r["id"]: r for r in (await harness.client.get("/v1/admin/models")).json()["data"]}
+    assert rows["gamma"]["state"] == "ready" and rows["gamma"]["pinned"] is False
+    assert rows["alpha"]["state"] == "unloaded"
+
+
+async def test_admin_load_unload_pin(make_app: Any, models_dir: Path) -> None:
+    harness = await make_app(FakeEngineScript(first_chunk_delay=0.4), **settings_for(models_dir, 64))
+    loaded = await harness.client.post("/v1/admin/models/alpha/load")
+    assert loaded.status_code == 200 and loaded.json()["state"] == "ready"
+    await harness.client.post("/v1/admin/models/alpha/pin")
+    assert_error(await harness.client.post("/v1/admin/models/alpha/unload"), 409, code="conflict")
+    await harness.client.post("/v1/admin/models/alpha/unpin")
+    busy = asyncio.ensure_future(ask(harness, "alpha"))
+    await asyncio.sleep(0.2)
+    assert_error(await harness.client.post("/v1/admin/models/alpha/unload"), 409, code="conflict")
+    assert (await busy).status_code == 200
+    unloaded = await harness.client.post("/v1/admin/models/alpha/unload")
+    assert unloaded.json()["state"] == "unloaded"
+    assert_error(await harness.client.post("/v1/admin/models/nope/load"), 404, code="model_not_found")
+
+
+async def test_admin_needs_the_api_key(make_app: Any, models_dir: Path) -> None:
+    sections = settings_for(models_dir, 64)
+    sections["server"] = {"api_key": "sekrit", "log_file": None}
+    harness = await make_app(**sections)
+    assert (await harness.client.get("/v1/admin/models")).status_code == 401
+    ok = await harness.client.get("/v1/admin/models", headers={"Authorization": "Bearer sekrit"})
+    assert ok.status_code == 200
+
+
+async def test_a_new_folder_is_served_without_a_restart(make_app: Any, models_dir: Path, make_tiny_model: Any) -> None:
+    harness = await make_app(**settings_for(models_dir, 64, rescan_interval=0))
+    assert_error(await ask(harness, "delta"), 404, code="model_not_found")
+    make_tiny_model("delta")
+    assert (await ask(harness, "delta")).status_code == 200
+    listed = [m["id"] for m in (await harness.client.get("/v1/models")).json()["data"]]
+    assert "delta" in listed
+
+
+async def test_ten_concurrent_first_requests_load_once(make_app: Any, models_dir: Path) -> None:
+    harness = await make_app(FakeEngineScript(start_delay=0.2), **settings_for(models_dir, 64))
+    responses = await asyncio.gather(*(ask(harness, "gamma") for _ in range(10)))
+    assert [r.status_code for r in responses] == [200] * 10
+    assert harness.factory.calls == 1
