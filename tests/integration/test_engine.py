@@ -24,8 +24,8 @@ NO_SPECIAL = {"0": -100, "1": -100, "2": -100}
 PROMPTS = [f"Tell me about {topic}." for topic in ("cats", "the sea", "a red house", "music", "snow", "bread", "trains", "x")]
 
 
-def chat(http: httpx.Client, content: str, **extra: Any) -> dict[str, Any]:
-    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": content}], "temperature": 0, **extra}
+def chat(http: httpx.Client, content: str, model: str = "tiny-llama", **extra: Any) -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0, **extra}
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return response.json()
@@ -200,3 +200,33 @@ def _status(server: RunningServer, path: str) -> int:
         return httpx.get(server.base_url + path, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_broken_models_fail_alone_with_a_reason(tmp_path: Path, make_tiny_model: Any) -> None:
+    """A truncated weights file, a folder of an unknown architecture: FAILED with the reason after
+    the first attempt, a clear 503, and the healthy model keeps serving."""
+    healthy = make_tiny_model("healthy")
+    truncated = make_tiny_model("truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    alien = make_tiny_model("alien")
+    config = json.loads((alien / "config.json").read_text())
+    (alien / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
+    server = start_server(
+        tmp_path,
+        {"defaults": {"model": "healthy", "model_directory": str(healthy.parent), "embedded_model": False, "cache_size": 3}},
+    )
+    try:
+        with server.client() as http:
+            for name in ("truncated", "alien"):
+                response = http.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "x"}]})
+                assert response.status_code == 503, response.text
+                error = response.json()["error"]
+                assert error["code"] == "model_load_failed" and name in error["message"]
+                assert str(tmp_path) not in response.text
+            cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+            assert cards["truncated"]["state"] == "failed" and cards["truncated"]["failure_reason"]
+            assert cards["alien"]["state"] == "failed" and "no-such-architecture" in cards["alien"]["failure_reason"]
+            assert chat(http, "still here", model="healthy", max_tokens=3)["usage"]["completion_tokens"] == 3
+    finally:
+        server.stop()
