@@ -1,0 +1,352 @@
+"""helper_tools/benchmark.py: the pure parts (numbers, table, arguments, prompts, SSE parsing), and
+one smoke run of the whole benchmark on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "helper_tools" / "benchmark.py"
+
+
+def _load() -> ModuleType:
+    """The benchmark is a script in helper_tools/, not a package module: load it by path."""
+    spec = importlib.util.spec_from_file_location("mlx_router_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bm = _load()
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    assert bm.percentile([], 50) is None
+    assert bm.percentile([7.0], 99) == 7.0
+    assert bm.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert bm.percentile([float(x) for x in range(1, 101)], 99) == pytest.approx(99.01)
+    assert bm.percentile([1.0, 2.0, 3.0], 0) == 1.0
+    assert bm.percentile([1.0, 2.0, 3.0], 100) == 3.0
+
+
+def test_ratio_is_none_without_both_numbers() -> None:
+    assert bm.ratio(3.0, 2.0) == 1.5
+    assert bm.ratio(None, 2.0) is None
+    assert bm.ratio(3.0, None) is None
+    assert bm.ratio(3.0, 0.0) is None
+
+
+def _stream(start: float, first: float, last: float, tokens: int, error: str | None = None) -> dict[str, Any]:
+    return {"start": start, "first": first, "last": last, "tokens": tokens, "error": error}
+
+
+def test_summarize_streams_rates_and_ttft() -> None:
+    streams = [
+        _stream(0.0, 1.0, 3.0, 11),  # 10 tokens after the first in 2 s: 5 tok/s
+        _stream(0.0, 2.0, 6.0, 21),  # 20 in 4 s: 5 tok/s
+        _stream(0.0, 0.5, 0.5, 0, error="HTTP 503"),  # failed: not counted
+    ]
+    s = bm.summarize_streams(streams, started=0.0)
+    assert s["requests"] == 3 and s["ok"] == 2
+    assert s["errors"] == ["HTTP 503"]
+    assert s["completion_tokens"] == 32
+    assert s["wall_s"] == 6.0
+    assert s["aggregate_tps"] == pytest.approx(32 / 6)
+    assert s["decode_tps"] == pytest.approx(10.0)
+    assert s["ttft_p50_s"] == pytest.approx(1.5)
+    assert s["ttft_max_s"] == 2.0
+    assert s["ttft_max_over_median"] == pytest.approx(2.0 / 1.5)
+
+
+def test_summarize_streams_without_successes() -> None:
+    s = bm.summarize_streams([_stream(0.0, None, None, 0, error="boom")], started=0.0)  # type: ignore[arg-type]
+    assert s["ok"] == 0
+    assert s["aggregate_tps"] is None and s["decode_tps"] is None and s["ttft_p50_s"] is None
+
+
+def test_median_round_keeps_every_round() -> None:
+    rounds = [{"aggregate_tps": 30.0, "decode_tps": 1.0}, {"aggregate_tps": 10.0}, {"aggregate_tps": 20.0, "x": 1}]
+    chosen = bm.median_round(rounds)
+    assert chosen["aggregate_tps"] == 20.0 and chosen["x"] == 1
+    assert [r["aggregate_tps"] for r in chosen["rounds"]] == [30.0, 10.0, 20.0]
+    assert bm.median_round([{"aggregate_tps": 2.0}, {"aggregate_tps": 1.0}])["aggregate_tps"] == 1.0
+
+
+def _report() -> dict[str, Any]:
+    run = {"aggregate_tps": 100.0, "decode_tps": 120.0, "ttft_p50_s": 0.05, "ttft_p99_s": 0.06,
+           "ttft_max_over_median": 1.2, "completion_tokens": 128, "errors": []}
+    return {
+        "settings": {"prompt_tokens": 512, "max_tokens": 128},
+        "model": {"path": "/models/m"},
+        "runs": {
+            "direct": {"1": {**run, "prefill_s": 0.045}, "32": {**run, "aggregate_tps": 1000.0}},
+            "server": {"1": run, "32": {**run, "aggregate_tps": 300.0}},
+            "router": {"1": {**run, "decode_tps": 118.0},
+                       "32": {**run, "aggregate_tps": 900.0, "ttft_max_over_median": 4.0}},
+        },
+        "prefix": {"mlx-router": {"first_ttft_s": 1.0, "second_ttft_s": 0.1, "second_over_first": 0.1,
+                                  "second_cached_tokens": 2048, "second_prompt_tokens": 2070}},
+        "disconnect": {"slot_free_after_s": 0.004, "estimated_extra_tokens": 2, "worker_cpu_percent_after": 1.0},
+        "memory": {"mlx-router": {"peak_rss_mb": 900.0, "weight_gb": 0.5}},
+        "phases": {"direct": {"ok": True}, "server": {"ok": False, "error": "RuntimeError: it broke"}},
+        "total_seconds": 12.5,
+    }
+
+
+def test_compute_ratios_per_concurrency() -> None:
+    ratios = bm.compute_ratios(_report()["runs"])
+    assert list(ratios) == ["1", "32"]
+    assert ratios["32"]["router/direct aggregate"] == pytest.approx(0.9)
+    assert ratios["32"]["router/server aggregate"] == pytest.approx(3.0)
+    assert ratios["1"]["router/direct decode"] == pytest.approx(118 / 120)
+    assert ratios["1"]["server/direct aggregate"] == pytest.approx(1.0)
+
+
+def test_evaluate_targets_pass_miss_and_missing() -> None:
+    targets = {t["target"]: t for t in bm.evaluate_targets(_report())}
+    assert targets["1 stream decode >= 95% of stream_generate"]["status"] == "PASS"
+    assert targets["1 stream TTFT <= raw prefill + 10 ms"]["status"] == "PASS"  # 50 ms vs 45 + 10
+    assert targets["32 streams aggregate >= 80% of batch_generate"]["status"] == "PASS"
+    assert targets["32 streams aggregate >= 3x mlx_lm.server"]["status"] == "PASS"
+    assert targets["32 streams: no TTFT > 3x median"]["status"] == "MISS"
+    assert targets["repeated prefix: 2nd TTFT <= 20% of 1st"]["status"] == "PASS"
+    assert targets["disconnect: <= 2 more tokens"]["status"] == "PASS"
+    empty = bm.evaluate_targets({"runs": {}})
+    assert {t["status"] for t in empty} == {"n/a"}
+
+
+def test_targets_name_the_largest_concurrency_run() -> None:
+    report = _report()
+    for system in report["runs"].values():
+        system["8"] = system.pop("32")
+    names = [t["target"] for t in bm.evaluate_targets(report)]
+    assert "8 streams aggregate >= 80% of batch_generate" in names
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def test_render_table_aligns_columns() -> None:
+    text = bm.render_table(["name", "value"], [["a", "1.0"], ["long name", None]])
+    lines = text.splitlines()
+    assert lines[0] == "name       value"
+    assert lines[1] == "---------  -----"
+    assert lines[2] == "a            1.0"
+    assert lines[3] == "long name      -"
+
+
+def test_render_report_shows_every_section() -> None:
+    report = _report()
+    report["ratios"] = bm.compute_ratios(report["runs"])
+    report["targets"] = bm.evaluate_targets(report)
+    text = bm.render_report(report)
+    for expected in ("mlx-lm direct", "mlx_lm.server", "mlx-router", "router/server aggregate", "prefix cache",
+                     "disconnect (mlx-router)", "peak RSS MB", "PASS", "MISS", "phase server FAILED: RuntimeError",
+                     "total run time: 12.5 s"):
+        assert expected in text, expected
+    row = next(line for line in text.splitlines() if line.startswith("32") and "mlx-router" in line)
+    assert "900.0" in row and "4.00" in row
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def test_parse_args_defaults() -> None:
+    args = bm.parse_args(["--make", "tiny"])
+    assert args.concurrency == [1, 8, 32]
+    assert args.prompt_tokens == 64 and args.max_tokens == 128 and args.prefix_tokens == 2048
+    assert args.phases == list(bm.PHASES)
+    assert bm.parse_args(["--model", "/m"]).prompt_tokens == 512
+    assert bm.parse_args(["--make", "llama-1b", "--prompt-tokens", "100"]).prompt_tokens == 100
+
+
+def test_parse_args_lists_and_phases() -> None:
+    args = bm.parse_args(["--model", "/m", "--concurrency", "8, 1,8", "--only", "router,prefix", "--skip", "prefix"])
+    assert args.concurrency == [1, 8]
+    assert args.phases == ["router"]
+    assert bm.parse_args(["--model", "/m", "--skip", "direct,server"]).phases == ["router", "prefix", "disconnect"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # no model source
+        ["--model", "/m", "--make", "tiny"],
+        ["--make", "huge"],
+        ["--model", "/m", "--concurrency", "0"],
+        ["--model", "/m", "--concurrency", "a,b"],
+        ["--model", "/m", "--only", "warp"],
+    ],
+)
+def test_parse_args_refuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bm.parse_args(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_help_lists_the_phases(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bm.main(["-h"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--concurrency" in out and "disconnect" in out and "--direct-worker" not in out
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def _words(text: str) -> list[int]:
+    """A fake tokenizer: one token per whitespace-separated word."""
+    return list(range(len(text.split())))
+
+
+def test_build_text_hits_the_length_and_is_deterministic() -> None:
+    text = bm.build_text(_words, 200, "c8-3")
+    assert len(text.split()) == 200
+    assert text.startswith("[c8-3] ")
+    assert bm.build_text(_words, 200, "c8-3") == text
+    other = bm.build_text(_words, 200, "c8-4")
+    assert other.split()[1:4] != text.split()[1:4]  # different seeds differ right from the start
+
+
+def test_build_text_never_exceeds_the_budget() -> None:
+    def chars(text: str) -> list[int]:  # a tokenizer whose counts do not follow word boundaries
+        return list(range(len(text) // 3))
+
+    for n in (1, 7, 64, 500):
+        assert len(chars(bm.build_text(chars, n, "s"))) <= max(n, len(chars("[s]")))
+
+
+def test_workload_prompts_have_the_requested_length(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    bm.write_tokenizer(tmp_path)  # the byte-level BPE with ChatML that --make writes for large shapes
+    workload = bm.Workload(tmp_path)
+    assert 290 <= len(workload.templated(workload.user(300, "c1-0"))) <= 300
+    rounds = workload.rounds(4, 120, repeat=2)
+    contents = [m[0]["content"] for r in rounds for m in r]
+    assert len(rounds) == 2 and len(set(contents)) == 8
+    assert [c.split()[0] for c in contents[:4]] == ["[c4-0]", "[c4-1]", "[c4-2]", "[c4-3]"]
+    assert workload.rounds(4, 120, repeat=1)[0] == rounds[0]  # round 0 does not depend on --repeat
+    first, second = workload.prefix_pair(500)
+    assert first[0] == second[0] and first[1] != second[1]
+    assert len(workload.templated(first)) >= 500
+
+
+def test_chat_payload() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    payload = bm.chat_payload("m", messages, 16, [])
+    assert payload == {"model": "m", "messages": messages, "max_tokens": 16, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}}
+    assert bm.chat_payload("m", messages, 16, [2, 0])["logit_bias"] == {"2": -100, "0": -100}
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+def _sse(*objects: Any) -> bytes:
+    return b"".join(f"data: {json.dumps(o)}\n\n".encode() for o in objects) + b": keep-alive\n\ndata: [DONE]\n\n"
+
+
+def _chunk(content: str | None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+
+
+def _run_stream(body: bytes, status: int = 200, stop_after: int | None = None) -> dict[str, Any]:
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, content=body))
+
+    async def go() -> dict[str, Any]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await bm.stream_chat(client, {"model": "m"}, stop_after=stop_after)
+
+    return asyncio.run(go())
+
+
+def test_stream_chat_reads_content_and_usage() -> None:
+    usage = {"prompt_tokens": 70, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 64}}
+    s = _run_stream(_sse(_chunk(""), _chunk("Hel"), _chunk("lo"), _chunk(None), {"choices": [], "usage": usage}))
+    assert s["error"] is None
+    assert s["chunks"] == 2  # the empty role chunk does not count as the first token
+    assert s["tokens"] == 5 and s["prompt_tokens"] == 70 and s["cached_tokens"] == 64
+    assert s["start"] <= s["first"] <= s["last"]
+
+
+def test_stream_chat_counts_chunks_without_usage_and_stops_early() -> None:
+    body = _sse(*[_chunk(str(i)) for i in range(6)])
+    assert _run_stream(body)["tokens"] == 6
+    early = _run_stream(body, stop_after=2)
+    assert early["chunks"] == 2 and "closed_at" in early
+
+
+def test_stream_chat_reports_errors() -> None:
+    assert _run_stream(b'{"error": "busy"}', status=503)["error"].startswith("HTTP 503")
+    in_stream = _run_stream(_sse(_chunk("a"), {"error": {"message": "worker crashed"}}))
+    assert "worker crashed" in in_stream["error"]
+
+
+def test_stream_chat_times_out_as_a_whole() -> None:
+    async def body() -> Any:
+        yield f"data: {json.dumps(_chunk('a'))}\n\n".encode()
+        while True:  # keep-alive comments must not keep a request alive forever
+            await asyncio.sleep(0.02)
+            yield b": keep-alive\n\n"
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body()))
+
+    async def go() -> dict[str, Any]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await bm.stream_chat(client, {"model": "m"}, timeout=0.2)
+
+    started = time.monotonic()
+    s = asyncio.run(go())
+    assert s["error"].startswith("TimeoutError") and s["chunks"] == 1
+    assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------------------------------------- smoke run
+
+
+@pytest.mark.integration
+def test_smoke_run_on_the_tiny_model(tmp_path: Path) -> None:
+    """The whole benchmark, every phase, on the tiny model: numbers for all three systems."""
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_ROUTER_") and k != "MLX_MODEL_DIR"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--make", "tiny", "--cache-dir", str(tmp_path / "cache"), "--concurrency", "1,2",
+         "--max-tokens", "8", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert elapsed < 60, f"the smoke run took {elapsed:.0f} s"
+    report = json.loads(out.read_text())
+    for system in ("direct", "server", "router"):
+        for c in ("1", "2"):
+            run = report["runs"][system][c]
+            assert run["completion_tokens"] == 8 * int(c), (system, c, run)  # EOS never cuts a request short
+            assert run["aggregate_tps"] > 0
+    assert report["runs"]["router"]["2"]["ttft_p50_s"] > 0
+    prefix = report["prefix"]["mlx-router"]
+    assert prefix["second_cached_tokens"] >= 2000 and prefix["second_ttft_s"] < prefix["first_ttft_s"]
+    assert report["disconnect"]["slot_free_after_s"] is not None
+    assert report["memory"]["mlx-router"]["peak_rss_mb"] > 0
+    assert {t["status"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert "total run time" in proc.stdout
