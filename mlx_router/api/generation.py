@@ -69,7 +69,9 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
 
-Event = tuple[int, Admission | GenerationChunk]
+Event = tuple[int, Admission | GenerationChunk | None]
+"""(choice, item); ``(KEEPALIVE, None)`` when nothing came for ``server.sse_keepalive_seconds``."""
+KEEPALIVE = -1
 Splitter = ReasoningSplitter | HarmonySplitter
 
 
@@ -274,10 +276,16 @@ class GenerationService:
                     try:
                         index, item = queue.get_nowait()
                     except asyncio.QueueEmpty:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise asyncio.TimeoutError from None
-                        index, item = await asyncio.wait_for(queue.get(), remaining)
+                        # asyncio.timeout, unlike wait_for, creates no task per wait (hot path).
+                        now = time.monotonic()
+                        try:
+                            async with asyncio.timeout(min(deadline - now, job.keepalive)):
+                                index, item = await queue.get()
+                        except TimeoutError:
+                            if time.monotonic() >= deadline:
+                                raise
+                            yield KEEPALIVE, None  # still working: streams send a keep-alive
+                            continue
                     if item is None:
                         running -= 1
                     elif isinstance(item, BaseException):
@@ -305,7 +313,7 @@ class GenerationService:
             index, item = await events.__anext__()
             if isinstance(item, Admission):
                 admissions[index] = item
-            else:
+            elif item is not None:
                 early.append((index, item))
         return _Run([admissions[i] for i in range(len(job.requests))], _replay(early, events))
 
@@ -337,6 +345,8 @@ class GenerationService:
         tokens: list[list[TokenLogprob]] = [[] for _ in job.requests]
         last: dict[int, GenerationChunk] = {}
         async for index, chunk in run.events:
+            if chunk is None:
+                continue
             assert isinstance(chunk, GenerationChunk)
             texts[index].append(chunk.text)
             tokens[index].extend(chunk.logprobs)
@@ -366,12 +376,12 @@ class GenerationService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    async def chat_stream(self, job: Job) -> AsyncIterator[ChatCompletionChunk]:
+    async def chat_stream(self, job: Job) -> AsyncIterator[ChatCompletionChunk | None]:
         """Start generation (errors raise here), then return the chunk stream."""
         run = await self.start(job)
         return self._chat_chunks(job, run)
 
-    async def _chat_chunks(self, job: Job, run: _Run) -> AsyncIterator[ChatCompletionChunk]:
+    async def _chat_chunks(self, job: Job, run: _Run) -> AsyncIterator[ChatCompletionChunk | None]:
         chunk_id, created, model = new_id("chatcmpl"), now(), job.entry.id
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
@@ -389,6 +399,9 @@ class GenerationService:
         splitters = [job.splitter(a) for a in run.admissions]
         last: dict[int, GenerationChunk] = {}
         async for index, item in run.events:
+            if item is None:
+                yield None  # keep-alive
+                continue
             assert isinstance(item, GenerationChunk)
             last[index] = item
             reasoning, content = "", item.text
@@ -417,6 +430,8 @@ class GenerationService:
         tokens: list[list[TokenLogprob]] = [[] for _ in job.requests]
         last: dict[int, GenerationChunk] = {}
         async for index, chunk in run.events:
+            if chunk is None:
+                continue
             assert isinstance(chunk, GenerationChunk)
             texts[index].append(chunk.text)
             tokens[index].extend(chunk.logprobs)
@@ -440,11 +455,11 @@ class GenerationService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    async def completion_stream(self, job: Job) -> AsyncIterator[CompletionResponse]:
+    async def completion_stream(self, job: Job) -> AsyncIterator[CompletionResponse | None]:
         run = await self.start(job)
         return self._completion_chunks(job, run)
 
-    async def _completion_chunks(self, job: Job, run: _Run) -> AsyncIterator[CompletionResponse]:
+    async def _completion_chunks(self, job: Job, run: _Run) -> AsyncIterator[CompletionResponse | None]:
         chunk_id, created, model = new_id("cmpl"), now(), job.entry.id
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
@@ -463,6 +478,9 @@ class GenerationService:
                 yield chunk([CompletionChoice(text=echo, index=index, finish_reason=None)])
         last: dict[int, GenerationChunk] = {}
         async for index, item in run.events:
+            if item is None:
+                yield None  # keep-alive
+                continue
             assert isinstance(item, GenerationChunk)
             last[index] = item
             logprobs = _legacy_logprobs(list(item.logprobs), offsets[index]) if item.logprobs else None

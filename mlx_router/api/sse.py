@@ -11,7 +11,6 @@ done marker / the closing bracket).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -40,46 +39,17 @@ def _dump(item: BaseModel | dict[str, object]) -> str:
     return json.dumps(item, separators=(",", ":"))
 
 
-async def _with_keepalive(
-    items: AsyncIterator[BaseModel], interval: float
-) -> AsyncIterator[BaseModel | None]:
-    """Yield items; yield None whenever ``interval`` seconds pass without one."""
-    iterator = items.__aiter__()
-    pending: asyncio.Future[BaseModel] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield None
-                continue
-            try:
-                item = pending.result()
-            except StopAsyncIteration:
-                pending = None
-                return
-            pending = None
-            yield item
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            try:
-                await pending
-            except (asyncio.CancelledError, StopAsyncIteration, Exception):
-                pass
+async def write_stream(items: AsyncIterator[BaseModel | None], fmt: StreamFormat) -> AsyncIterator[str]:
+    """Serialize ``items`` in ``fmt``; errors raised by ``items`` end the stream cleanly.
 
-
-async def write_stream(
-    items: AsyncIterator[BaseModel], fmt: StreamFormat, *, keepalive: float = 10.0
-) -> AsyncIterator[str]:
-    """Serialize ``items`` in ``fmt``; errors raised by ``items`` end the stream cleanly."""
+    A ``None`` item means "still working" (the producer yields one after
+    ``server.sse_keepalive_seconds`` without output): SSE sends a ``: keep-alive`` comment."""
     first = True
     error: RouterError | None = None
     if fmt == "json_array":
         yield "["
     try:
-        async for item in _with_keepalive(items, keepalive):
+        async for item in items:
             if item is None:
                 if fmt == "sse":
                     yield ": keep-alive\n\n"
@@ -109,10 +79,10 @@ def _frame(payload: str, fmt: StreamFormat, first: bool) -> str:
     return payload if first else "," + payload
 
 
-def stream_response(items: AsyncIterator[BaseModel], fmt: StreamFormat, *, keepalive: float = 10.0) -> StreamingResponse:
+def stream_response(items: AsyncIterator[BaseModel | None], fmt: StreamFormat) -> StreamingResponse:
     """A streaming HTTP response for ``items`` in ``fmt``."""
     return StreamingResponse(
-        write_stream(items, fmt, keepalive=keepalive),
+        write_stream(items, fmt),
         media_type=MEDIA_TYPES[fmt],
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -26,4 +26,4 @@ async def create_chat_completion(
     job = service.prepare_chat(body)
     if not job.stream:
         return await unless_disconnected(request, service.chat_response(job))
-    return stream_response(await service.chat_stream(job), job.stream_format, keepalive=job.keepalive)
+    return stream_response(await service.chat_stream(job), job.stream_format)

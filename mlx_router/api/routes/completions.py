@@ -26,4 +26,4 @@ async def create_completion(
     job = service.prepare_completion(body)
     if not job.stream:
         return await unless_disconnected(request, service.completion_response(job))
-    return stream_response(await service.completion_stream(job), job.stream_format, keepalive=job.keepalive)
+    return stream_response(await service.completion_stream(job), job.stream_format)
