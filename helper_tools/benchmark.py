@@ -952,7 +952,10 @@ def prepare(args: argparse.Namespace, report: dict[str, Any], work: Path) -> dic
     ctx = {"model_path": model_path, "workload": workload, "work": work, "report": report, "mlx_env": env,
            "eos_bias": eos_ids(model_path, workload.tokenizer) if ignore else [],
            "prompts": {c: workload.rounds(c, args.prompt_tokens, args.repeat) for c in args.concurrency},
-           "warmups": {c: workload.round(c, 32, "warm") for c in args.concurrency},
+           # Warm-ups use the measured prompt length (other words, so no cache can help): MLX's CUDA
+           # backend compiles kernels per new shape on first use, and every system should have paid
+           # that before it is measured.
+           "warmups": {c: workload.round(c, args.prompt_tokens, "warm") for c in args.concurrency},
            "prefix": workload.prefix_pair(args.prefix_tokens)}
     report["model"] = {"path": str(model_path), "made": args.make, "eos_bias": ctx["eos_bias"], "ld_preload": preload,
                        "prompt_tokens": len(workload.templated(ctx["prompts"][args.concurrency[0]][0][0])),
