@@ -341,19 +341,10 @@ class GenerationService:
 
     async def chat_response(self, job: Job) -> ChatCompletionResponse:
         run = await self.start(job)
-        texts: list[list[str]] = [[] for _ in job.requests]
-        tokens: list[list[TokenLogprob]] = [[] for _ in job.requests]
-        last: dict[int, GenerationChunk] = {}
-        async for index, chunk in run.events:
-            if chunk is None:
-                continue
-            assert isinstance(chunk, GenerationChunk)
-            texts[index].append(chunk.text)
-            tokens[index].extend(chunk.logprobs)
-            last[index] = chunk
+        texts, tokens, last = await _collect(run, [""] * len(job.requests))
         choices = []
         for index, admission in enumerate(run.admissions):
-            content, reasoning = "".join(texts[index]), ""
+            content, reasoning = texts[index], ""
             splitter = job.splitter(admission)
             if splitter is not None:
                 reasoning, content = _split_all(splitter, content)
@@ -426,19 +417,10 @@ class GenerationService:
 
     async def completion_response(self, job: Job) -> CompletionResponse:
         run = await self.start(job)
-        texts: list[list[str]] = [[echo] for echo in job.echo] or [[] for _ in job.requests]
-        tokens: list[list[TokenLogprob]] = [[] for _ in job.requests]
-        last: dict[int, GenerationChunk] = {}
-        async for index, chunk in run.events:
-            if chunk is None:
-                continue
-            assert isinstance(chunk, GenerationChunk)
-            texts[index].append(chunk.text)
-            tokens[index].extend(chunk.logprobs)
-            last[index] = chunk
+        texts, tokens, last = await _collect(run, job.echo or [""] * len(job.requests))
         choices = [
             CompletionChoice(
-                text="".join(texts[index]),
+                text=texts[index],
                 index=index,
                 logprobs=_legacy_logprobs(tokens[index], 0) if job.requests[index].params.logprobs else None,
                 finish_reason=_finish(last[index].finish_reason),  # type: ignore[arg-type]
@@ -522,6 +504,23 @@ def _choice_params(params: GenerationParams, choice: int) -> GenerationParams:
     if choice == 0 or params.seed is None:
         return params
     return replace(params, seed=params.seed + choice)
+
+
+async def _collect(
+    run: _Run, prefixes: list[str]
+) -> tuple[list[str], list[list[TokenLogprob]], dict[int, GenerationChunk]]:
+    """Every choice's whole text (after its prefix), logprobs and last chunk."""
+    texts = [[prefix] for prefix in prefixes]
+    tokens: list[list[TokenLogprob]] = [[] for _ in prefixes]
+    last: dict[int, GenerationChunk] = {}
+    async for index, chunk in run.events:
+        if chunk is None:
+            continue
+        assert isinstance(chunk, GenerationChunk)
+        texts[index].append(chunk.text)
+        tokens[index].extend(chunk.logprobs)
+        last[index] = chunk
+    return ["".join(parts) for parts in texts], tokens, last
 
 
 async def _replay(early: list[Event], events: AsyncIterator[Event]) -> AsyncIterator[Event]:
