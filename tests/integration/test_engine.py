@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,9 @@ def test_batched_greedy_equals_unbatched(tiny_server: RunningServer) -> None:
 
 
 def test_prefix_cache_hit_is_reported_and_output_identical(tiny_server: RunningServer) -> None:
-    system = "You are a careful assistant. " * 40
+    # A unique opening, so that no earlier request on this shared server shares more than the
+    # chat template's first tokens with this one.
+    system = f"Zq{uuid.uuid4().hex} " + "You are a careful assistant. " * 40
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "Say something."}]
     with tiny_server.client() as http:
         body = {"model": "tiny-llama", "messages": messages, "temperature": 0, "max_tokens": 16}
