@@ -183,12 +183,16 @@ class BatchScheduler:
             reasoning_format=self.engine.reasoning_format,  # type: ignore[arg-type]
         )
 
-    def cancel(self, request_id: str) -> None:
-        """Drop a sequence (queued, prefilling or decoding); it produces nothing more."""
+    def cancel(self, request_id: str) -> int | None:
+        """Drop a sequence (queued, prefilling or decoding); it produces nothing more.
+
+        Returns how many tokens it had generated, or None if it was no longer running."""
         uid = self._uids.pop(request_id, None)
-        if uid is not None:
-            self._sequences.pop(uid, None)
-            self._generator.remove([uid])
+        if uid is None:
+            return None
+        sequence = self._sequences.pop(uid, None)
+        self._generator.remove([uid])
+        return sequence.completion_tokens if sequence is not None else None
 
     def step(self) -> list[GenerationChunk]:
         """One decode step for every decoding sequence (and one prefill chunk for new ones)."""

@@ -95,7 +95,9 @@ class _Worker:
                 if kind == "shutdown":
                     return
                 if kind == "cancel":
-                    scheduler.cancel(msg[1])
+                    generated = scheduler.cancel(msg[1])
+                    if generated is not None:
+                        self.log(logging.INFO, f"request {msg[1]} cancelled after {generated} generated tokens")
                 elif kind == "generate":
                     request = msg[1]
                     try:

@@ -478,7 +478,7 @@ class MLXModelManager:
         for task in [*self._background, *self._loading.values()]:
             task.cancel()
         for model_id in list(self._resident):
-            await self.unload(model_id)
+            await self.unload(model_id, reason="shutdown")
 
     # ---------------------------------------------------------------- reporting
 

@@ -133,6 +133,8 @@ def test_non_streaming_disconnect_stops_generation(engine_server: Any) -> None:
         with pytest.raises(httpx.ReadTimeout):
             http.post("/v1/chat/completions", json=body)
     assert wait_until(lambda: sequences(server) == 0, timeout=5)
+    # The worker dropped the sequence and says how far it got.
+    assert wait_until(lambda: "cancelled after" in server.log(), timeout=5)
 
 
 def test_killed_worker_fails_only_its_own_requests(tmp_path: Path, make_tiny_model: Any) -> None:
