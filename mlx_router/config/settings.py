@@ -162,6 +162,11 @@ class Defaults(_Section):
     streaming_format: Literal["sse", "json_lines", "json_array"] = Field(
         "sse", description="Wire format of streamed responses."
     )
+    spare_worker: bool = Field(
+        True,
+        description="Keep one worker process started, with MLX imported, so a model load does not also "
+        "pay for starting Python and importing MLX.",
+    )
     warmup_tokens: int = Field(
         0, ge=0, le=256, description="Tokens generated right after a load to warm kernels."
     )

@@ -108,6 +108,7 @@ class WorkerClient:
         self._started: asyncio.Future[LoadInfo] | None = None
         self._send_lock = threading.Lock()
         self._closing = False
+        self._adopted = False
         self.exit_reason: str | None = None
 
     @property
@@ -122,23 +123,38 @@ class WorkerClient:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    async def start(self, timeout: float) -> LoadInfo:
-        """Spawn the process and wait until its model is loaded."""
+    async def spawn(self, *, spare: bool = False) -> None:
+        """Start the process. A spare imports MLX and waits; :meth:`start` gives it its model."""
         from mlx_router.engine.worker import worker_main
 
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.create_future()
         parent, child = _SPAWN.Pipe(duplex=True)
         env = {"LD_PRELOAD": self.blas_library} if self.blas_library else {}
+        name = "mlx-worker:spare" if spare else f"mlx-worker:{self.options.model_id}"
         self._process = _SPAWN.Process(
-            target=worker_main, args=(child, self.options), name=f"mlx-worker:{self.options.model_id}", daemon=True
+            target=worker_main, args=(child, None if spare else self.options), name=name, daemon=True
         )
         with _child_environment(env):
             await asyncio.to_thread(self._process.start)
         child.close()
         self._conn = parent
         threading.Thread(target=self._read_loop, name="worker-reader", daemon=True).start()
+
+    def adopt(self, options: WorkerOptions, on_exit: Callable[[WorkerClient, str], None] | None) -> None:
+        """Give a spare process its model (loaded by the next :meth:`start`)."""
+        self.options = options
+        self.on_exit = on_exit
+        self._adopted = True
+
+    async def start(self, timeout: float) -> LoadInfo:
+        """Load the model (spawning the process unless it is an adopted spare) and wait for it."""
+        if self._process is None:
+            await self.spawn()
+        elif self._adopted:
+            self._send(("load", self.options))
         try:
+            assert self._started is not None
             self.load_info = await asyncio.wait_for(asyncio.shield(self._started), timeout)
         except asyncio.TimeoutError:
             await self.stop(grace=0)

@@ -3,6 +3,7 @@
 Protocol over a ``multiprocessing`` pipe (tuples, pickled):
 
 router → worker
+    ``("load", WorkerOptions)`` first, to a spare process started without a model;
     ``("generate", GenerationRequest)``, ``("cancel", request_id)``, ``("shutdown",)``
 worker → router
     ``("ready", LoadInfo)`` or ``("load_failed", kind, message)`` once, after the load;
@@ -118,12 +119,26 @@ class _Worker:
                 self.send(("step", chunks))
 
 
-def worker_main(conn: Connection, options: WorkerOptions) -> None:
-    """Entry point of the spawned process."""
+def worker_main(conn: Connection, options: WorkerOptions | None) -> None:
+    """Entry point of the spawned process.
+
+    Without ``options`` the process is a spare: it imports MLX and mlx-lm now, then waits for
+    ``("load", WorkerOptions)``, so that a model load later costs little more than reading the
+    weights."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download while serving
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
     try:
+        if options is None:
+            import mlx_router.engine.batch  # noqa: F401  (MLX, mlx-lm, transformers)
+
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg[0] != "load":
+                return
+            options = msg[1]
         _Worker(conn, options).run()
     finally:
         conn.close()

@@ -106,6 +106,10 @@ class MLXModelManager:
         self.monitor = monitor or ResourceMonitor(settings.defaults)
         self._blas = openblas_library()
         self._client_factory = client_factory or self._default_client
+        self._spares = client_factory is None and settings.defaults.spare_worker
+        """Keep a pre-started worker process ready (only with real workers)."""
+        self._spare: WorkerClient | None = None
+        self._closing = False
         self.entries: dict[str, ModelEntry] = {}
         self.states: dict[str, ModelState] = {}
         self.failures: dict[str, str] = {}
@@ -129,7 +133,31 @@ class MLXModelManager:
     # ---------------------------------------------------------------- registry
 
     def _default_client(self, options: WorkerOptions, on_exit: Callable[..., None]) -> WorkerClient:
+        """A worker for a model load: the waiting spare when there is one (then a new spare
+        starts in the background), else a new process."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.alive:
+            spare.adopt(options, on_exit)
+            self._start_spare()
+            return spare
         return WorkerClient(options, on_exit=on_exit, blas_library=self._blas)
+
+    def _start_spare(self) -> None:
+        """Start a spare worker process (MLX imported, no model) in the background."""
+        if not self._spares or self._spare is not None:
+            return
+
+        async def spawn() -> None:
+            client = WorkerClient(WorkerOptions(model_id="spare", model_path=""), blas_library=self._blas)
+            await client.spawn(spare=True)
+            if self._spare is None and not self._closing:
+                self._spare = client
+            else:
+                await client.stop(grace=1)
+
+        task = asyncio.get_running_loop().create_task(spawn())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def refresh_registry(self) -> None:
         """Re-read config and model directory; states of known models are kept."""
@@ -168,6 +196,7 @@ class MLXModelManager:
             except RouterError as exc:
                 # Serve the other models; /health says 503 with the reason until the default loads.
                 logger.error("Preloading %s failed: %s", model_id, exc.message)
+        self._start_spare()
         if self.settings.defaults.keep_alive or any(e.config.keep_alive for e in self.entries.values()):
             task = asyncio.get_running_loop().create_task(self._expire_idle_loop())
             self._background.add(task)
@@ -288,6 +317,7 @@ class MLXModelManager:
     async def _load(self, entry: ModelEntry) -> _Resident:
         self.states[entry.id] = ModelState.LOADING
         self.failures.pop(entry.id, None)
+        load_started = time.perf_counter()
         try:
             await self._make_room(entry)
             path = await self._materialize(entry)
@@ -316,12 +346,14 @@ class MLXModelManager:
         finally:
             self._reserved.pop(entry.id, None)
         self.loads += 1
+        wall = time.perf_counter() - load_started
         resident = _Resident(client, info)
         self._resident[entry.id] = resident
         self.states[entry.id] = ModelState.READY
         logger.info(
-            "Loaded %s in %.2f s (%.2f GB on %s, context %d)",
+            "Loaded %s in %.2f s (weights %.2f s; %.2f GB on %s, context %d)",
             entry.id,
+            wall,
             info.load_seconds,
             info.weight_bytes / GB,
             info.backend,
@@ -475,8 +507,12 @@ class MLXModelManager:
         return rows
 
     async def close(self) -> None:
+        self._closing = True
         for task in [*self._background, *self._loading.values()]:
             task.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await spare.stop(grace=1)
         for model_id in list(self._resident):
             await self.unload(model_id, reason="shutdown")
 
@@ -552,6 +588,7 @@ class MLXModelManager:
             "loaded_models": loaded,
             "current_model": loaded[0]["id"] if loaded else None,
             "models": {mid: state.value for mid, state in sorted(self.states.items())},
+            "spare_worker_pid": self._spare.pid if self._spare is not None and self._spare.alive else None,
             "loads": self.loads,
             "worker_restarts": self.worker_restarts,
         }

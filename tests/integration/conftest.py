@@ -66,6 +66,9 @@ def start_server(
     """Write ``config`` to a file, start ``main.py`` on a free port and wait for /health."""
     port = free_port()
     config.setdefault("server", {}).update({"port": port, "log_file": str(tmp / "router.log")})
+    # A spare worker process costs a Python + MLX start on this small machine; the tests that
+    # are about it turn it on.
+    config.setdefault("defaults", {}).setdefault("spare_worker", False)
     config_path = tmp / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_ROUTER_") and k != "MLX_MODEL_DIR"}

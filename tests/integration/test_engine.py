@@ -235,3 +235,32 @@ def test_broken_models_fail_alone_with_a_reason(tmp_path: Path, make_tiny_model:
             assert chat(http, "still here", model="healthy", max_tokens=3)["usage"]["completion_tokens"] == 3
     finally:
         server.stop()
+
+
+def test_a_spare_worker_takes_the_next_load(tmp_path: Path, make_tiny_model: Any) -> None:
+    """With spare_worker on, a load adopts the waiting process (MLX already imported) and a new
+    spare starts behind it."""
+    make_tiny_model("alpha")
+    folder = make_tiny_model("beta", seed=1)
+    server = start_server(
+        tmp_path,
+        {"defaults": {"model_directory": str(folder.parent), "embedded_model": False, "cache_size": 1, "spare_worker": True}},
+    )
+
+    def health() -> dict[str, Any]:
+        with server.client() as http:
+            return http.get("/v1/health").json()  # type: ignore[no-any-return]
+
+    try:
+        for model in ("alpha", "beta"):
+            assert wait_until(lambda: health()["spare_worker_pid"] is not None, timeout=60)
+            spare = health()["spare_worker_pid"]
+            with server.client() as http:
+                assert chat(http, "hi", model=model, max_tokens=2)["usage"]["completion_tokens"] == 2
+            loaded = health()["loaded_models"]
+            assert [m["id"] for m in loaded] == [model]
+            assert loaded[0]["pid"] == spare
+        assert wait_until(lambda: health()["spare_worker_pid"] not in (None, spare), timeout=60)
+        assert "Loaded alpha in" in server.log() and "Loaded beta in" in server.log()
+    finally:
+        server.stop()
