@@ -18,7 +18,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from mlx_router.engine.lm import LMEngine, RequestRejected, logits_processors, make_sampler
+from mlx_router.engine.lm import LMEngine, logits_processors, make_sampler
 from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationRequest, TokenLogprob
 
 __all__ = ["BatchScheduler", "canonicalize_messages"]

@@ -12,7 +12,7 @@ import json
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from mlx_router.errors import InvalidRequest
 from mlx_router.protocol.common import OpenAIRequest, OpenAIResponse, Usage
