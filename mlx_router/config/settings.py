@@ -134,6 +134,9 @@ class Defaults(_Section):
     kv_allowance_tokens: int = Field(
         32768, ge=0, description="Tokens of KV cache counted per resident model in its memory cost."
     )
+    swap_wait: float = Field(
+        60.0, ge=0, le=3600, description="Seconds a request may wait for busy models to give way to its model; then 503."
+    )
     keep_alive: float = Field(
         0, ge=0, description="Seconds an idle model stays loaded (0: until evicted); pinned models stay."
     )

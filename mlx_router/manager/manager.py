@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
@@ -118,6 +118,10 @@ class MLXModelManager:
         self._loading: dict[str, asyncio.Task[_Resident]] = {}
         self._room_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._room_changed = asyncio.Event()
+        """Set (and replaced) whenever a model goes idle, is unloaded or finishes loading."""
+        self._draining: set[str] = set()
+        """Resident models giving way to a waiting load: new requests for them wait their turn."""
         self._scanned_at = 0.0
         self._reserved: dict[str, int] = {}
         """Cost of loads in progress, counted against the budget until they finish."""
@@ -278,6 +282,9 @@ class MLXModelManager:
             )
         self._demand[entry.id] = demand + sequences
         try:
+            if entry.id in self._draining:
+                # Another model waits to take this one's place: its queued requests go first.
+                await self._wait_for(lambda: entry.id not in self._draining, f"model {entry.id!r} to take its turn")
             resident = await self._ensure_loaded(entry)
             resident.in_flight += 1
             try:
@@ -285,8 +292,33 @@ class MLXModelManager:
             finally:
                 resident.in_flight -= 1
                 resident.last_used = time.monotonic()
+                if not resident.in_flight:
+                    self._notify_room()
         finally:
             self._demand[entry.id] -= sequences
+
+    def _notify_room(self) -> None:
+        """Wake loads and requests waiting for residency to change."""
+        self._room_changed.set()
+        self._room_changed = asyncio.Event()
+
+    async def _wait_for(self, ready: Callable[[], bool], what: str) -> None:
+        """Wait until ``ready()``, re-checked at every residency change, at most
+        ``defaults.swap_wait`` seconds (then 503 with Retry-After)."""
+        deadline = time.monotonic() + self.settings.defaults.swap_wait
+        while not ready():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServiceUnavailable(
+                    f"Waited {self.settings.defaults.swap_wait:g} s (defaults.swap_wait) for {what}; the models "
+                    "it needs stayed busy. Retry shortly, or raise defaults.cache_size / memory_budget_gb.",
+                    code="model_slots_busy",
+                    headers={"Retry-After": "5"},
+                )
+            try:
+                await asyncio.wait_for(self._room_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
 
     def queue_limit(self, entry: ModelEntry) -> int:
         """Sequences a model may have running or waiting: its batch plus its queue."""
@@ -345,6 +377,7 @@ class MLXModelManager:
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {self.failures[entry.id]}") from None
         finally:
             self._reserved.pop(entry.id, None)
+            self._notify_room()
         self.loads += 1
         wall = time.perf_counter() - load_started
         resident = _Resident(client, info)
@@ -395,39 +428,71 @@ class MLXModelManager:
             weights = int(entry.config.required_memory_gb * GB)
         return weights + kv_allowance_bytes(entry, self.settings.defaults, self.batch_options(entry).prefix_cache_bytes)
 
+    def _residents(self, exclude: str) -> list[Resident]:
+        """The policy's view: resident models and loads in progress (which count as busy)."""
+        return [
+            Resident(mid, self.cost_bytes(self.entries[mid]), r.last_used, r.in_flight, mid in self.pinned)
+            for mid, r in self._resident.items()
+            if mid in self.entries
+        ] + [Resident(mid, cost, time.monotonic(), 1) for mid, cost in self._reserved.items() if mid != exclude]
+
     async def _make_room(self, entry: ModelEntry) -> None:
         """Unload idle models (least recently used first) until the target fits the memory
-        budget and ``cache_size``; if it cannot, unload nothing and refuse (507 or 503)."""
+        budget and ``cache_size``.
+
+        If only busy models stand in the way, they take turns: the ones to give way stop taking
+        new requests (those wait, so each model serves its queued requests as a group instead of
+        swapping per request), the target waits for them to finish, at most ``swap_wait`` seconds.
+        If the target could not fit even with every unpinned model gone: 507, nothing unloaded.
+        Loads queue on the lock in arrival order."""
         async with self._room_lock:
             level = self.monitor.snapshot().level
             if level in ("high", "critical"):
                 await self._unload_idle(f"memory pressure is {level}")
             target = self.cost_bytes(entry)
-            resident = [
-                Resident(mid, self.cost_bytes(self.entries[mid]), r.last_used, r.in_flight, mid in self.pinned)
-                for mid, r in self._resident.items()
-                if mid in self.entries
-            ] + [Resident(mid, cost, time.monotonic(), 1) for mid, cost in self._reserved.items() if mid != entry.id]
-            decision = plan_eviction(
-                target, resident, budget_bytes=self.budget_bytes, max_resident=self.settings.defaults.cache_size
-            )
-            if not decision.fits:
-                held = ", ".join(sorted(r.id for r in resident)) or "none"
-                if decision.blocker == "memory":
+            slots, budget = self.settings.defaults.cache_size, self.budget_bytes
+            if not plan_eviction(
+                target, [replace(r, in_flight=0) for r in self._residents(entry.id)], budget_bytes=budget, max_resident=slots
+            ).fits:
+                held = ", ".join(sorted(r.id for r in self._residents(entry.id) if r.pinned)) or "none"
+                if target > budget or self._blocked_by(entry, "memory"):
                     raise InsufficientMemory(
                         f"Model {entry.id!r} needs {target / GB:.2f} GB and cannot fit in the memory budget of "
-                        f"{self.budget_bytes / GB:.2f} GB next to the models in use or pinned ({held}). Raise "
-                        "defaults.memory_budget_gb, or retry when they are idle."
+                        f"{budget / GB:.2f} GB next to the pinned models ({held}). Raise defaults.memory_budget_gb "
+                        "or unpin a model."
                     )
                 raise ServiceUnavailable(
-                    f"Cannot load {entry.id!r} now: all {self.settings.defaults.cache_size} model slot(s) are held "
-                    f"by models in use or pinned ({held}). Retry shortly or raise defaults.cache_size.",
+                    f"Cannot load {entry.id!r}: all {slots} model slot(s) are held by pinned models ({held}). "
+                    "Raise defaults.cache_size or unpin a model.",
                     code="model_slots_busy",
                     headers={"Retry-After": "5"},
                 )
+            decision = plan_eviction(target, self._residents(entry.id), budget_bytes=budget, max_resident=slots)
+            if not decision.fits:
+                turn = plan_eviction(
+                    target, [replace(r, in_flight=0) for r in self._residents(entry.id)], budget_bytes=budget, max_resident=slots
+                )
+                self._draining.update(m for m in turn.evict if m in self._resident)
+                try:
+                    await self._wait_for(
+                        lambda: plan_eviction(target, self._residents(entry.id), budget_bytes=budget, max_resident=slots).fits,
+                        f"a turn to load {entry.id!r}",
+                    )
+                finally:
+                    self._draining.difference_update(turn.evict)
+                    self._notify_room()
+                decision = plan_eviction(target, self._residents(entry.id), budget_bytes=budget, max_resident=slots)
             for model_id in decision.evict:
                 await self.unload(model_id, reason=f"making room for {entry.id}")
             self._reserved[entry.id] = target
+
+    def _blocked_by(self, entry: ModelEntry, blocker: str) -> bool:
+        """Whether the target is refused for ``blocker`` with every unpinned model gone."""
+        pinned = [r for r in self._residents(entry.id) if r.pinned]
+        decision = plan_eviction(
+            self.cost_bytes(entry), pinned, budget_bytes=self.budget_bytes, max_resident=self.settings.defaults.cache_size
+        )
+        return not decision.fits and decision.blocker == blocker
 
     async def _unload_idle(self, reason: str) -> None:
         for model_id, resident in list(self._resident.items()):
@@ -442,6 +507,7 @@ class MLXModelManager:
         logger.info("Unloading %s (%s)", model_id, reason)
         await resident.client.stop()
         self.states[model_id] = ModelState.UNLOADED
+        self._notify_room()
 
     def _on_worker_exit(self, client: Any, reason: str) -> None:
         """A worker died: its requests already got errors; pinned models come back at once."""

@@ -54,19 +54,53 @@ async def test_loading_past_the_budget_evicts_the_least_recently_used(make_app: 
     assert await states(harness) == {"alpha": "ready", "beta": "unloaded", "gamma": "ready"}
 
 
-async def test_no_room_is_507_and_nothing_is_evicted(make_app: Any, models_dir: Path) -> None:
+async def test_busy_models_take_turns_and_requests_are_grouped(make_app: Any, models_dir: Path) -> None:
+    """gamma needs alpha's place while alpha is busy: gamma waits for alpha's running request,
+    and a new alpha request arriving meanwhile waits for gamma's turn instead of cutting in."""
     script = FakeEngineScript(first_chunk_delay=0.5)
     harness = await make_app(script, **settings_for(models_dir, 4.5))
     assert (await ask(harness, "beta")).status_code == 200
-    pinned = await harness.client.post("/v1/admin/models/beta/pin")
-    assert pinned.json()["pinned"] is True
+    await harness.client.post("/v1/admin/models/beta/pin")
     busy = asyncio.ensure_future(ask(harness, "alpha"))  # alpha loads and stays busy for 0.5 s
     await asyncio.sleep(0.2)
+    finished: list[str] = []
+
+    async def timed(model: str) -> Any:
+        response = await ask(harness, model)
+        finished.append(model)
+        return response
+
+    gamma = asyncio.ensure_future(timed("gamma"))
+    await asyncio.sleep(0.1)
+    alpha_again = asyncio.ensure_future(timed("alpha"))
+    assert (await busy).status_code == 200
+    assert (await gamma).status_code == 200
+    assert (await alpha_again).status_code == 200
+    assert finished == ["gamma", "alpha"]
+    assert (await states(harness))["beta"] == "ready"  # the pinned model never moved
+
+
+async def test_pinned_models_in_the_way_is_507_and_nothing_is_evicted(make_app: Any, models_dir: Path) -> None:
+    harness = await make_app(**settings_for(models_dir, 4.5))
+    for model in ("alpha", "beta"):
+        assert (await ask(harness, model)).status_code == 200
+        await harness.client.post(f"/v1/admin/models/{model}/pin")
     refused = await ask(harness, "gamma")
     error = assert_error(refused, 507, code="insufficient_memory")
     assert "gamma" in error["message"] and "memory_budget_gb" in error["message"]
-    assert (await busy).status_code == 200
     assert await states(harness) == {"alpha": "ready", "beta": "ready", "gamma": "unloaded"}
+
+
+async def test_waiting_for_a_turn_is_bounded(make_app: Any, models_dir: Path) -> None:
+    script = FakeEngineScript(first_chunk_delay=1.0)
+    harness = await make_app(script, **settings_for(models_dir, 2.5, swap_wait=0.2))
+    busy = asyncio.ensure_future(ask(harness, "alpha"))
+    await asyncio.sleep(0.2)
+    refused = await ask(harness, "beta")
+    assert_error(refused, 503, code="model_slots_busy")
+    assert refused.headers["retry-after"]
+    assert (await busy).status_code == 200
+    assert (await ask(harness, "beta")).status_code == 200  # alpha is idle now: it gives way
 
 
 async def test_a_model_larger_than_the_budget_is_507(make_app: Any, models_dir: Path) -> None:
