@@ -14,6 +14,9 @@ Levels (see docs/MEMORY_PRESSURE.md for the numbers):
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import psutil
 
 from mlx_router.config.settings import Defaults
 
-__all__ = ["MemorySnapshot", "ResourceMonitor", "gpu_memory_bytes", "memory_budget_bytes", "pressure_level"]
+__all__ = ["LEVELS", "MemorySnapshot", "ResourceMonitor", "gpu_memory_bytes", "memory_budget_bytes", "pressure_level"]
 
 GB = 1024**3
 PSI_PATH = Path("/proc/pressure/memory")
@@ -34,9 +37,12 @@ class MemorySnapshot:
     swap_percent: float
     psi_some_avg10: float | None
     level: str
+    gpu_total_bytes: int | None = None
+    gpu_free_bytes: int | None = None
+    """NVIDIA device memory, where there is a GPU with its own memory."""
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "total_gb": round(self.total_bytes / GB, 2),
             "available_gb": round(self.available_bytes / GB, 2),
             "used_percent": round(100 * (1 - self.available_bytes / max(self.total_bytes, 1)), 1),
@@ -44,6 +50,10 @@ class MemorySnapshot:
             "psi_some_avg10": self.psi_some_avg10,
             "pressure": self.level,
         }
+        if self.gpu_total_bytes is not None and self.gpu_free_bytes is not None:
+            data["gpu_total_gb"] = round(self.gpu_total_bytes / GB, 2)
+            data["gpu_free_gb"] = round(self.gpu_free_bytes / GB, 2)
+        return data
 
 
 def pressure_level(
@@ -74,40 +84,67 @@ def _read_psi() -> float | None:
     return None
 
 
+LEVELS = ("normal", "moderate", "high", "critical")
+
+
 class ResourceMonitor:
-    """Reads system memory (psutil, Linux PSI) and derives the pressure level."""
+    """Reads system memory (psutil, Linux PSI) and, on NVIDIA, the GPU's own memory, and derives
+    the pressure level: the worse of the system's and the GPU's (same thresholds, no swap)."""
+
+    GPU_READ_INTERVAL = 2.0
+    """Seconds a GPU reading is reused: ``nvidia-smi`` is a process start, snapshots are per request."""
 
     def __init__(self, defaults: Defaults) -> None:
         self.defaults = defaults
+        self._gpu_read_at = float("-inf")
+        self._gpu: tuple[int, int] | None = None
+        self._has_gpu = shutil.which("nvidia-smi") is not None
+
+    def _gpu_memory(self) -> tuple[int, int] | None:
+        now = time.monotonic()
+        if self._has_gpu and now - self._gpu_read_at >= self.GPU_READ_INTERVAL:
+            self._gpu_read_at = now
+            self._gpu = _nvidia_smi_memory()
+        return self._gpu
 
     def snapshot(self) -> MemorySnapshot:
         vm = psutil.virtual_memory()
         swap = psutil.swap_memory()
         psi = _read_psi()
         level = pressure_level(vm.available / GB, swap.percent, psi, self.defaults)
-        return MemorySnapshot(vm.total, vm.available, swap.percent, psi, level)
+        gpu = self._gpu_memory()
+        if gpu is not None:
+            gpu_level = pressure_level(gpu[1] / GB, 0.0, None, self.defaults)
+            level = max(level, gpu_level, key=LEVELS.index)
+        return MemorySnapshot(
+            vm.total, vm.available, swap.percent, psi, level, gpu[0] if gpu else None, gpu[1] if gpu else None
+        )
+
+
+def _nvidia_smi_memory() -> tuple[int, int] | None:
+    """(total, free) bytes of the first NVIDIA GPU."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        total, free = (int(v.strip()) * 1024 * 1024 for v in out.splitlines()[0].split(","))
+        return total, free
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 def gpu_memory_bytes() -> int | None:
     """Total memory of the first NVIDIA GPU (``nvidia-smi``), or None where there is none.
 
     On Apple Silicon the GPU shares the system memory, so the system total applies."""
-    import shutil
-    import subprocess
-
     if shutil.which("nvidia-smi") is None:
         return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        return int(out.splitlines()[0].strip()) * 1024 * 1024
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    memory = _nvidia_smi_memory()
+    return memory[0] if memory else None
 
 
 def memory_budget_bytes(defaults: Defaults) -> int:

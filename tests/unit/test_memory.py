@@ -33,3 +33,28 @@ def test_snapshot_reads_this_machine() -> None:
     assert snap.total_bytes > 0 and 0 < snap.available_bytes <= snap.total_bytes
     assert snap.level in ("normal", "moderate", "high", "critical")
     assert set(snap.to_dict()) >= {"total_gb", "available_gb", "pressure", "swap_percent"}
+
+
+def test_gpu_memory_raises_the_level_and_is_read_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlx_router.manager import memory
+
+    reads: list[int] = []
+
+    def fake_smi() -> tuple[int, int]:
+        reads.append(1)
+        return 80 * 1024**3, int(1.5 * 1024**3)  # 1.5 GB free on the GPU: below the 2 GB threshold
+
+    monkeypatch.setattr(memory, "_nvidia_smi_memory", fake_smi)
+    monitor = ResourceMonitor(DEFAULTS)
+    monitor._has_gpu = True
+    first = monitor.snapshot()
+    assert first.level in ("high", "critical")  # the GPU's level wins over an idle system's
+    assert first.to_dict()["gpu_free_gb"] == 1.5
+    monitor.snapshot()
+    assert len(reads) == 1  # cached for GPU_READ_INTERVAL seconds
+
+
+def test_no_gpu_means_system_memory_only() -> None:
+    monitor = ResourceMonitor(DEFAULTS)
+    monitor._has_gpu = False
+    assert "gpu_free_gb" not in monitor.snapshot().to_dict()
