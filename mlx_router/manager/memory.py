@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,9 @@ class ResourceMonitor:
         swap = psutil.swap_memory()
         psi = _read_psi()
         level = pressure_level(vm.available / GB, swap.percent, psi, self.defaults)
+        kernel = _macos_pressure_level() if sys.platform == "darwin" else None
+        if kernel is not None:
+            level = max(level, kernel, key=LEVELS.index)
         gpu = self._gpu_memory()
         if gpu is not None:
             gpu_level = pressure_level(gpu[1] / GB, 0.0, None, self.defaults)
@@ -119,6 +123,21 @@ class ResourceMonitor:
         return MemorySnapshot(
             vm.total, vm.available, swap.percent, psi, level, gpu[0] if gpu else None, gpu[1] if gpu else None
         )
+
+
+_MACOS_LEVELS = {1: "normal", 2: "high", 4: "critical"}
+
+
+def _macos_pressure_level() -> str | None:
+    """macOS's own verdict (``kern.memorystatus_vm_pressure_level``: 1 normal, 2 warning,
+    4 critical), which accounts for compression and purgeable memory that "available" misses."""
+    try:
+        out = subprocess.run(
+            ["sysctl", "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True, text=True, timeout=2
+        ).stdout
+        return _MACOS_LEVELS.get(int(out.strip()))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
 
 
 def _nvidia_smi_memory() -> tuple[int, int] | None:

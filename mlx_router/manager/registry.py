@@ -63,6 +63,12 @@ def _hf_snapshot(repo_dir: Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
+def _is_model_config_folder(folder: Path) -> bool:
+    """A folder that declares a model. Listed even when its weights are missing or broken: the
+    first load then marks it FAILED with the reason, instead of it silently not existing."""
+    return (folder / "config.json").is_file()
+
+
 def _is_complete(folder: Path) -> bool:
     """A folder whose sharded-weights index (if any) names only files that exist."""
     if not _is_model_folder(folder):
@@ -93,11 +99,11 @@ def discover_models(model_dir: Path) -> dict[str, Path]:
             snapshot = _hf_snapshot(child)
             if snapshot is not None and parts:
                 found.setdefault("/".join(parts), snapshot)
-        elif child.is_dir() and _is_complete(child):
+        elif child.is_dir() and _is_model_config_folder(child):
             found.setdefault(name, child)
         elif child.is_dir():
             for sub in sorted(child.iterdir()):
-                if sub.is_dir() and _is_complete(sub):
+                if sub.is_dir() and _is_model_config_folder(sub):
                     found.setdefault(f"{name}/{sub.name}", sub)
                 elif sub.is_file() and sub.suffix == ".gguf":
                     found.setdefault(f"{name}/{sub.stem}", sub)

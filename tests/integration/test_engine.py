@@ -214,16 +214,19 @@ def test_broken_models_fail_alone_with_a_reason(tmp_path: Path, make_tiny_model:
     truncated = make_tiny_model("truncated")
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
+    weightless = make_tiny_model("weightless")
+    for file in weightless.glob("model*.safetensors*"):
+        file.unlink()
     alien = make_tiny_model("alien")
     config = json.loads((alien / "config.json").read_text())
     (alien / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
     server = start_server(
         tmp_path,
-        {"defaults": {"model": "healthy", "model_directory": str(healthy.parent), "embedded_model": False, "cache_size": 3}},
+        {"defaults": {"model": "healthy", "model_directory": str(healthy.parent), "embedded_model": False, "cache_size": 4}},
     )
     try:
         with server.client() as http:
-            for name in ("truncated", "alien"):
+            for name in ("truncated", "weightless", "alien"):
                 response = http.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "x"}]})
                 assert response.status_code == 503, response.text
                 error = response.json()["error"]
@@ -231,6 +234,7 @@ def test_broken_models_fail_alone_with_a_reason(tmp_path: Path, make_tiny_model:
                 assert str(tmp_path) not in response.text
             cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
             assert cards["truncated"]["state"] == "failed" and cards["truncated"]["failure_reason"]
+            assert cards["weightless"]["state"] == "failed" and cards["weightless"]["failure_reason"]
             assert cards["alien"]["state"] == "failed" and "no-such-architecture" in cards["alien"]["failure_reason"]
             assert chat(http, "still here", model="healthy", max_tokens=3)["usage"]["completion_tokens"] == 3
     finally:

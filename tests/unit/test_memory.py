@@ -58,3 +58,15 @@ def test_no_gpu_means_system_memory_only() -> None:
     monitor = ResourceMonitor(DEFAULTS)
     monitor._has_gpu = False
     assert "gpu_free_gb" not in monitor.snapshot().to_dict()
+
+
+def test_macos_kernel_pressure_level_raises_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlx_router.manager import memory
+
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
+    monkeypatch.setattr(memory, "_macos_pressure_level", lambda: "critical")
+    monitor = ResourceMonitor(DEFAULTS)
+    monitor._has_gpu = False
+    assert monitor.snapshot().level == "critical"
+    monkeypatch.setattr(memory, "_macos_pressure_level", lambda: "normal")
+    assert monitor.snapshot().level != "critical" or memory.psutil.virtual_memory().available < 1024**3

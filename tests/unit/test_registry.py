@@ -65,3 +65,10 @@ def test_registry_measures_weights_and_honours_config(tmp_path: Path) -> None:
 
 def test_missing_directory_is_empty(tmp_path: Path) -> None:
     assert discover_models(tmp_path / "nope") == {}
+
+
+def test_a_folder_without_weights_is_listed_so_its_failure_can_be_reported(tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    entries = build_registry({}, tmp_path)
+    assert entries["broken"].weight_bytes == 0
