@@ -197,8 +197,8 @@ class GenerationService:
         if req.tools:
             if not self.settings.defaults.enable_function_calling:
                 reason = "function calling is disabled on this server (defaults.enable_function_calling)"
-            elif entry.config.supports_tools is False:
-                reason = f"model {entry.id!r} does not support tools (supports_tools is false)"
+            elif not entry.supports_tools:
+                reason = f"model {entry.id!r} does not support tools (supports_tools, or its chat template)"
             else:
                 reason = "tool calling is not implemented in this version of mlx-router"
             raise InvalidRequest(f"Tools cannot be used here: {reason}.", param="tools")
@@ -206,8 +206,8 @@ class GenerationService:
         if image_at is not None:
             reason = (
                 "image input is not implemented in this version of mlx-router"
-                if entry.config.supports_vision
-                else f"model {entry.id!r} cannot read images (it is not marked supports_vision)"
+                if entry.supports_vision
+                else f"model {entry.id!r} cannot read images (not a vision model; see supports_vision)"
             )
             raise InvalidRequest(f"Images cannot be used here: {reason}.", param=f"messages[{image_at}].content")
         params = req.to_generation_params(defaults, max_tokens_limit=self.settings.defaults.max_tokens_limit)

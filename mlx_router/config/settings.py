@@ -72,7 +72,9 @@ class ModelConfig(_Section):
     required_memory_gb: float | None = Field(
         None, gt=0, description="Memory the model needs; default measured from its weight files."
     )
-    supports_tools: bool | None = Field(None, description="False refuses requests with tools.")
+    supports_tools: bool | None = Field(
+        None, description="False refuses requests with tools; default: whether its chat template renders tools."
+    )
     supports_vision: bool | None = Field(
         None, description="Whether the model reads images; default from its config."
     )

@@ -42,6 +42,27 @@ class ModelEntry:
     def is_gguf(self) -> bool:
         return self.path.suffix == ".gguf"
 
+    @property
+    def supports_vision(self) -> bool:
+        """``supports_vision`` from config.json, else inferred: the model's config has a vision tower."""
+        if self.config.supports_vision is not None:
+            return self.config.supports_vision
+        return "vision_config" in _model_config(self.path)
+
+    @property
+    def supports_tools(self) -> bool:
+        """``supports_tools`` from config.json, else inferred: the chat template renders tools."""
+        if self.config.supports_tools is not None:
+            return self.config.supports_tools
+        folder = self.path if self.path.is_dir() else self.path.parent
+        try:
+            template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template") or ""
+        except (OSError, ValueError):
+            template = ""
+        if not template and (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(errors="replace")
+        return "tools" in str(template)
+
 
 def weight_bytes(path: Path) -> int:
     """Size of a model's weights as stored: its ``*.safetensors`` files or the GGUF file."""

@@ -72,3 +72,14 @@ def test_a_folder_without_weights_is_listed_so_its_failure_can_be_reported(tmp_p
     (tmp_path / "broken" / "config.json").write_text("{}")
     entries = build_registry({}, tmp_path)
     assert entries["broken"].weight_bytes == 0
+
+
+def test_vision_and_tools_are_inferred_and_config_overrides(tmp_path: Path) -> None:
+    vision = model_folder(tmp_path / "vlm")
+    (vision / "config.json").write_text('{"vision_config": {"depth": 2}}')
+    (vision / "tokenizer_config.json").write_text('{"chat_template": "{% if tools %}{{ tools }}{% endif %}"}')
+    model_folder(tmp_path / "plain")
+    entries = build_registry({"overridden": ModelConfig(path="vlm", supports_vision=False, supports_tools=False)}, tmp_path)
+    assert entries["vlm"].supports_vision and entries["vlm"].supports_tools
+    assert not entries["plain"].supports_vision and not entries["plain"].supports_tools
+    assert not entries["overridden"].supports_vision and not entries["overridden"].supports_tools
