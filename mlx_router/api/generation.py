@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from mlx_router import __version__
 from mlx_router.config.settings import Settings
@@ -68,6 +68,7 @@ __all__ = ["GenerationService", "Job", "SYSTEM_FINGERPRINT", "engine_error"]
 logger = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
+T = TypeVar("T")
 
 Event = tuple[int, Admission | GenerationChunk | None]
 """(choice, item); ``(KEEPALIVE, None)`` when nothing came for ``server.sse_keepalive_seconds``."""
@@ -358,14 +359,7 @@ class GenerationService:
             )
         completion_tokens = sum(c.completion_tokens for c in last.values())
         self._log_done(job, run, last)
-        return ChatCompletionResponse(
-            id=new_id("chatcmpl"),
-            created=now(),
-            model=job.entry.id,
-            choices=choices,
-            usage=run.usage(job, completion_tokens),
-            system_fingerprint=SYSTEM_FINGERPRINT,
-        )
+        return _envelope(ChatCompletionResponse, "chatcmpl", job)(choices, run.usage(job, completion_tokens))
 
     async def chat_stream(self, job: Job) -> AsyncIterator[ChatCompletionChunk | None]:
         """Start generation (errors raise here), then return the chunk stream."""
@@ -373,17 +367,7 @@ class GenerationService:
         return self._chat_chunks(job, run)
 
     async def _chat_chunks(self, job: Job, run: _Run) -> AsyncIterator[ChatCompletionChunk | None]:
-        chunk_id, created, model = new_id("chatcmpl"), now(), job.entry.id
-
-        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(
-                id=chunk_id,
-                created=created,
-                model=model,
-                choices=choices,
-                usage=usage,
-                system_fingerprint=SYSTEM_FINGERPRINT,
-            )
+        chunk = _envelope(ChatCompletionChunk, "chatcmpl", job)
 
         for index in range(len(job.requests)):
             yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
@@ -428,31 +412,15 @@ class GenerationService:
             for index in range(len(job.requests))
         ]
         self._log_done(job, run, last)
-        return CompletionResponse(
-            id=new_id("cmpl"),
-            created=now(),
-            model=job.entry.id,
-            choices=choices,
-            usage=run.usage(job, sum(c.completion_tokens for c in last.values())),
-            system_fingerprint=SYSTEM_FINGERPRINT,
-        )
+        usage = run.usage(job, sum(c.completion_tokens for c in last.values()))
+        return _envelope(CompletionResponse, "cmpl", job)(choices, usage)
 
     async def completion_stream(self, job: Job) -> AsyncIterator[CompletionResponse | None]:
         run = await self.start(job)
         return self._completion_chunks(job, run)
 
     async def _completion_chunks(self, job: Job, run: _Run) -> AsyncIterator[CompletionResponse | None]:
-        chunk_id, created, model = new_id("cmpl"), now(), job.entry.id
-
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
-            return CompletionResponse(
-                id=chunk_id,
-                created=created,
-                model=model,
-                choices=choices,
-                usage=usage,
-                system_fingerprint=SYSTEM_FINGERPRINT,
-            )
+        chunk = _envelope(CompletionResponse, "cmpl", job)
 
         offsets = [len(echo) for echo in job.echo] or [0] * len(job.requests)
         for index, echo in enumerate(job.echo):
@@ -492,6 +460,23 @@ class GenerationService:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _envelope(cls: type[T], prefix: str, job: Job) -> Callable[..., T]:
+    """A maker of response objects (or the chunks of one stream, which share id and time)."""
+    response_id, created = new_id(prefix), now()
+
+    def make(choices: list[Any], usage: Usage | None = None) -> T:
+        return cls(  # type: ignore[call-arg]
+            id=response_id,
+            created=created,
+            model=job.entry.id,
+            choices=choices,
+            usage=usage,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+        )
+
+    return make
 
 
 def _request_id() -> str:
