@@ -131,12 +131,13 @@ class _Run:
     events: AsyncIterator[Event]
     started: float = field(default_factory=time.perf_counter)
 
-    def usage(self, job: Job, completion_tokens: int) -> Usage:
-        """Each prompt counts once, however many choices continue it."""
+    def usage(self, job: Job, last: dict[int, GenerationChunk]) -> Usage:
+        """Usage from each choice's last chunk; each prompt counts once, however many choices
+        continue it."""
         prompts = {job.prompt_of[i]: a for i, a in enumerate(self.admissions)}
         return usage(
             sum(a.prompt_tokens for a in prompts.values()),
-            completion_tokens,
+            sum(chunk.completion_tokens for chunk in last.values()),
             sum(a.cached_tokens for a in prompts.values()),
         )
 
@@ -348,7 +349,7 @@ class GenerationService:
             content, reasoning = texts[index], ""
             splitter = job.splitter(admission)
             if splitter is not None:
-                reasoning, content = _split_all(splitter, content)
+                reasoning, content = _split(splitter, content, final=True)
             choices.append(
                 Choice(
                     index=index,
@@ -357,9 +358,8 @@ class GenerationService:
                     finish_reason=_finish(last[index].finish_reason),  # type: ignore[arg-type]
                 )
             )
-        completion_tokens = sum(c.completion_tokens for c in last.values())
         self._log_done(job, run, last)
-        return _envelope(ChatCompletionResponse, "chatcmpl", job)(choices, run.usage(job, completion_tokens))
+        return _envelope(ChatCompletionResponse, "chatcmpl", job)(choices, run.usage(job, last))
 
     async def chat_stream(self, job: Job) -> AsyncIterator[ChatCompletionChunk | None]:
         """Start generation (errors raise here), then return the chunk stream."""
@@ -382,10 +382,7 @@ class GenerationService:
             reasoning, content = "", item.text
             splitter = splitters[index]
             if splitter is not None:
-                reasoning, content = splitter.feed(item.text)
-                if item.finish_reason is not None:
-                    more_reasoning, more_content = splitter.flush()
-                    reasoning, content = reasoning + more_reasoning, content + more_content
+                reasoning, content = _split(splitter, item.text, final=item.finish_reason is not None)
             shown_reasoning = job.reasoning_out(reasoning)
             logprobs = _chat_logprobs(list(item.logprobs)) if item.logprobs else None
             if content or shown_reasoning or logprobs:
@@ -395,7 +392,7 @@ class GenerationService:
                 yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=_finish(item.finish_reason))])  # type: ignore[arg-type]
         self._log_done(job, run, last)
         if job.include_usage:
-            yield chunk([], run.usage(job, sum(c.completion_tokens for c in last.values())))
+            yield chunk([], run.usage(job, last))
 
     # ------------------------------------------------------------------ text completions
 
@@ -412,8 +409,7 @@ class GenerationService:
             for index in range(len(job.requests))
         ]
         self._log_done(job, run, last)
-        usage = run.usage(job, sum(c.completion_tokens for c in last.values()))
-        return _envelope(CompletionResponse, "cmpl", job)(choices, usage)
+        return _envelope(CompletionResponse, "cmpl", job)(choices, run.usage(job, last))
 
     async def completion_stream(self, job: Job) -> AsyncIterator[CompletionResponse | None]:
         run = await self.start(job)
@@ -440,18 +436,19 @@ class GenerationService:
                 yield chunk([CompletionChoice(text=item.text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
         self._log_done(job, run, last)
         if job.include_usage:
-            yield chunk([], run.usage(job, sum(c.completion_tokens for c in last.values())))
+            yield chunk([], run.usage(job, last))
 
     # ------------------------------------------------------------------ logging
 
     def _log_done(self, job: Job, run: _Run, last: dict[int, GenerationChunk]) -> None:
         seconds = time.perf_counter() - run.started
-        generated = sum(c.completion_tokens for c in last.values())
+        counts = run.usage(job, last)
+        generated = counts.completion_tokens
         logger.info(
             "model=%s choices=%d prompt_tokens=%d completion_tokens=%d finish=%s %.2fs %.1f tok/s",
             job.entry.id,
             len(job.requests),
-            run.usage(job, 0).prompt_tokens,
+            counts.prompt_tokens,
             generated,
             ",".join(str(last[i].finish_reason) for i in sorted(last)),
             seconds,
@@ -518,10 +515,13 @@ async def _replay(early: list[Event], events: AsyncIterator[Event]) -> AsyncIter
         await events.aclose()  # type: ignore[attr-defined]
 
 
-def _split_all(splitter: Splitter, text: str) -> tuple[str, str]:
+def _split(splitter: Splitter, text: str, *, final: bool) -> tuple[str, str]:
+    """(reasoning, content) of a piece of text; the last piece also flushes what is held back."""
     reasoning, content = splitter.feed(text)
-    more_reasoning, more_content = splitter.flush()
-    return reasoning + more_reasoning, content + more_content
+    if final:
+        more_reasoning, more_content = splitter.flush()
+        reasoning, content = reasoning + more_reasoning, content + more_content
+    return reasoning, content
 
 
 def _chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
