@@ -54,25 +54,39 @@ _HERMES_TOOL_CALLS = r"""
     {%- endfor %}
 """
 
+def _im_framed(after_role: str, after_turn: str) -> str:
+    """``<|im_start|>{role}{after_role}{content}<|im_end|>{after_turn}`` for every message (any
+    role, so "tool" too), tool calls as Hermes blocks: ChatML and Phi-4 differ only in the
+    separators."""
+    return (
+        _PRELUDE
+        + r"""
+{%- for message in messages %}
+    {{- '<|im_start|>' + message.role + '"""
+        + after_role
+        + r"""' + message.content }}
+"""
+        + _HERMES_TOOL_CALLS
+        + r"""
+    {{- '<|im_end|>"""
+        + after_turn
+        + r"""' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant"""
+        + after_role
+        + r"""' }}
+{%- endif %}
+"""
+    )
+
+
 # ChatML as transformers applied it by default (huggingface/transformers <= v4.42,
 # PreTrainedTokenizerBase.default_chat_template; tests/unit/official_templates/chatml.jinja):
 # <|im_start|>{role}\n{content}<|im_end|>\n for every message, any role (so "tool" too).
 # Ours adds: tool calls in Hermes <tool_call> blocks (official ChatML has no tool-call syntax).
-_CHATML = (
-    _PRELUDE
-    + r"""
-{%- for message in messages %}
-    {{- '<|im_start|>' + message.role + '\n' + message.content }}
-"""
-    + _HERMES_TOOL_CALLS
-    + r"""
-    {{- '<|im_end|>\n' }}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-{%- endif %}
-"""
-)
+_CHATML = _im_framed(r"\n", r"\n")  # Jinja escapes, as in the official source
+
 
 # Qwen: the Qwen3 template (Qwen/Qwen3-* tokenizer_config.json, Apache-2.0;
 # tests/unit/official_templates/qwen3.jinja): ChatML, tools as Hermes <tools>/<tool_call>, tool
@@ -264,21 +278,8 @@ _LLAMA3 = (
 # Differences: official renders only system / user / assistant and silently drops the rest;
 # ours renders a tool result as a "tool" turn in the same framing, and tool calls as Hermes
 # <tool_call> blocks (Phi-4 has no tool format of its own).
-_PHI4 = (
-    _PRELUDE
-    + r"""
-{%- for message in messages %}
-    {{- '<|im_start|>' + message.role + '<|im_sep|>' + message.content }}
-"""
-    + _HERMES_TOOL_CALLS
-    + r"""
-    {{- '<|im_end|>' }}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant<|im_sep|>' }}
-{%- endif %}
-"""
-)
+_PHI4 = _im_framed("<|im_sep|>", "")
+
 
 # DeepSeek-R1 (deepseek-ai/DeepSeek-R1 tokenizer_config.json, MIT, February 2025 revision;
 # tests/unit/official_templates/deepseek-r1.jinja), also DeepSeek-V3's layout: BOS, all system
