@@ -18,8 +18,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -89,34 +91,36 @@ LEVELS = ("normal", "moderate", "high", "critical")
 
 
 class ResourceMonitor:
-    """Reads system memory (psutil, Linux PSI) and, on NVIDIA, the GPU's own memory, and derives
-    the pressure level: the worse of the system's and the GPU's (same thresholds, no swap)."""
+    """Reads system memory (psutil, Linux PSI), on macOS the kernel's pressure level and, on
+    NVIDIA, the GPU's own memory, and derives the pressure level: the worst of them (the GPU's
+    with the same thresholds, no swap)."""
 
-    GPU_READ_INTERVAL = 2.0
-    """Seconds a GPU reading is reused: ``nvidia-smi`` is a process start, snapshots are per request."""
+    READ_INTERVAL = 2.0
+    """Seconds a reading that starts a process (``nvidia-smi``, ``sysctl``) is reused: snapshots
+    are taken per request."""
 
     def __init__(self, defaults: Defaults) -> None:
         self.defaults = defaults
-        self._gpu_read_at = float("-inf")
-        self._gpu: tuple[int, int] | None = None
         self._has_gpu = shutil.which("nvidia-smi") is not None
+        self._readings: dict[str, tuple[float, Any]] = {}
 
-    def _gpu_memory(self) -> tuple[int, int] | None:
+    def _cached(self, name: str, read: Callable[[], Any]) -> Any:
         now = time.monotonic()
-        if self._has_gpu and now - self._gpu_read_at >= self.GPU_READ_INTERVAL:
-            self._gpu_read_at = now
-            self._gpu = _nvidia_smi_memory()
-        return self._gpu
+        taken = self._readings.get(name)
+        if taken is None or now - taken[0] >= self.READ_INTERVAL:
+            taken = (now, read())
+            self._readings[name] = taken
+        return taken[1]
 
     def snapshot(self) -> MemorySnapshot:
         vm = psutil.virtual_memory()
         swap = psutil.swap_memory()
         psi = _read_psi()
         level = pressure_level(vm.available / GB, swap.percent, psi, self.defaults)
-        kernel = _macos_pressure_level() if sys.platform == "darwin" else None
+        kernel = self._cached("macos", _macos_pressure_level) if sys.platform == "darwin" else None
         if kernel is not None:
             level = max(level, kernel, key=LEVELS.index)
-        gpu = self._gpu_memory()
+        gpu = self._cached("gpu", _nvidia_smi_memory) if self._has_gpu else None
         if gpu is not None:
             gpu_level = pressure_level(gpu[1] / GB, 0.0, None, self.defaults)
             level = max(level, gpu_level, key=LEVELS.index)
