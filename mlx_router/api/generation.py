@@ -163,7 +163,7 @@ class GenerationService:
             raise InvalidRequest(f"n must be at most {self.settings.defaults.max_n} (defaults.max_n).", param="n")
         if req.stream_options is not None and not self._stream(req):
             raise InvalidRequest("stream_options is only allowed when stream is true.", param="stream_options")
-        cap, _level = self.manager.max_tokens_cap(entry)
+        cap = self.manager.max_tokens_cap(entry)
         config = entry.config
         defaults = ModelDefaults(
             max_tokens=config.max_tokens or self.settings.defaults.max_tokens,

@@ -595,11 +595,11 @@ class MLXModelManager:
             return False, f"default model {default} is {state}" + (f": {reason}" if reason else "")
         return True, "ok"
 
-    def max_tokens_cap(self, entry: ModelEntry) -> tuple[int | None, str]:
-        """The per-model cap for the current memory-pressure level, if configured."""
-        level = self.monitor.snapshot().level
-        caps = entry.config.memory_pressure_max_tokens or {}
-        return caps.get(level), level
+    def max_tokens_cap(self, entry: ModelEntry) -> int | None:
+        """The per-model cap for the current memory-pressure level, if the model has caps (the
+        memory is read only then: this runs for every request)."""
+        caps = entry.config.memory_pressure_max_tokens
+        return caps.get(self.monitor.snapshot().level) if caps else None
 
     def model_info(self, entry: ModelEntry) -> dict[str, Any]:
         """The old project's ``memory_requirements`` and ``parameters`` plus state."""

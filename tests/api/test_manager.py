@@ -174,3 +174,13 @@ async def test_ten_concurrent_first_requests_load_once(make_app: Any, models_dir
     responses = await asyncio.gather(*(ask(harness, "gamma") for _ in range(10)))
     assert [r.status_code for r in responses] == [200] * 10
     assert harness.factory.calls == 1
+
+
+async def test_memory_pressure_caps_max_tokens_per_level(make_app: Any, models_dir: Path) -> None:
+    sections = settings_for(models_dir, 64)
+    sections["models"]["alpha"]["memory_pressure_max_tokens"] = {"normal": 3, "moderate": 3, "high": 2, "critical": 1}
+    harness = await make_app(**sections)
+    assert (await harness.client.post(CHAT, json=chat_body(model="alpha", max_tokens=100))).status_code == 200
+    assert (await harness.client.post(CHAT, json=chat_body(model="beta", max_tokens=100))).status_code == 200
+    sent = {r.request_id: r.params.max_tokens for r in harness.factory.requests}
+    assert sorted(sent.values()) in ([1, 100], [2, 100], [3, 100])  # alpha capped for the level, beta not
