@@ -34,7 +34,7 @@ from mlx_router.errors import (
     ServiceUnavailable,
     redact_paths,
 )
-from mlx_router.manager.memory import ResourceMonitor, memory_budget_bytes
+from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor, memory_budget_bytes
 from mlx_router.manager.policy import Resident, plan_eviction
 from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry, kv_allowance_bytes
 
@@ -601,12 +601,13 @@ class MLXModelManager:
         caps = entry.config.memory_pressure_max_tokens
         return caps.get(self.monitor.snapshot().level) if caps else None
 
-    def model_info(self, entry: ModelEntry) -> dict[str, Any]:
-        """The old project's ``memory_requirements`` and ``parameters`` plus state."""
+    def model_info(self, entry: ModelEntry, snapshot: MemorySnapshot | None = None) -> dict[str, Any]:
+        """The old project's ``memory_requirements`` and ``parameters`` plus state (``snapshot``:
+        one memory reading shared by a whole listing)."""
         resident = self._resident.get(entry.id)
         measured = resident.load_info.weight_bytes if resident else entry.weight_bytes
         required_gb = entry.config.required_memory_gb or round(measured / GB, 3)
-        snapshot = self.monitor.snapshot()
+        snapshot = snapshot or self.monitor.snapshot()
         budget_gb = snapshot.available_bytes / GB * self.settings.defaults.safety_margin
         can_load = resident is not None or required_gb <= budget_gb
         if resident is not None:

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from mlx_router.api.deps import ManagerDep
 from mlx_router.manager.manager import MLXModelManager
+from mlx_router.manager.memory import MemorySnapshot
 from mlx_router.manager.registry import ModelEntry
 from mlx_router.protocol.models import ModelCard, ModelList
 
@@ -14,16 +15,16 @@ __all__ = ["router"]
 router = APIRouter(tags=["Models"])
 
 
-def _card(manager: MLXModelManager, entry: ModelEntry) -> ModelCard:
+def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot | None = None) -> ModelCard:
     created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
-    return ModelCard(id=entry.id, created=created, **manager.model_info(entry))
+    return ModelCard(id=entry.id, created=created, **manager.model_info(entry, snapshot))
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List models with their memory requirements")
 async def list_models(manager: ManagerDep) -> ModelList:
     snapshot = manager.monitor.snapshot()
     return ModelList(
-        data=[_card(manager, entry) for _, entry in sorted(manager.entries.items())],
+        data=[_card(manager, entry, snapshot) for _, entry in sorted(manager.entries.items())],
         memory_status={"available_gb": round(snapshot.available_bytes / 1024**3, 2), "pressure": snapshot.level},
     )
 
