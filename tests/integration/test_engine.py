@@ -51,7 +51,7 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
 def engine_server(tmp_path: Path, tiny_models_root: Path) -> Any:
     servers: list[RunningServer] = []
 
-    def start(server: dict[str, Any] | None = None, **defaults: Any) -> RunningServer:
+    def start(server: dict[str, Any] | None = None, models: dict[str, Any] | None = None, **defaults: Any) -> RunningServer:
         config = {
             "defaults": {
                 "model": "tiny-llama",
@@ -60,6 +60,7 @@ def engine_server(tmp_path: Path, tiny_models_root: Path) -> Any:
                 **defaults,
             },
             "server": dict(server or {}),
+            "models": dict(models or {}),
         }
         folder = tmp_path / f"server{len(servers)}"
         folder.mkdir()
@@ -146,6 +147,7 @@ def test_killed_worker_fails_only_its_own_requests(tmp_path: Path, make_tiny_mod
     )
     try:
         results: dict[str, list[str]] = {}
+        streaming = {"alpha": threading.Event(), "beta": threading.Event()}
 
         def stream(model: str, max_tokens: int) -> None:
             body = {
@@ -156,7 +158,12 @@ def test_killed_worker_fails_only_its_own_requests(tmp_path: Path, make_tiny_mod
                 "logit_bias": NO_SPECIAL,
             }
             with server.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
-                results[model] = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+                results[model] = []
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        results[model].append(line[6:])
+                        if '"content":"' in line and '"role"' not in line:
+                            streaming[model].set()
 
         with server.client() as http:
             for model in ("alpha", "beta"):
@@ -165,7 +172,8 @@ def test_killed_worker_fails_only_its_own_requests(tmp_path: Path, make_tiny_mod
         threads = [threading.Thread(target=stream, args=("alpha", 100000)), threading.Thread(target=stream, args=("beta", 3000))]
         for thread in threads:
             thread.start()
-        assert wait_until(lambda: sequences(server) == 2)
+        # Both streams are producing tokens (a kill before the admission is a plain 503 instead).
+        assert all(event.wait(timeout=30) for event in streaming.values())
         os.kill(pids["alpha"], signal.SIGKILL)
         for thread in threads:
             thread.join(timeout=120)
@@ -179,17 +187,25 @@ def test_killed_worker_fails_only_its_own_requests(tmp_path: Path, make_tiny_mod
 
 
 def test_sigterm_drains_then_ends_streams_with_an_error(engine_server: Any) -> None:
-    server = engine_server(server={"drain_timeout": 1.5}, max_tokens=100000)
+    # A context long enough that the stream outlives the drain deadline by far.
+    server = engine_server(
+        server={"drain_timeout": 1.5}, models={"tiny-llama": {"context_length": 16384}}, max_tokens=100000
+    )
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "go"}], "stream": True, "logit_bias": NO_SPECIAL}
     events: list[str] = []
+    producing = threading.Event()
 
     def read_stream() -> None:
         with server.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
-            events.extend(line[6:] for line in response.iter_lines() if line.startswith("data: "))
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if '"content":"' in line and '"role"' not in line:
+                        producing.set()
 
     reader = threading.Thread(target=read_stream)
     reader.start()
-    assert wait_until(lambda: sequences(server) == 1)
+    assert producing.wait(timeout=30)
     server.process.send_signal(signal.SIGTERM)
     assert wait_until(lambda: _status(server, "/v1/models") == 503, timeout=5)
     assert _status(server, "/health") == 503
