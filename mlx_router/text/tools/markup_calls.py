@@ -1,0 +1,157 @@
+"""Formats whose arguments are written as markup, one value at a time: Qwen3-Coder XML, GLM,
+Gemma (``call:name{…}``) and pythonic calls (Llama 4, Llama 3.2 pythonic, many small models).
+
+Values arrive as text; they are typed with the tool's JSON schema (a ``string`` parameter stays
+text, anything else is read as JSON, then as a Python literal, else kept as text).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+from mlx_router.text.tools.base import ParsedCall, ToolFormat
+
+__all__ = ["FunctionGemmaFormat", "GemmaFormat", "GlmFormat", "PythonicFormat", "Qwen3CoderFormat"]
+
+
+def typed_value(text: str, schema: dict[str, Any] | None) -> Any:
+    """A parameter value from its text, typed by its JSON schema."""
+    kind = (schema or {}).get("type")
+    if kind == "string" or (isinstance(kind, list) and "string" in kind and len(kind) == 1):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+_FUNCTION = re.compile(r"^\s*<function=([^>\n]+)>(.*?)</function>\s*$", re.DOTALL)
+_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
+
+
+class Qwen3CoderFormat(ToolFormat):
+    """Qwen3-Coder: ``<tool_call><function=NAME><parameter=KEY>VALUE</parameter>…</function>
+    </tool_call>``."""
+
+    name = "qwen3_coder"
+    starts = ("<tool_call>",)
+    end = "</tool_call>"
+
+    def parse(self, body: str) -> list[ParsedCall]:
+        match = _FUNCTION.match(body)
+        if match is None:
+            raise ValueError("expected <function=…>…</function>")
+        name, inner = match.group(1).strip(), match.group(2)
+        properties = self.properties(name)
+        arguments = {key.strip(): typed_value(value, properties.get(key.strip())) for key, value in _PARAMETER.findall(inner)}
+        if _PARAMETER.sub("", inner).strip():
+            raise ValueError("text between parameters")
+        return [ParsedCall.make(name, arguments)]
+
+
+_GLM_ARG = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
+
+
+class GlmFormat(ToolFormat):
+    """GLM-4.5 / 4.6 / 4.7: ``<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>…
+    </tool_call>``."""
+
+    name = "glm"
+    starts = ("<tool_call>",)
+    end = "</tool_call>"
+
+    def parse(self, body: str) -> list[ParsedCall]:
+        name, _, rest = body.partition("<arg_key>")
+        name = name.strip()
+        if not name or "<" in name or "\n" in name:
+            raise ValueError("expected a function name")
+        rest = "<arg_key>" + rest if _ else ""
+        properties = self.properties(name)
+        arguments, pos = {}, 0
+        while pos < len(rest.rstrip()):
+            match = _GLM_ARG.match(rest, pos)
+            if match is None:
+                raise ValueError("expected <arg_key>…</arg_key><arg_value>…</arg_value>")
+            key = match.group(1).strip()
+            arguments[key] = typed_value(match.group(2), properties.get(key))
+            pos = match.end()
+        return [ParsedCall.make(name, arguments)]
+
+
+def _gemma_arguments(text: str, quote: str) -> dict[str, Any]:
+    """``{key:value,…}`` where strings are wrapped in ``quote`` and keys are bare words, as JSON."""
+    pieces: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(quote, pos)
+        if start < 0:
+            pieces.append(re.sub(r"(?<=[{,])\s*([A-Za-z_][\w-]*)\s*:", r'"\1":', text[pos:]))
+            break
+        stop = text.find(quote, start + len(quote))
+        if stop < 0:
+            raise ValueError("unterminated string")
+        pieces.append(re.sub(r"(?<=[{,])\s*([A-Za-z_][\w-]*)\s*:", r'"\1":', text[pos:start]))
+        pieces.append(json.dumps(text[start + len(quote) : stop]))
+        pos = stop + len(quote)
+    value = json.loads("".join(pieces))
+    if not isinstance(value, dict):
+        raise TypeError("arguments must be an object")
+    return value
+
+
+_GEMMA_CALL = re.compile(r"^\s*call:([\w.-]+)(\{.*\})\s*$", re.DOTALL)
+
+
+class GemmaFormat(ToolFormat):
+    """Gemma 4: ``<|tool_call>call:NAME{key:<|"|>text<|"|>,n:1}<tool_call|>``."""
+
+    name = "gemma"
+    starts = ("<|tool_call>",)
+    end = "<tool_call|>"
+    quote = '<|"|>'
+
+    def parse(self, body: str) -> list[ParsedCall]:
+        match = _GEMMA_CALL.match(body)
+        if match is None:
+            raise ValueError("expected call:NAME{…}")
+        return [ParsedCall.make(match.group(1), _gemma_arguments(match.group(2), self.quote))]
+
+
+class FunctionGemmaFormat(GemmaFormat):
+    """FunctionGemma: ``<start_function_call>call:NAME{key:<escape>text<escape>}<end_function_call>``."""
+
+    name = "function_gemma"
+    starts = ("<start_function_call>",)
+    end = "<end_function_call>"
+    quote = "<escape>"
+
+
+class PythonicFormat(ToolFormat):
+    """Pythonic calls, as Llama 4 and Llama 3.2 (pythonic template) write them:
+    ``[get_weather(city="Paris"), get_time()]``, optionally in ``<|python_start|>…<|python_end|>``."""
+
+    name = "pythonic"
+    starts = ("<|python_start|>",)
+    leading = ("[",)
+
+    def parse(self, body: str) -> list[ParsedCall]:
+        body = body.replace("<|python_end|>", "").strip()
+        tree = ast.parse(body, mode="eval").body
+        items = tree.elts if isinstance(tree, ast.List) else [tree]
+        calls = []
+        for item in items:
+            if not isinstance(item, ast.Call) or item.args:
+                raise ValueError("expected name(key=value, …)")
+            name = ast.unparse(item.func)
+            arguments = {kw.arg: ast.literal_eval(kw.value) for kw in item.keywords if kw.arg}
+            if len(arguments) != len(item.keywords):
+                raise ValueError("**kwargs are not arguments")
+            calls.append(ParsedCall.make(name, arguments))
+        return calls
