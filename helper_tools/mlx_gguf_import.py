@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # runnable as `python helper_tools/mlx_gguf_import.py`
     sys.path.insert(0, str(_REPO_ROOT))
 
+from helper_tools._common import EXIT_OK, OneLineParser, run_tool
 from mlx_router.importers.gguf import (
     GGUFImportError,
     find_embedded_gguf,
@@ -32,23 +31,12 @@ from mlx_router.importers.gguf import (
     inspect_gguf,
 )
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["build_parser", "default_out_dir", "main"]
-
-EXIT_OK, EXIT_ERROR = 0, 2
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one ``error:`` line too, like every other failure of this tool."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"error: {message} (see -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; kept separate so tests and docs can render it."""
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="mlx_gguf_import.py",
         description="Convert a llama GGUF file (F32/F16/BF16/Q4_0/Q4_1/Q8_0 tensors, "
         "byte-level BPE tokenizer) into an mlx-lm model folder.",
@@ -88,12 +76,6 @@ def _resolve_source(args: argparse.Namespace) -> Path:
     return Path(args.gguf_path)
 
 
-def _fail(message: str) -> int:
-    """Print exactly one line, whatever the exception text looked like."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_ERROR
-
-
 def _run(args: argparse.Namespace) -> int:
     source = _resolve_source(args)
     if args.inspect:
@@ -107,24 +89,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status instead of raising, for tests and wrappers."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # -h (0) or a usage error (2), already printed by argparse
-        return int(exc.code or 0)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except GGUFImportError as exc:
-        return _fail(str(exc))
-    except OSError as exc:
-        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}")
-    except KeyboardInterrupt:
-        return _fail("interrupted")
-    except Exception as exc:  # never a traceback for users; -v logs it
-        logger.debug("import failed", exc_info=True)
-        return _fail(f"unexpected {type(exc).__name__}: {exc}")
+    return run_tool(build_parser(), argv, _run, expected=(GGUFImportError,))
 
 
 if __name__ == "__main__":

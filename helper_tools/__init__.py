@@ -1,0 +1,1 @@
+"""Command-line tools that come with mlx-router; each runs as ``python helper_tools/<tool>.py``."""
