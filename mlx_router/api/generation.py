@@ -11,6 +11,7 @@ their chunks are merged here, tagged with the choice index.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from mlx_router import __version__
+from mlx_router.api.vision import refuse_images
 from mlx_router.config.settings import Settings
 from mlx_router.engine.client import EngineFailure
 from mlx_router.engine.types import (
     Admission,
+    Constraint,
     EngineError,
     GenerationChunk,
     GenerationParams,
@@ -41,6 +44,7 @@ from mlx_router.errors import (
 from mlx_router.logs import REQUEST_ID
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.manager.registry import ModelEntry
+from mlx_router.metrics.registry import RouterMetrics
 from mlx_router.protocol.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -49,8 +53,12 @@ from mlx_router.protocol.chat import (
     Choice,
     ChunkChoice,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     ResponseMessage,
     TokenLogprobOut,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
 )
 from mlx_router.protocol.common import Usage, new_id, now, usage
@@ -61,7 +69,9 @@ from mlx_router.protocol.completions import (
     CompletionResponse,
 )
 from mlx_router.protocol.sampling import ModelDefaults, SamplingRequest
+from mlx_router.text.constraints import json_grammar, schema_depth, validate_grammar
 from mlx_router.text.reasoning import HarmonySplitter, ReasoningSplitter, make_splitter
+from mlx_router.text.tools import ParsedCall, ToolCallStream, make_format
 
 __all__ = ["GenerationService", "Job", "SYSTEM_FINGERPRINT", "engine_error"]
 
@@ -108,6 +118,10 @@ class Job:
     """Seconds without output after which an SSE stream gets a keep-alive comment."""
     echo: list[str] = field(default_factory=list)
     """Completions with ``echo``: the prompt text each choice starts with."""
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    """The tools offered (OpenAI shape); their calls are read from the output."""
+    parallel_tool_calls: bool = True
+    """False keeps only the first call of an answer."""
 
     def splitter(self, admission: Admission) -> Splitter | None:
         """A reasoning splitter (chat only) when the model's ``reasoning_response`` asks for one;
@@ -116,7 +130,15 @@ class Job:
             return None
         if self.entry.config.reasoning_response is None and admission.reasoning_format != "harmony":
             return None
-        return make_splitter(admission.reasoning_format, inside=admission.reasoning_open)
+        return make_splitter(
+            admission.reasoning_format, inside=admission.reasoning_open, tool_frames=admission.tool_format == "harmony"
+        )
+
+    def tool_stream(self, admission: Admission) -> ToolCallStream | None:
+        """A reader of tool calls when tools were offered (the worker says in which format)."""
+        if self.kind != "chat" or not self.tools or admission.tool_format is None:
+            return None
+        return ToolCallStream(make_format(admission.tool_format, self.tools))
 
     def reasoning_out(self, reasoning: str) -> str | None:
         """Reasoning text as returned: separated when enabled, dropped when disabled."""
@@ -145,9 +167,10 @@ class _Run:
 class GenerationService:
     """Runs chat and text completions against the manager's models."""
 
-    def __init__(self, manager: MLXModelManager, settings: Settings) -> None:
+    def __init__(self, manager: MLXModelManager, settings: Settings, metrics: RouterMetrics | None = None) -> None:
         self.manager = manager
         self.settings = settings
+        self.metrics = metrics or RouterMetrics(manager, settings)
         self.requests_total = 0
         self.requests_failed = 0
         self.draining = False
@@ -196,31 +219,81 @@ class GenerationService:
         """Validate a chat request against server and model settings."""
         req.unsupported_features()
         entry, defaults, n = self._common(req)
-        if req.tools:
-            if not self.settings.defaults.enable_function_calling:
-                reason = "function calling is disabled on this server (defaults.enable_function_calling)"
-            elif not entry.supports_tools:
-                reason = f"model {entry.id!r} does not support tools (supports_tools, or its chat template)"
-            else:
-                reason = "tool calling is not implemented in this version of mlx-router"
-            raise InvalidRequest(f"Tools cannot be used here: {reason}.", param="tools")
-        image_at = req.first_image()
-        if image_at is not None:
-            reason = (
-                "image input is not implemented in this version of mlx-router"
-                if entry.supports_vision
-                else f"model {entry.id!r} cannot read images (not a vision model; see supports_vision)"
-            )
-            raise InvalidRequest(f"Images cannot be used here: {reason}.", param=f"messages[{image_at}].content")
+        tools, constraint = self._tools_and_constraint(req, entry)
+        refuse_images(req, entry, self.manager.entries)  # the images themselves: attach_images
         params = req.to_generation_params(defaults, max_tokens_limit=self.settings.defaults.max_tokens_limit)
+        params = replace(params, constraint=constraint)
         messages = tuple(m.to_template() for m in req.messages)
         base = _request_id()
         kwargs = req.template_kwargs()
         requests = [
-            GenerationRequest(f"{base}-{i}", _choice_params(params, i), messages=messages, chat_template_kwargs=kwargs)
+            GenerationRequest(
+                f"{base}-{i}",
+                _choice_params(params, i),
+                messages=messages,
+                chat_template_kwargs=kwargs,
+                tools=tuple(tools) or None,
+                tool_format=entry.config.tool_parser,
+            )
             for i in range(n)
         ]
-        return self._job("chat", req, entry, requests, [0] * n)
+        job = self._job("chat", req, entry, requests, [0] * n)
+        job.tools, job.parallel_tool_calls = tools, req.parallel_tool_calls is not False
+        return job
+
+    def _tools_and_constraint(self, req: ChatCompletionRequest, entry: ModelEntry) -> tuple[list[dict[str, Any]], Constraint | None]:
+        """The tools offered to the model and the grammar its output must follow, if any.
+        Refuses tools where they are turned off and schemas the grammar engine cannot honour."""
+        defaults = self.settings.defaults
+        if req.tools:
+            reason = None
+            if not defaults.enable_function_calling:
+                reason = "function calling is disabled on this server (defaults.enable_function_calling)"
+            elif not entry.supports_tools:
+                reason = f"model {entry.id!r} does not support tools (supports_tools, or its chat template)"
+            elif len(req.tools) > defaults.max_tools:
+                reason = f"at most {defaults.max_tools} tools are allowed (defaults.max_tools)"
+            if reason is not None:
+                raise InvalidRequest(f"Tools cannot be used here: {reason}.", param="tools")
+        answer = req.response_format.answer_schema() if req.response_format is not None else None
+        offered = req.offered_tools()
+        forced = req.forced_tools()
+        constrained = forced if forced is not None else (offered if answer is not None else [])
+        for i, tool in enumerate(req.tools or ()):
+            self._check_schema(tool.function.parameters, f"tools[{i}].function.parameters", enforce=tool in constrained)
+        if answer is not None:
+            self._check_schema(answer, "response_format", enforce=True)
+        parallel = req.parallel_tool_calls is not False
+        functions = tuple(
+            json.dumps({"name": t.function.name, "parameters": t.function.parameters or {"type": "object"}})
+            for t in constrained
+        )
+        constraint = None
+        if forced is not None:  # a named function is called once; "required" allows several calls
+            constraint = Constraint("tools", tools=functions, parallel=parallel and req.tool_choice == "required")
+        elif answer is not None and offered:  # a call, or an answer in the requested format
+            constraint = Constraint("tools", schema=json.dumps(answer), tools=functions, parallel=parallel)
+        elif answer is not None:
+            constraint = Constraint("json", schema=json.dumps(answer))
+        return [t.to_template() for t in offered], constraint
+
+    def _check_schema(self, schema: dict[str, Any] | None, param: str, *, enforce: bool) -> None:
+        """A schema must be small and shallow and, when it will be enforced, within what the
+        grammar engine supports (its complaint names the unsupported keys)."""
+        if schema is None:
+            return
+        defaults = self.settings.defaults
+        if len(json.dumps(schema)) > defaults.max_schema_bytes:
+            raise InvalidRequest(
+                f"The schema is larger than {defaults.max_schema_bytes} bytes (defaults.max_schema_bytes).", param=param
+            )
+        if schema_depth(schema) > defaults.max_schema_depth:
+            raise InvalidRequest(
+                f"The schema nests deeper than {defaults.max_schema_depth} levels (defaults.max_schema_depth).", param=param
+            )
+        error = validate_grammar(json_grammar(schema)) if enforce else None
+        if error is not None:
+            raise InvalidRequest(f"The schema cannot be enforced: {error}", param=param)
 
     def prepare_completion(self, req: CompletionRequest) -> Job:
         """Validate a text completion request against server and model settings."""
@@ -257,6 +330,7 @@ class GenerationService:
             raise
 
     async def _generate(self, job: Job, deadline: float) -> AsyncIterator[Event]:
+        observe = self.metrics.generation(job.entry.id)  # token counts and latencies, per yielded item
         async with self.manager.acquire(job.entry.id, len(job.requests)) as lm:
             queue: asyncio.Queue[tuple[int, Admission | GenerationChunk | BaseException | None]] = asyncio.Queue()
 
@@ -293,6 +367,7 @@ class GenerationService:
                     elif isinstance(item, BaseException):
                         raise item
                     else:
+                        observe(index, item)
                         yield index, item
             except asyncio.TimeoutError:
                 raise GenerationTimeout(
@@ -350,12 +425,22 @@ class GenerationService:
             splitter = job.splitter(admission)
             if splitter is not None:
                 reasoning, content = _split(splitter, content, final=True)
+            calls: list[ParsedCall] = []
+            reader = job.tool_stream(admission)
+            if reader is not None:
+                content, calls = _read_calls(reader, content, final=True)
+                calls = calls[:1] if not job.parallel_tool_calls else calls
+            message = ResponseMessage(
+                content=(content or None) if calls else content,
+                tool_calls=[_tool_call(call) for call in calls] or None,
+                reasoning_content=job.reasoning_out(reasoning),
+            )
             choices.append(
                 Choice(
                     index=index,
-                    message=ResponseMessage(content=content, reasoning_content=job.reasoning_out(reasoning)),
+                    message=message,
                     logprobs=_chat_logprobs(tokens[index]) if job.requests[index].params.logprobs else None,
-                    finish_reason=_finish(last[index].finish_reason),  # type: ignore[arg-type]
+                    finish_reason=_finish(last[index].finish_reason, bool(calls)),  # type: ignore[arg-type]
                 )
             )
         self._log_done(job, run, last)
@@ -372,6 +457,8 @@ class GenerationService:
         for index in range(len(job.requests)):
             yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
         splitters = [job.splitter(a) for a in run.admissions]
+        readers = [job.tool_stream(a) for a in run.admissions]
+        called = [0] * len(run.admissions)
         last: dict[int, GenerationChunk] = {}
         async for index, item in run.events:
             if item is None:
@@ -379,17 +466,29 @@ class GenerationService:
                 continue
             assert isinstance(item, GenerationChunk)
             last[index] = item
+            final = item.finish_reason is not None
             reasoning, content = "", item.text
             splitter = splitters[index]
             if splitter is not None:
-                reasoning, content = _split(splitter, item.text, final=item.finish_reason is not None)
+                reasoning, content = _split(splitter, item.text, final=final)
+            calls: list[ParsedCall] = []
+            reader = readers[index]
+            if reader is not None:
+                content, calls = _read_calls(reader, content, final=final)
             shown_reasoning = job.reasoning_out(reasoning)
             logprobs = _chat_logprobs(list(item.logprobs)) if item.logprobs else None
             if content or shown_reasoning or logprobs:
                 delta = Delta(content=content or None, reasoning_content=shown_reasoning)
                 yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
-            if item.finish_reason is not None:
-                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=_finish(item.finish_reason))])  # type: ignore[arg-type]
+            for call in calls:
+                if called[index] and not job.parallel_tool_calls:
+                    break
+                for delta in _tool_call_deltas(call, called[index]):
+                    yield chunk([ChunkChoice(index=index, delta=delta)])
+                called[index] += 1
+            if final:
+                finish = _finish(item.finish_reason, bool(called[index]))
+                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])  # type: ignore[arg-type]
         self._log_done(job, run, last)
         if job.include_usage:
             yield chunk([], run.usage(job, last))
@@ -557,5 +656,29 @@ def _text_length(token: TokenLogprob) -> int:
     return len(token.token_bytes.decode("utf-8", errors="replace"))
 
 
-def _finish(reason: str | None) -> str:
-    return "stop" if reason in ("cancelled", None) else reason
+def _finish(reason: str | None, called: bool = False) -> str:
+    """The wire finish reason; an answer that ended normally after calling tools says so."""
+    if reason in ("cancelled", None, "stop"):
+        return "tool_calls" if called else "stop"
+    return reason
+
+
+def _read_calls(reader: ToolCallStream, text: str, *, final: bool) -> tuple[str, list[ParsedCall]]:
+    """(content, calls) of a piece of answer text; the last piece also flushes what is held."""
+    content, calls = reader.feed(text)
+    if final:
+        more_content, more_calls = reader.flush()
+        content, calls = content + more_content, calls + more_calls
+    return content, calls
+
+
+def _tool_call(call: ParsedCall) -> ToolCall:
+    return ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+
+
+def _tool_call_deltas(call: ParsedCall, index: int) -> list[Delta]:
+    """A call as OpenAI streams one: id and name first, then the arguments."""
+    return [
+        Delta(tool_calls=[ToolCallDelta(index=index, id=call.id, type="function", function=FunctionCallDelta(name=call.name, arguments=""))]),
+        Delta(tool_calls=[ToolCallDelta(index=index, function=FunctionCallDelta(arguments=call.arguments))]),
+    ]

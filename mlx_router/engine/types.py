@@ -8,6 +8,7 @@ from typing import Any, Literal
 __all__ = [
     "Admission",
     "BatchOptions",
+    "Constraint",
     "EngineError",
     "EngineErrorKind",
     "FinishReason",
@@ -50,6 +51,22 @@ class GenerationParams:
     """Report the log-probability of each generated token."""
     top_logprobs: int = 0
     """Also report this many most likely alternatives per position."""
+    constraint: Constraint | None = None
+    """Constrained decoding: the output must match this grammar."""
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """What a constrained sequence must produce; the worker builds and caches the grammar."""
+
+    kind: Literal["json", "tools"]
+    schema: str | None = None
+    """``json``: the JSON schema (as JSON text) of the answer. ``tools``: optionally a schema the
+    answer may match instead of calling a tool (``tool_choice: auto`` with a response_format)."""
+    tools: tuple[str, ...] = ()
+    """``tools``: each callable function as JSON text ``{"name", "parameters"}``."""
+    parallel: bool = True
+    """``tools``: several calls allowed in one answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +82,13 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...] | None = None
     """A prompt given as token ids (completions)."""
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    tools: tuple[dict[str, Any], ...] | None = None
+    """OpenAI ``tools`` handed to the chat template (None: no tools offered)."""
+    tool_format: str | None = None
+    """The tool-call format to use instead of the one detected from the template."""
+    images: tuple[bytes, ...] = ()
+    """PNG images (RGB, already bounded in size) for a vision model, in the order of the image
+    placeholders in ``messages``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +116,8 @@ class Admission:
     """Prompt tokens whose KV came from the prefix cache."""
     reasoning_format: Literal["think", "harmony"] = "think"
     """How this model marks reasoning: ``<think>`` tags or gpt-oss harmony channels."""
+    tool_format: str | None = None
+    """The tool-call format of this sequence's output (set when tools were offered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +174,8 @@ class WorkerOptions:
     warmup_tokens: int = 0
     batch: BatchOptions = field(default_factory=lambda: BatchOptions())
     """Batch and prefix-cache limits."""
+    vision: bool = False
+    """Load with mlx-vlm (a vision model) instead of mlx-lm."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,12 +63,15 @@ class _Worker:
         from mlx_router.engine.lm import LMEngine, classify_exception
 
         try:
-            engine = LMEngine.load(
-                self.options.model_path,
-                context_length=self.options.context_length,
-                chat_template=self.options.chat_template,
-            )
-            scheduler = BatchScheduler(engine, self.options.batch)
+            if self.options.vision:
+                engine, scheduler = self.load_vision()
+            else:
+                engine = LMEngine.load(
+                    self.options.model_path,
+                    context_length=self.options.context_length,
+                    chat_template=self.options.chat_template,
+                )
+                scheduler = BatchScheduler(engine, self.options.batch)
             if self.options.warmup_tokens > 0:
                 scheduler.run_to_end(
                     GenerationRequest("warmup", GenerationParams(max_tokens=self.options.warmup_tokens), prompt="Hello")
@@ -80,6 +83,19 @@ class _Worker:
             return
         self.send(("ready", engine.load_info))
         self.loop(scheduler)
+
+    def load_vision(self) -> tuple[Any, Any]:
+        """A vision model: mlx-vlm loads it; it is scheduled like a text model."""
+        from mlx_router.engine.vlm import VisionScheduler, VLMEngine
+
+        if self.options.chat_template not in (None, "auto"):
+            self.log(
+                logging.WARNING,
+                f"chat_template {self.options.chat_template!r} is not used for a vision model: its processor's "
+                "own template places the images",
+            )
+        engine = VLMEngine.load_vision(self.options.model_path, context_length=self.options.context_length)
+        return engine, VisionScheduler(engine, self.options.batch)
 
     def loop(self, scheduler: Any) -> None:
         from mlx_router.engine.lm import RequestRejected, classify_exception

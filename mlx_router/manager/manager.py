@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
@@ -35,10 +35,11 @@ from mlx_router.errors import (
     redact_paths,
 )
 from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor, memory_budget_bytes
+from mlx_router.metrics.context import note_model
 from mlx_router.manager.policy import Resident, plan_eviction
 from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry, kv_allowance_bytes
 
-__all__ = ["EMBEDDED_MODEL_ID", "LoadedModel", "MLXModelManager", "ModelState"]
+__all__ = ["EMBEDDED_MODEL_ID", "LoadedModel", "MLXModelManager", "ManagerEvent", "ModelState", "ModelStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,42 @@ class ModelState(str, Enum):
 class _Resident:
     client: Any
     load_info: LoadInfo
+    entry: ModelEntry
+    """The entry it was loaded with (a reload may have replaced or removed the registry's)."""
+    signature: tuple[Any, ...]
+    """Its load-time settings (see :meth:`MLXModelManager.load_signature`)."""
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ManagerEvent:
+    """Something that happened to a model, for listeners such as metrics."""
+
+    kind: Literal["loaded", "load_failed", "evicted", "worker_exit"]
+    model_id: str
+    seconds: float = 0.0
+    """Wall time of the load (``loaded``, ``load_failed``)."""
+    reason: str = ""
+    """``evicted``: ``room`` (made room for another model) or ``pressure`` (memory pressure)."""
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """One model's state as numbers (for metrics and the status page)."""
+
+    id: str
+    state: str
+    pinned: bool
+    resident: bool
+    in_flight: int
+    """Requests holding the model."""
+    sequences: int
+    """Sequences running or waiting, loading included."""
+    queued: int
+    """Sequences waiting: for the model to load or take its turn, or in the worker beyond its batch."""
+    weight_bytes: int
+    cost_bytes: int
 
 
 @dataclass(frozen=True)
@@ -133,6 +168,19 @@ class MLXModelManager:
         self.started_at = time.time()
         self.worker_restarts = 0
         self.loads = 0
+        self.listeners: list[Callable[[ManagerEvent], None]] = []
+        """Called with every :class:`ManagerEvent` (loads, evictions, worker exits)."""
+        self._retiring: set[str] = set()
+        """Resident models whose configuration was removed or changed by a reload: they finish
+        their requests, then unload; new requests for them wait (changed) or get 404 (removed)."""
+        self._expiry: asyncio.Task[None] | None = None
+
+    def _emit(self, event: ManagerEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener must never break the lifecycle
+                logger.exception("Listener failed on %s", event)
 
     # ---------------------------------------------------------------- registry
 
@@ -163,12 +211,15 @@ class MLXModelManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def refresh_registry(self) -> None:
-        """Re-read config and model directory; states of known models are kept."""
+    def refresh_registry(self, *, keep_resident: bool = True) -> None:
+        """Re-read config and model directory; states of known models are kept.
+
+        Loaded models stay known even if their folder went away meanwhile, unless
+        ``keep_resident`` is false (a configuration reload that removed them)."""
         self._scanned_at = time.monotonic()
         entries = build_registry(self.settings.models, self.settings.model_dir)
-        # Loaded models stay known even if their folder went away meanwhile.
-        self.entries = {**{m: self.entries[m] for m in self._resident if m in self.entries}, **entries}
+        kept = {m: self.entries[m] for m in self._resident if m in self.entries} if keep_resident else {}
+        self.entries = {**kept, **entries}
         for model_id in self.entries:
             self.states.setdefault(model_id, ModelState.UNLOADED)
 
@@ -201,10 +252,21 @@ class MLXModelManager:
                 # Serve the other models; /health says 503 with the reason until the default loads.
                 logger.error("Preloading %s failed: %s", model_id, exc.message)
         self._start_spare()
+        self._start_expiry()
+
+    def _start_expiry(self) -> None:
+        """Run the keep-alive loop once some model has a keep-alive (at start or after a reload)."""
+        if self._expiry is not None or self._closing:
+            return
         if self.settings.defaults.keep_alive or any(e.config.keep_alive for e in self.entries.values()):
-            task = asyncio.get_running_loop().create_task(self._expire_idle_loop())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._expiry = self._spawn(self._expire_idle_loop())
+
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
+        """A background task, cancelled at close."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def keep_alive(self, model_id: str) -> float:
         """Seconds this model may stay idle before it is unloaded (0: no limit)."""
@@ -263,6 +325,7 @@ class MLXModelManager:
             raise ModelNotFound(
                 f"The model {model_id!r} does not exist. Available models: {available}.", param="model"
             )
+        note_model(entry.id)
         return entry
 
     # ---------------------------------------------------------------- residency
@@ -282,9 +345,14 @@ class MLXModelManager:
             )
         self._demand[entry.id] = demand + sequences
         try:
-            if entry.id in self._draining:
-                # Another model waits to take this one's place: its queued requests go first.
-                await self._wait_for(lambda: entry.id not in self._draining, f"model {entry.id!r} to take its turn")
+            if entry.id in self._draining or entry.id in self._retiring:
+                # Another model waits to take this one's place (its queued requests go first), or
+                # a reload changed this one's settings (it reloads once its running requests end).
+                await self._wait_for(
+                    lambda: entry.id not in self._draining and entry.id not in self._retiring,
+                    f"model {entry.id!r} to take its turn",
+                )
+                entry = self.resolve(entry.id)  # a reload may have replaced or removed it meanwhile
             resident = await self._ensure_loaded(entry)
             resident.in_flight += 1
             try:
@@ -350,6 +418,7 @@ class MLXModelManager:
         self.states[entry.id] = ModelState.LOADING
         self.failures.pop(entry.id, None)
         load_started = time.perf_counter()
+        signature = self.load_signature(entry)
         try:
             await self._make_room(entry)
             path = await self._materialize(entry)
@@ -360,10 +429,12 @@ class MLXModelManager:
                 chat_template=entry.config.chat_template,
                 warmup_tokens=self.settings.defaults.warmup_tokens,
                 batch=self.batch_options(entry),
+                vision=entry.supports_vision,
             )
             client = self._client_factory(options, self._on_worker_exit)
             info = await client.start(self.settings.server.worker_start_timeout)
         except EngineFailure as exc:
+            self._emit(ManagerEvent("load_failed", entry.id, time.perf_counter() - load_started))
             reason = redact_paths(exc.error.message)
             self._fail(entry.id, reason)
             if exc.error.kind == "out_of_memory":
@@ -373,6 +444,7 @@ class MLXModelManager:
             self.states[entry.id] = ModelState.UNLOADED  # shutdown while loading, or no room
             raise
         except Exception as exc:
+            self._emit(ManagerEvent("load_failed", entry.id, time.perf_counter() - load_started))
             self._fail(entry.id, redact_paths(f"{exc.__class__.__name__}: {str(exc)[:300]}"))
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {self.failures[entry.id]}") from None
         finally:
@@ -380,9 +452,10 @@ class MLXModelManager:
             self._notify_room()
         self.loads += 1
         wall = time.perf_counter() - load_started
-        resident = _Resident(client, info)
+        resident = _Resident(client, info, entry, signature)
         self._resident[entry.id] = resident
         self.states[entry.id] = ModelState.READY
+        self._emit(ManagerEvent("loaded", entry.id, wall))
         logger.info(
             "Loaded %s in %.2f s (weights %.2f s; %.2f GB on %s, context %d)",
             entry.id,
@@ -393,6 +466,17 @@ class MLXModelManager:
             info.context_length,
         )
         return resident
+
+    def load_signature(self, entry: ModelEntry) -> tuple[Any, ...]:
+        """The settings a worker is started with: when a reload changes them, the model reloads."""
+        config = entry.config
+        return (
+            str(entry.path),
+            config.context_length,
+            config.chat_template,
+            self.settings.defaults.warmup_tokens,
+            self.batch_options(entry),
+        )
 
     def batch_options(self, entry: ModelEntry) -> BatchOptions:
         """Batch limits of a model: its own settings over the defaults."""
@@ -431,9 +515,8 @@ class MLXModelManager:
     def _residents(self, exclude: str) -> list[Resident]:
         """The policy's view: resident models and loads in progress (which count as busy)."""
         return [
-            Resident(mid, self.cost_bytes(self.entries[mid]), r.last_used, r.in_flight, mid in self.pinned)
+            Resident(mid, self.cost_bytes(r.entry), r.last_used, r.in_flight, mid in self.pinned)
             for mid, r in self._resident.items()
-            if mid in self.entries
         ] + [Resident(mid, cost, time.monotonic(), 1) for mid, cost in self._reserved.items() if mid != exclude]
 
     async def _make_room(self, entry: ModelEntry) -> None:
@@ -484,6 +567,7 @@ class MLXModelManager:
                 decision = plan_eviction(target, self._residents(entry.id), budget_bytes=budget, max_resident=slots)
             for model_id in decision.evict:
                 await self.unload(model_id, reason=f"making room for {entry.id}")
+                self._emit(ManagerEvent("evicted", model_id, reason="room"))
             self._reserved[entry.id] = target
 
     def _blocked_by(self, entry: ModelEntry, blocker: str) -> bool:
@@ -495,9 +579,11 @@ class MLXModelManager:
         return not decision.fits and decision.blocker == blocker
 
     async def _unload_idle(self, reason: str) -> None:
+        """Unload every idle, unpinned model (under memory pressure)."""
         for model_id, resident in list(self._resident.items()):
             if not resident.in_flight and model_id not in self.pinned:
                 await self.unload(model_id, reason=reason)
+                self._emit(ManagerEvent("evicted", model_id, reason="pressure"))
 
     async def unload(self, model_id: str, reason: str = "requested") -> None:
         resident = self._resident.pop(model_id, None)
@@ -516,10 +602,9 @@ class MLXModelManager:
                 del self._resident[model_id]
                 self.worker_restarts += 1
                 self._fail(model_id, reason)
-                if model_id in self.pinned:
-                    task = asyncio.get_running_loop().create_task(self._reload_pinned(model_id))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                self._emit(ManagerEvent("worker_exit", model_id))
+                if model_id in self.pinned and model_id in self.entries:
+                    self._spawn(self._reload_pinned(model_id))
 
     async def _reload_pinned(self, model_id: str) -> None:
         try:
@@ -550,27 +635,158 @@ class MLXModelManager:
         self.resolve(model_id)
         (self.pinned.add if pinned else self.pinned.discard)(model_id)
 
+    @property
+    def resident_count(self) -> int:
+        return len(self._resident)
+
+    def model_stats(self) -> list[ModelStats]:
+        """Every served model, and resident models a reload removed (until they unload)."""
+        stats = []
+        for model_id in sorted(set(self.entries) | set(self._resident)):
+            resident = self._resident.get(model_id)
+            entry = resident.entry if resident is not None else self.entries[model_id]
+            sequences = self._demand.get(model_id, 0)
+            running = min(getattr(resident.client, "in_flight", 0), self.batch_options(entry).max_batch_size) if resident else 0
+            stats.append(
+                ModelStats(
+                    id=model_id,
+                    state=self.states.get(model_id, ModelState.UNLOADED).value,
+                    pinned=model_id in self.pinned,
+                    resident=resident is not None,
+                    in_flight=resident.in_flight if resident else 0,
+                    sequences=sequences,
+                    queued=max(0, sequences - running),
+                    weight_bytes=resident.load_info.weight_bytes if resident else entry.weight_bytes,
+                    cost_bytes=self.cost_bytes(entry),
+                )
+            )
+        return stats
+
     def admin_status(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         rows = []
-        for model_id, entry in sorted(self.entries.items()):
-            resident = self._resident.get(model_id)
+        for stats in self.model_stats():
+            resident = self._resident.get(stats.id)
             rows.append(
                 {
-                    "id": model_id,
-                    "state": self.states.get(model_id, ModelState.UNLOADED).value,
-                    "failure_reason": self.failures.get(model_id),
-                    "pinned": model_id in self.pinned,
-                    "in_flight": resident.in_flight if resident else 0,
-                    "sequences": self._demand.get(model_id, 0),
+                    "id": stats.id,
+                    "state": stats.state,
+                    "failure_reason": self.failures.get(stats.id),
+                    "pinned": stats.pinned,
+                    "in_flight": stats.in_flight,
+                    "sequences": stats.sequences,
+                    "queued": stats.queued,
                     "idle_seconds": round(now - resident.last_used, 1) if resident else None,
-                    "cost_gb": round(self.cost_bytes(entry) / GB, 3),
-                    "weight_gb": round((resident.load_info.weight_bytes if resident else entry.weight_bytes) / GB, 3),
-                    "keep_alive": self.keep_alive(model_id),
+                    "cost_gb": round(stats.cost_bytes / GB, 3),
+                    "weight_gb": round(stats.weight_bytes / GB, 3),
+                    "keep_alive": self.keep_alive(stats.id),
                     "pid": getattr(resident.client, "pid", None) if resident else None,
+                    "retiring": stats.id in self._retiring,
+                    "served": stats.id in self.entries,
                 }
             )
         return rows
+
+    # ---------------------------------------------------------------- configuration reload
+
+    async def reload(self, settings: Settings) -> dict[str, list[str]]:
+        """Serve the models of a re-read configuration without dropping running requests.
+
+        Added models are served at once. A removed model gets 404 for new requests; if resident,
+        it finishes its requests, then unloads. A model whose load-time settings changed (path,
+        context_length, chat_template, batch and prefix-cache sizes, warmup_tokens) finishes its
+        requests, then unloads; new requests for it wait and load it with the new settings (a
+        pinned one is loaded again at once). Other settings apply from the next request. Returns
+        the ids added, removed, changed and reloading. Raises :class:`ConfigError` (nothing
+        applied) when the default model would no longer be served.
+        """
+        entries = build_registry(settings.models, settings.model_dir)
+        default = self.default_model
+        if default and default not in entries:
+            raise ConfigError(
+                f"defaults.model: the default model {default!r} would no longer be served (its entry is gone from "
+                "'models' or from the model directory). Keep it, or change defaults.model and restart."
+            )
+        old = self.entries
+        loading_signatures = {mid: self.load_signature(old[mid]) for mid in self._loading if mid in old}
+        self.settings = settings
+        self.monitor.defaults = settings.defaults
+        self.budget_bytes = memory_budget_bytes(settings.defaults)
+        self.refresh_registry(keep_resident=False)
+        added = sorted(set(self.entries) - set(old))
+        removed = sorted(set(old) - set(self.entries))
+        changed = sorted(
+            mid for mid in set(old) & set(self.entries) if (old[mid].path, old[mid].config) != (self.entries[mid].path, self.entries[mid].config)
+        )
+        for mid in removed:
+            if mid not in self._resident and mid not in self._loading:
+                self.states.pop(mid, None)
+                self.failures.pop(mid, None)
+        config_pins = {mid for mid, e in old.items() if e.config.pin}
+        self.pinned -= config_pins | set(removed)
+        self.pinned |= {mid for mid, e in self.entries.items() if e.config.pin}
+        if default:
+            self.pinned.add(default)
+        stale = {
+            mid
+            for mid in set(self._resident) | set(loading_signatures)
+            if mid not in self.entries
+            or (self._resident[mid].signature if mid in self._resident else loading_signatures[mid])
+            != self.load_signature(self.entries[mid])
+        }
+        self._retiring |= stale
+        for mid in sorted(stale):
+            resident = self._resident.get(mid)
+            if mid not in self._loading and (resident is None or not resident.in_flight):
+                await self._retire(mid)
+            else:
+                self._spawn(self._retire(mid))
+        wanted = [
+            mid for mid, e in sorted(self.entries.items())
+            if (e.config.pin or e.config.preload) and mid not in self._resident and mid not in self._retiring
+            and mid not in self._loading and (mid not in old or not (old[mid].config.pin or old[mid].config.preload))
+        ]
+        for mid in wanted:
+            self._spawn(self._load_quietly(mid))
+        self._start_expiry()
+        logger.info(
+            "Configuration reloaded: %d model(s) added, %d removed, %d changed, %d reloading",
+            len(added), len(removed), len(changed), len(stale & set(self.entries)),
+        )
+        return {"added": added, "removed": removed, "changed": changed, "reloading": sorted(stale & set(self.entries))}
+
+    async def _retire(self, model_id: str) -> None:
+        """Wait until a stale model has no load in progress and no request in flight, unload
+        it, then load it again if it is pinned (``_retiring`` holds new requests meanwhile)."""
+        try:
+            while True:
+                changed = self._room_changed
+                loading = self._loading.get(model_id)
+                resident = self._resident.get(model_id)
+                if loading is None and (resident is None or not resident.in_flight):
+                    break
+                if loading is not None:
+                    await asyncio.wait({loading})
+                else:
+                    await changed.wait()
+            if resident is not None:
+                await self.unload(model_id, reason="configuration reloaded")
+        finally:
+            self._retiring.discard(model_id)
+            if model_id not in self.entries and model_id not in self._resident:
+                self.states.pop(model_id, None)
+                self.failures.pop(model_id, None)
+            self._notify_room()
+        if model_id in self.pinned and model_id in self.entries:
+            await self._load_quietly(model_id)
+
+    async def _load_quietly(self, model_id: str) -> None:
+        """A background load (pinned or preloaded models after a reload); failures are logged
+        and show as the model's state."""
+        try:
+            await self.load(model_id)
+        except RouterError as exc:
+            logger.error("Loading %s after the configuration reload failed: %s", model_id, exc.message)
 
     async def close(self) -> None:
         self._closing = True

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from mlx_router.api.deps import ServiceDep
 from mlx_router.api.disconnect import unless_disconnected
 from mlx_router.api.sse import stream_response
+from mlx_router.api.vision import attach_images, warnings_header
 from mlx_router.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
 
 __all__ = ["router"]
@@ -21,9 +22,14 @@ router = APIRouter(tags=["Chat"])
     summary="Create a chat completion (streaming with stream: true)",
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, service: ServiceDep, request: Request
+    body: ChatCompletionRequest, service: ServiceDep, request: Request, response: Response
 ) -> ChatCompletionResponse | StreamingResponse:
     job = service.prepare_chat(body)
+    headers = warnings_header(await attach_images(job, body, service.settings))
     if not job.stream:
-        return await unless_disconnected(request, service.chat_response(job))
-    return stream_response(await service.chat_stream(job), job.stream_format)
+        result = await unless_disconnected(request, service.chat_response(job))
+        response.headers.update(headers)
+        return result
+    stream = stream_response(await service.chat_stream(job), job.stream_format)
+    stream.headers.update(headers)
+    return stream
