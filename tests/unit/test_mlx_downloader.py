@@ -239,3 +239,16 @@ def test_remove_takes_a_whole_hf_cache_repository(tmp_path: Path) -> None:
     assert discover_models(models) == {"org/cached": snapshot}
     assert downloader.main(["remove", "org/cached", "--model-dir", str(models), "--yes"]) == 0
     assert list(models.iterdir()) == []
+
+
+def test_remove_a_gguf_file_takes_its_imported_copy_too(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "org").mkdir(parents=True)
+    (models / "org" / "q.gguf").write_bytes(b"GGUF")
+    imported = models / ".gguf-imports" / "org__q"  # where the server imports it on first use
+    imported.mkdir(parents=True)
+    (imported / "config.json").write_text("{}")
+    (models / "other.gguf").write_bytes(b"GGUF")
+    assert downloader.main(["remove", "org/q", "--model-dir", str(models), "--yes"]) == 0
+    assert not (models / "org").exists() and not imported.exists()
+    assert discover_models(models) == {"other": models / "other.gguf"}

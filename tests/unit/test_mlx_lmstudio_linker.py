@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,13 @@ def test_bad_directories_are_one_line_errors(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
     assert linker.main(["sideways"]) == 2
+
+
+@pytest.mark.parametrize(
+    "script", ["mlx_lmstudio_linker.py", "mlx_model_parameter_discovery_tool.py", "mlx_downloader.py"]
+)
+def test_tools_run_as_scripts(script: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, f"helper_tools/{script}", "-h"], cwd=root, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0 and "usage:" in result.stdout and not result.stderr
