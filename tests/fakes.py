@@ -97,6 +97,8 @@ class FakeEngineScript:
     crash_after: int | None = None
     """After this many chunks: the worker 'dies' (on_exit is called) and the request fails."""
     faulty_requests: int | None = None
+    tool_format: str = "hermes"
+    """The call syntax the fake model's template teaches (reported when tools are offered)."""
 
 
 class FakeWorkerClient:
@@ -178,7 +180,8 @@ class FakeWorkerClient:
                 error = script.admission_error
                 raise EngineFailure(EngineError(error.kind, error.message, rid))
             max_tokens = min(request.params.max_tokens, len(script.chunks))
-            yield Admission(rid, script.prompt_tokens, request.params.max_tokens)
+            tool_format = (request.tool_format or script.tool_format) if request.tools else None
+            yield Admission(rid, script.prompt_tokens, request.params.max_tokens, tool_format=tool_format)
             texts = list(script.chunks)[:max_tokens]
             finish: FinishReason = script.finish_reason if max_tokens >= len(script.chunks) else "length"
             for i, text in enumerate(texts):

@@ -11,6 +11,7 @@ the operator believes in and does not have.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "PRESSURE_LEVELS",
     "ConfigError",
     "Defaults",
+    "MediaSettings",
     "ModelConfig",
     "ServerSettings",
     "Settings",
@@ -73,7 +75,14 @@ class ModelConfig(_Section):
         None, gt=0, description="Memory the model needs; default measured from its weight files."
     )
     supports_tools: bool | None = Field(
-        None, description="False refuses requests with tools; default: whether its chat template renders tools."
+        None,
+        description="False refuses requests with tools; default: whether its chat template renders tools. "
+        "True for a template that cannot render them: the server describes the tools itself (Hermes style).",
+    )
+    tool_parser: str | None = Field(
+        None,
+        description="Tool-call format of the model's output (hermes, qwen3_coder, llama3_json, mistral, "
+        "deepseek, harmony, glm, gemma, function_gemma, pythonic); default from its chat template.",
     )
     supports_vision: bool | None = Field(
         None, description="Whether the model reads images; default from its config."
@@ -98,6 +107,15 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"unknown chat template {value!r}; use one of: {', '.join(CHAT_TEMPLATE_NAMES)}"
             )
+        return value
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _known_tool_parser(cls, value: str | None) -> str | None:
+        from mlx_router.text.tools import FORMATS
+
+        if value is not None and value not in FORMATS:
+            raise ValueError(f"unknown tool parser {value!r}; use one of: {', '.join(sorted(FORMATS))}")
         return value
 
     @field_validator("memory_pressure_max_tokens")
@@ -192,6 +210,13 @@ class Defaults(_Section):
     enable_function_calling: bool = Field(
         True, description="False refuses every request that carries tools."
     )
+    max_tools: int = Field(128, ge=1, le=4096, description="Most tools one request may offer.")
+    max_schema_depth: int = Field(
+        32, ge=2, le=256, description="Deepest nesting allowed in a response_format schema or a tool's parameters."
+    )
+    max_schema_bytes: int = Field(
+        65536, ge=256, description="Largest response_format schema or tool parameters schema, as JSON bytes."
+    )
     embedded_model: bool = Field(
         True,
         description="Import and serve the bundled SmolLM2-135M-Instruct when no model is "
@@ -235,6 +260,85 @@ class ServerSettings(_Section):
     worker_start_timeout: float = Field(
         600.0, gt=0, description="Seconds a model load may take before it is failed."
     )
+    metrics_public: bool = Field(
+        False, description="Serve GET /metrics without the API key (for a Prometheus that cannot send one)."
+    )
+    status_history_seconds: int = Field(
+        600, ge=10, le=86400, description="Seconds of per-10-second request and token counts kept for the status page."
+    )
+    status_errors_kept: int = Field(
+        20, ge=0, le=1000, description="Most recent errors kept for the status page (message, status, model, time)."
+    )
+
+
+class MediaSettings(_Section):
+    """Images and PDFs in requests (``media`` in config.json): every limit that keeps a hostile
+    upload from costing memory or time, and whether image URLs may be fetched at all."""
+
+    allow_remote_urls: bool = Field(
+        False,
+        description="Fetch http(s) image URLs; off: only data: URIs are accepted. Fetches never reach "
+        "loopback, private, link-local, multicast or reserved addresses.",
+    )
+    remote_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="IP networks (CIDR, e.g. 192.168.1.0/24) that image fetches may reach although "
+        "they are not public, such as an image server on your LAN.",
+    )
+    remote_connect_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds an image fetch may take to connect."
+    )
+    remote_timeout: float = Field(
+        15.0, gt=0, le=600, description="Seconds an image fetch may take in all, redirects included."
+    )
+    remote_max_redirects: int = Field(
+        3, ge=0, le=20, description="Redirects an image fetch follows; each hop's address is checked again."
+    )
+    max_images_per_request: int = Field(
+        32, ge=1, le=1024, description="Images one request may carry; each rendered PDF page counts as one."
+    )
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest image, in bytes after base64 decoding (or as downloaded)."
+    )
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1024,
+        description="Largest image in pixels (width x height, read from its header before decoding); "
+        "larger gets 413. Also Pillow's decompression-bomb limit.",
+    )
+    resize_max_side: int = Field(
+        2048, ge=16, le=16384, description="Images (and PDF pages) are scaled down so neither side exceeds this."
+    )
+    resize_max_pixels: int = Field(
+        4_194_304, ge=256, description="Images (and PDF pages) are scaled down to at most this many pixels."
+    )
+    max_pdf_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest PDF, in bytes after base64 decoding (or as downloaded)."
+    )
+    max_pdf_pages: int = Field(
+        20, ge=1, le=1000, description="Pages rendered per PDF (the first ones); the response's warnings say so."
+    )
+    pdf_dpi: int = Field(
+        150, ge=36, le=600, description="Render resolution of PDF pages; lowered for large pages to respect resize_max_*."
+    )
+    pdf_render_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds one PDF may take to inspect and render; poppler is then killed."
+    )
+    poppler_path: str | None = Field(
+        None,
+        description="Folder holding poppler's pdfinfo and pdftoppm when they are not on PATH "
+        "(e.g. /opt/homebrew/bin under launchd).",
+    )
+
+    @field_validator("remote_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP network; write it like 192.168.1.0/24 or fd00::/8") from None
+        return value
 
 
 class Settings(_Section):
@@ -242,6 +346,7 @@ class Settings(_Section):
 
     defaults: Defaults = Field(default_factory=Defaults)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @property
@@ -323,8 +428,12 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     ``MLX_ROUTER_API_KEY`` and ``MLX_ROUTER_API_KEY_FILE`` are shorthands for the server keys;
     ``MLX_MODEL_DIR`` overrides ``defaults.model_directory``.
     """
-    out: dict[str, dict[str, Any]] = {"defaults": {}, "server": {}}
-    sections = {"SERVER_": ("server", ServerSettings), "DEFAULTS_": ("defaults", Defaults)}
+    out: dict[str, dict[str, Any]] = {"defaults": {}, "server": {}, "media": {}}
+    sections = {
+        "SERVER_": ("server", ServerSettings),
+        "DEFAULTS_": ("defaults", Defaults),
+        "MEDIA_": ("media", MediaSettings),
+    }
     known = [f"{ENV_PREFIX}API_KEY", f"{ENV_PREFIX}API_KEY_FILE"] + [
         f"{ENV_PREFIX}{prefix}{name.upper()}"
         for prefix, (_, model) in sections.items()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 import mlx.core as mx
@@ -159,6 +160,10 @@ class BatchScheduler:
         if request.messages is not None:
             request = _with_messages(request, canonicalize_messages(request.messages))
         prompt_ids, max_tokens = self.engine.admit(request)
+        processors = logits_processors(request.params)
+        constraint = self.engine.constraint_processor(request)
+        if constraint is not None:
+            processors.append(constraint)  # last: the mask has the final word
         cache, rest = None, prompt_ids
         if self.prefix_cache is not None:
             cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt_ids)
@@ -169,7 +174,7 @@ class BatchScheduler:
             caches=[cache] if cache is not None else None,
             all_tokens=[prompt_ids[:cached]],
             samplers=[make_sampler(request.params)],
-            logits_processors=[logits_processors(request.params)],
+            logits_processors=[processors],
         )
         sequence = _Sequence(request, self.engine, prompt_ids, max_tokens)
         self._sequences[uid] = sequence
@@ -181,6 +186,7 @@ class BatchScheduler:
             reasoning_open=self.engine.reasoning_open(prompt_ids),
             cached_tokens=cached,
             reasoning_format=self.engine.reasoning_format,  # type: ignore[arg-type]
+            tool_format=self.engine.output_tool_format(request),
         )
 
     def cancel(self, request_id: str) -> int | None:
@@ -249,10 +255,5 @@ class BatchScheduler:
 def _with_messages(request: GenerationRequest, messages: tuple[dict[str, Any], ...]) -> GenerationRequest:
     if messages == request.messages:
         return request
-    return GenerationRequest(
-        request_id=request.request_id,
-        params=request.params,
-        messages=messages,
-        chat_template_kwargs=request.chat_template_kwargs,
-    )
+    return replace(request, messages=messages)
 

@@ -19,10 +19,14 @@ import mlx.core as mx
 from mlx_lm import load as mlx_lm_load
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
+from mlx_router.engine.constrain import ConstraintProcessor, Grammars
 from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, LoadInfo, TokenLogprob
 from mlx_router.errors import redact_paths
+from mlx_router.text.constraints import forced_format
 from mlx_router.text.reasoning import detect_reasoning_format
 from mlx_router.text.templates import named_template
+from mlx_router.text.tools import FALLBACK_FORMAT, detect_tool_format, template_renders_tools
+from mlx_router.text.tools.prompt import describe_tools, flatten_tool_history
 
 __all__ = ["LMEngine", "RequestRejected", "classify_exception", "greedy", "logits_processors", "make_sampler"]
 
@@ -93,6 +97,12 @@ class LMEngine:
     _pieces: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     _byte_decoder: dict[str, int] | None = None
     reasoning_format: str = "think"
+    tool_format: str = FALLBACK_FORMAT
+    """The call syntax the chat template teaches (used when a request names none)."""
+    renders_tools: bool = False
+    """The chat template renders ``tools``; otherwise the server describes them itself."""
+    grammar_cache_size: int = 64
+    _grammars: Grammars | None = None
 
     @classmethod
     def load(cls, model_path: str, *, context_length: int | None, chat_template: str | None) -> LMEngine:
@@ -113,8 +123,20 @@ class LMEngine:
             has_chat_template=has_template,
             backend="gpu" if mx.default_device() == mx.gpu else "cpu",
         )
-        reasoning = detect_reasoning_format(template if template is not None else getattr(tokenizer, "chat_template", None))
-        return cls(model, tokenizer, limit, eos, template, info, {}, _byte_decoder_for(tokenizer), reasoning)
+        source = template if template is not None else getattr(tokenizer, "chat_template", None)
+        return cls(
+            model,
+            tokenizer,
+            limit,
+            eos,
+            template,
+            info,
+            {},
+            _byte_decoder_for(tokenizer),
+            detect_reasoning_format(source),
+            detect_tool_format(source),
+            template_renders_tools(source),
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -133,10 +155,16 @@ class LMEngine:
             kwargs["chat_template"] = self.chat_template
         elif not getattr(self.tokenizer, "chat_template", None):
             kwargs["chat_template"] = named_template("generic")
+        messages = list(request.messages)
+        if self.renders_tools:
+            if request.tools:
+                kwargs["tools"] = list(request.tools)
+        else:  # the server writes tools and tool turns in the Hermes style itself
+            messages = flatten_tool_history(messages)
+            if request.tools:
+                messages = describe_tools(messages, list(request.tools))
         try:
-            ids = self.tokenizer.apply_chat_template(
-                list(request.messages), add_generation_prompt=True, tokenize=True, **kwargs
-            )
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
         except Exception as exc:  # jinja raises template errors of many types
             raise RequestRejected(
                 "invalid_request", redact_paths(f"the chat template rejected the messages: {exc}")
@@ -166,6 +194,43 @@ class LMEngine:
                 f"context of {self.context_length} tokens",
             )
         return prompt_ids, min(request.params.max_tokens, room)
+
+    def output_tool_format(self, request: GenerationRequest) -> str | None:
+        """The call syntax of this sequence's output: None without tools; the forced-call syntax
+        under a tool constraint; else the request's choice, the template's, or Hermes."""
+        if not request.tools:
+            return None
+        own = self._own_tool_format(request)
+        constraint = request.params.constraint
+        return forced_format(own) if constraint is not None and constraint.kind == "tools" else own
+
+    def _own_tool_format(self, request: GenerationRequest) -> str:
+        return request.tool_format or (self.tool_format if self.renders_tools else FALLBACK_FORMAT)
+
+    @property
+    def grammars(self) -> Grammars:
+        """Grammar compiler for this tokenizer (built on first use: it costs ~0.3 s)."""
+        if self._grammars is None:
+            eos = sorted(self.eos_token_ids)
+            self._grammars = Grammars(self.tokenizer._tokenizer, self.vocab_size_for_grammar, eos, self.grammar_cache_size)
+        return self._grammars
+
+    @property
+    def vocab_size_for_grammar(self) -> int:
+        args = getattr(self.model, "args", None)
+        return int(getattr(args, "vocab_size", 0) or len(self.tokenizer._tokenizer))
+
+    def constraint_processor(self, request: GenerationRequest) -> ConstraintProcessor | None:
+        """The logits processor enforcing the request's constraint, if it has one."""
+        constraint = request.params.constraint
+        if constraint is None:
+            return None
+        grammar, _ = self.grammars.grammar(constraint, self._own_tool_format(request))
+        try:
+            matcher = self.grammars.matcher(grammar)
+        except ValueError as exc:
+            raise RequestRejected("invalid_request", f"the output constraint cannot be used: {exc}", "response_format") from None
+        return ConstraintProcessor(matcher, self.vocab_size_for_grammar, sorted(self.eos_token_ids))
 
     def reasoning_open(self, prompt_ids: list[int]) -> bool:
         """Whether the prompt ends inside a think block the template opened."""

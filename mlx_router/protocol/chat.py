@@ -9,7 +9,6 @@ naming it (see ``unsupported_features``), never silently dropped.
 from __future__ import annotations
 
 import json
-
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_serializer, model_validator
@@ -122,9 +121,57 @@ class ChatMessage(OpenAIRequest):
         return message
 
 
+class JSONSchemaFormat(OpenAIRequest):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(OpenAIRequest):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_for_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only allowed with type json_schema, not {self.type}")
+        return self
+
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must match (None: free text)."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return self.json_schema.schema_ or {"type": "object"}
+        return None
+
+
+class FunctionDefinition(OpenAIRequest):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(OpenAIRequest):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+    def to_template(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, by_alias=True)
+
+
+class NamedFunction(OpenAIRequest):
+    name: str
+
+
+class NamedToolChoice(OpenAIRequest):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -135,8 +182,8 @@ class ChatCompletionRequest(SamplingRequest):
     metadata: dict[str, str] | None = Field(None, max_length=16)
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatTool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     """Passed to the chat template (gpt-oss and others read it)."""
     # Extension: variables for the model's chat template, from an allow-list.
@@ -166,12 +213,34 @@ class ChatCompletionRequest(SamplingRequest):
         """Refuse what this server does not implement yet, naming the parameter."""
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs: true.", param="top_logprobs")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequest("tool_choice requires tools, which are not supported yet.", param="tool_choice")
-        if self.response_format is not None and self.response_format.type != "text":
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise InvalidRequest("tool_choice requires tools.", param="tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if all(tool.function.name != name for tool in self.tools or ()):
+                raise InvalidRequest(f"tool_choice names {name!r}, which is not one of the tools.", param="tool_choice")
+        names = [tool.function.name for tool in self.tools or ()]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate is not None:
+            raise InvalidRequest(f"Two tools are named {duplicate!r}.", param="tools")
+        forced = self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        if forced and self.response_format is not None and self.response_format.type != "text":
             raise InvalidRequest(
-                f"response_format {self.response_format.type!r} is not supported yet.", param="response_format"
+                "response_format cannot be combined with a tool_choice that forces a call.", param="response_format"
             )
+
+    def offered_tools(self) -> list[ChatTool]:
+        """The tools the model is told about (none for ``tool_choice: none``)."""
+        return [] if self.tool_choice == "none" else list(self.tools or ())
+
+    def forced_tools(self) -> list[ChatTool] | None:
+        """The tools one of which must be called (``required`` or a named function), else None."""
+        if self.tool_choice == "required":
+            return list(self.tools or ())
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            return [tool for tool in self.tools or () if tool.function.name == name]
+        return None
 
     def first_image(self) -> int | None:
         """Index of the first message carrying an image part, if any."""
@@ -190,14 +259,16 @@ class ResponseMessage(OpenAIResponse):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
     reasoning_content: str | None = None
     """Reasoning separated from the answer (models with ``reasoning_response: enable``)."""
 
     @model_serializer(mode="wrap")
-    def _drop_absent_reasoning(self, handler: Any) -> dict[str, Any]:
+    def _drop_absent(self, handler: Any) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("reasoning_content") is None:
-            data.pop("reasoning_content", None)
+        for key in ("reasoning_content", "tool_calls"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 
@@ -233,12 +304,35 @@ class ChatCompletionResponse(OpenAIResponse):
     system_fingerprint: str | None = None
 
 
+class FunctionCallDelta(OpenAIResponse):
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ToolCallDelta(OpenAIResponse):
+    """One piece of a streamed tool call: the first names it, the next carry its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class Delta(OpenAIResponse):
     """A stream delta; absent fields are left out (the schema does not allow ``role: null``)."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_none(self, handler: Any) -> dict[str, Any]:

@@ -60,6 +60,7 @@ _START, _CHANNEL, _MESSAGE, _CONSTRAIN = "<|start|>", "<|channel|>", "<|message|
 _ENDS = ("<|end|>", "<|return|>", "<|call|>")
 _TOKENS = (_START, _CHANNEL, _MESSAGE, _CONSTRAIN, *_ENDS)
 _RECIPIENT = re.compile(r"(?:^|\s)to=\S")
+_FUNCTION = re.compile(r"(?:^|\s)to=functions\.([^\s<]+)")
 
 # States of HarmonySplitter.
 _FIRST = "first"  # nothing decided yet: the prompt ended with "<|start|>assistant"
@@ -74,20 +75,24 @@ class HarmonySplitter:
     A message is ``[<|start|>ROLE] [to=RECIPIENT] <|channel|>CHANNEL [TYPE] [<|constrain|>FMT]
     <|message|>BODY <|end|>|<|return|>|<|call|>``. Bodies on the ``analysis`` channel, and on
     ``commentary`` when not addressed to a tool (no ``to=``), are reasoning; ``final`` bodies
-    are content, as are tool calls (``commentary`` with ``to=``: tool calling is not wired yet,
-    so their arguments are not lost) and bodies of a message with no or an unknown channel.
-    Text outside any message is content. All markup (tokens and headers) is removed.
+    are content, and so are bodies of a message with no or an unknown channel. Text outside any
+    message is content. All markup (tokens and headers) is removed, except that with
+    ``tool_frames`` a message addressed to a function (``to=functions.NAME``) is handed on as
+    ``<|start|>to=functions.NAME<|message|>ARGS<|call|>`` for the harmony tool-call parser;
+    without it such a body is plain content (its arguments are not lost).
 
     The generation prompt ends with ``<|start|>assistant``, so the output normally starts with
     ``<|channel|>``, but the model may also start with the header's `` to=…`` part: leading text
     that can still become ``to=…`` is held back until that is known.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, tool_frames: bool = False) -> None:
         self._buffer = ""
         self._state = _FIRST
         self._header = ""
         self._reasoning_body = False  # where the current body goes
+        self.tool_frames = tool_frames
+        self._tool_body = False
 
     def feed(self, text: str) -> tuple[str, str]:
         self._buffer += text
@@ -104,7 +109,7 @@ class HarmonySplitter:
                 break
             self._take(self._buffer[:index], reasoning, content)
             self._buffer = self._buffer[index + len(token) :]
-            self._on_token(token)
+            content.append(self._on_token(token))
         return "".join(reasoning), "".join(content)
 
     def flush(self) -> tuple[str, str]:
@@ -140,7 +145,9 @@ class HarmonySplitter:
         else:
             content.append(text)
 
-    def _on_token(self, token: str) -> None:
+    def _on_token(self, token: str) -> str:
+        """Follow a harmony token; returns the markup handed on as content (tool frames)."""
+        frame = ""
         if token == _START:
             self._state, self._header = _HEADER, ""
         elif token == _CHANNEL:
@@ -153,11 +160,17 @@ class HarmonySplitter:
         elif token == _MESSAGE:
             if self._state == _HEADER:
                 self._reasoning_body = _is_reasoning(self._header)
+                function = _FUNCTION.search(self._header) if self.tool_frames else None
+                if function is not None:
+                    frame, self._tool_body = f"<|start|>to=functions.{function.group(1)}<|message|>", True
             elif self._state != _BODY:
                 self._reasoning_body = False
             self._state, self._header = _BODY, ""
         else:  # an end token
+            if self._tool_body:
+                frame, self._tool_body = "<|call|>", False
             self._state, self._header = _OUTSIDE, ""
+        return frame
 
 
 def _is_reasoning(header: str) -> bool:
@@ -179,13 +192,14 @@ def _find_token(text: str) -> tuple[int, str | None]:
     return best, found
 
 
-def make_splitter(kind: str, *, inside: bool = False) -> ReasoningSplitter | HarmonySplitter:
+def make_splitter(kind: str, *, inside: bool = False, tool_frames: bool = False) -> ReasoningSplitter | HarmonySplitter:
     """A splitter for a reasoning format (see ``detect_reasoning_format``). ``inside`` says the
-    prompt opened a ``<think>`` block; harmony prompts never open a message body."""
+    prompt opened a ``<think>`` block; harmony prompts never open a message body.
+    ``tool_frames``: hand harmony tool calls on for the tool-call parser."""
     if kind == "think":
         return ReasoningSplitter(inside=inside)
     if kind == "harmony":
-        return HarmonySplitter()
+        return HarmonySplitter(tool_frames=tool_frames)
     raise ValueError(f"unknown reasoning format {kind!r}; known: harmony, think")
 
 

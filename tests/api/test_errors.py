@@ -127,8 +127,8 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("too-many-stops", {"json": chat_body(stop=["a", "b", "c", "d", "e"])}, "stop", "invalid_value"),
     ("stop-too-long", {"json": chat_body(stop="x" * 257)}, "stop", "invalid_value"),
     (
-        "response-format-json-object",
-        {"json": chat_body(response_format={"type": "json_object"})},
+        "response-format-unsupported-schema",
+        {"json": chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}})},
         "response_format",
         "invalid_request",
     ),
