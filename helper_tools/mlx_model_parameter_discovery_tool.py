@@ -268,6 +268,14 @@ def _resolve(model: str, settings: Settings) -> tuple[Path, str | None]:
     return path, found
 
 
+def _config_path(folder: Path, model_dir: Path) -> str:
+    """``path`` as config.json takes it: relative to the model directory when inside it."""
+    try:
+        return folder.absolute().relative_to(model_dir.absolute()).as_posix()
+    except ValueError:
+        return str(folder.resolve())
+
+
 def inspect_model(model: str, settings: Settings, model_id: str | None = None) -> Findings:
     """Read a model folder and build its entry (validated with ``ModelConfig``)."""
     folder, discovered_id = _resolve(model, settings)
@@ -285,8 +293,9 @@ def inspect_model(model: str, settings: Settings, model_id: str | None = None) -
     context = _context_length(config)
 
     entry: dict[str, Any] = {}
-    if discovered_id is None:  # outside the model directory: the entry must say where it is
-        entry["path"] = str(folder.resolve())
+    if discovered_id is None or (model_id and model_id != discovered_id):
+        # Not found by its id (outside the model directory, or an alias): say where it is.
+        entry["path"] = _config_path(folder, settings.model_dir)
     # The tokenizer's own template is the best prompt format there is; a named one only without it.
     entry["chat_template"] = "auto" if template else (family or "generic")
     if context:

@@ -81,6 +81,19 @@ def test_findings_match_the_files(make_tiny_model: Callable[..., Path], tmp_path
     assert tool.inspect_model(str(folder), settings, model_id="org/x").model_id == "org/x"
 
 
+def test_an_alias_id_gets_a_path_the_server_resolves(
+    make_tiny_model: Callable[..., Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = make_tiny_model("tiny-llama")
+    models = folder.parent
+    entry = _entry(capsys, "tiny-llama", "--model-dir", str(models), "--id", "my-alias")
+    assert entry["my-alias"]["path"] == "tiny-llama"  # relative to the model directory
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"defaults": {"model_directory": str(models)}, "models": entry}))
+    registry = build_registry(load_settings(config, environ={}).models, models)
+    assert registry["my-alias"].path == folder and registry["my-alias"].source == "config"
+
+
 @pytest.mark.parametrize(
     ("template", "family", "reasoning", "tools"),
     [
