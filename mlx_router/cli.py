@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logger.info("mlx-router %s starting on http://%s:%d", __version__, server.ip, server.port)
     try:
-        app = create_app(settings)
+        # SIGHUP and POST /v1/admin/reload re-read the file, under the same flags and environment.
+        app = create_app(settings, reload_settings=(lambda: settings_from_args(args)) if args.config else None)
     except ConfigError as exc:
         print(f"mlx-router: {exc}", file=sys.stderr)
         return 2

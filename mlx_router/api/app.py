@@ -7,19 +7,22 @@ No module-level app or settings: :func:`create_app` builds everything from a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 
 from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.generation import GenerationService
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
-from mlx_router.api.routes import admin, chat, completions, health, models
+from mlx_router.api.reload import ConfigReloader
+from mlx_router.api.routes import admin, chat, completions, health, metrics, models, status
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
+from mlx_router.metrics.registry import RouterMetrics
 
 __all__ = ["create_app"]
 
@@ -35,16 +38,27 @@ def _allowed_hosts(settings: Settings) -> list[str] | None:
     return None
 
 
-def create_app(settings: Settings, *, manager: MLXModelManager | None = None) -> FastAPI:
-    """Build the app; the lifespan starts the manager (registry, embedded model, preload)."""
+def create_app(
+    settings: Settings,
+    *,
+    manager: MLXModelManager | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
+) -> FastAPI:
+    """Build the app; the lifespan starts the manager (registry, embedded model, preload).
+
+    ``reload_settings`` re-reads the configuration the server was started with (file,
+    environment, flags): given, SIGHUP and ``POST /v1/admin/reload`` apply it."""
     manager = manager or MLXModelManager(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        on_sighup = reloader.install_signal()
         try:
             yield
         finally:
+            if on_sighup:
+                reloader.remove_signal()
             await manager.close()
 
     app = FastAPI(
@@ -55,15 +69,23 @@ def create_app(settings: Settings, *, manager: MLXModelManager | None = None) ->
     )
     app.state.settings = settings
     app.state.manager = manager
-    app.state.generation = GenerationService(manager, settings)
+    app.state.metrics = RouterMetrics(manager, settings)
+    app.state.generation = GenerationService(manager, settings, app.state.metrics)
+    reloader = ConfigReloader(reload_settings, manager, [app.state.generation, app.state])
+    app.state.reloader = reloader
     install_error_handlers(app)
-    for module in (chat, completions, models, health, admin):
-        app.include_router(module.router)
+    routers = [module.router for module in (chat, completions, models, health, admin, metrics, status)]
+    for router in routers:
+        app.include_router(router)
     app.add_middleware(
         RouterMiddleware,
         api_key=settings.resolve_api_key(),
         allowed_hosts=_allowed_hosts(settings),
         max_request_bytes=settings.server.max_request_bytes,
+        metrics=app.state.metrics,
+        metrics_public=settings.server.metrics_public,
+        routes=[route for router in routers for route in router.routes]
+        + [route for route in app.router.routes if isinstance(route, Route)],  # /docs, /openapi.json
     )
     # Added last, so outermost: CORS preflights are answered before the API-key check.
     if settings.server.cors_origins:

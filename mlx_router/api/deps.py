@@ -7,10 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from mlx_router.api.generation import GenerationService
+from mlx_router.api.reload import ConfigReloader
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
+from mlx_router.metrics.registry import RouterMetrics
 
-__all__ = ["ManagerDep", "ServiceDep", "SettingsDep"]
+__all__ = ["ManagerDep", "MetricsDep", "ReloaderDep", "ServiceDep", "SettingsDep"]
 
 
 def _manager(request: Request) -> MLXModelManager:
@@ -25,6 +27,16 @@ def _service(request: Request) -> GenerationService:
     return request.app.state.generation  # type: ignore[no-any-return]
 
 
+def _metrics(request: Request) -> RouterMetrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def _reloader(request: Request) -> ConfigReloader:
+    return request.app.state.reloader  # type: ignore[no-any-return]
+
+
 ManagerDep = Annotated[MLXModelManager, Depends(_manager)]
+MetricsDep = Annotated[RouterMetrics, Depends(_metrics)]
+ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[GenerationService, Depends(_service)]

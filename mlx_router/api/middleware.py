@@ -1,4 +1,5 @@
-"""Pure-ASGI guards in front of every route: request id, Host allow-list, API key, body cap.
+"""Pure-ASGI guards in front of every route: request id, Host allow-list, API key, body cap,
+and the count of every response (route template, model, status, error) for the metrics.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses pass through untouched and
 client disconnects still reach the handlers.
@@ -12,12 +13,24 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from mlx_router.errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RouterError, ServiceUnavailable
+from starlette.routing import BaseRoute, Match
+
+from mlx_router.errors import (
+    AuthenticationFailed,
+    InternalError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RouterError,
+    ServiceUnavailable,
+)
 from mlx_router.logs import REQUEST_ID
+from mlx_router.metrics.context import CURRENT_REQUEST, RequestRecord
+from mlx_router.metrics.registry import RouterMetrics
 
-__all__ = ["RouterMiddleware", "is_loopback", "LOOPBACK_HOSTS"]
+__all__ = ["LOOPBACK_HOSTS", "RouterMiddleware", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +41,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/", "/ui"})
+"""Open without the API key: readiness, and the status page (static: its data comes from
+``/v1/status``, which needs the key)."""
+METRICS_PATH = "/metrics"
+ERROR_BODY_LIMIT = 16384
+"""Bytes of an error response read back for the metrics' error list (error envelopes are small)."""
 
 
 def is_loopback(ip: str) -> bool:
@@ -61,7 +79,7 @@ async def _send_error(send: Send, error: RouterError, request_id: str) -> None:
 
 
 class RouterMiddleware:
-    """Request id, access log, Host check, Bearer auth and request-size cap."""
+    """Request id, access log, Host check, Bearer auth, request-size cap and response metrics."""
 
     def __init__(
         self,
@@ -70,11 +88,18 @@ class RouterMiddleware:
         api_key: str | None,
         allowed_hosts: list[str] | None,
         max_request_bytes: int,
+        metrics: RouterMetrics | None = None,
+        metrics_public: bool = False,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.allowed_hosts = {h.lower() for h in allowed_hosts} if allowed_hosts else None
         self.max_request_bytes = max_request_bytes
+        self.metrics = metrics
+        self.routes = list(routes)
+        """The app's routes, to name the route of a request refused before routing."""
+        self.open_paths = OPEN_PATHS | {METRICS_PATH} if metrics_public else OPEN_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,10 +107,14 @@ class RouterMiddleware:
             return
         request_id = f"req-{uuid.uuid4().hex[:16]}"
         token = REQUEST_ID.set(request_id)
+        record = RequestRecord()
+        record_token = CURRENT_REQUEST.set(record)
         started = time.perf_counter()
         status_holder = {"status": 0}
+        error_body = bytearray()
+        error: RouterError | None = None
         try:
-            error = self._check(scope) or _draining(scope)
+            error = self._check(scope) or _draining(scope, self.open_paths)
             if error is not None:
                 status_holder["status"] = error.status_code
                 await _send_error(send, error, request_id)
@@ -96,6 +125,8 @@ class RouterMiddleware:
                     status_holder["status"] = message["status"]
                     message.setdefault("headers", [])
                     message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+                elif status_holder["status"] >= 400 and len(error_body) < ERROR_BODY_LIMIT:
+                    error_body.extend(message.get("body", b"")[: ERROR_BODY_LIMIT - len(error_body)])
                 await send(message)
 
             if _header(scope, b"content-length") is None and scope.get("method") in ("POST", "PUT", "PATCH"):
@@ -109,6 +140,11 @@ class RouterMiddleware:
                     return
                 receive = _replay(buffered, receive)
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not status_holder["status"]:  # the outermost handler answers 500 with the envelope
+                status_holder["status"] = 500
+                error = InternalError("The server hit an internal error; see its log for details.")
+            raise
         finally:
             logger.info(
                 "%s %s %d %.3fs",
@@ -117,7 +153,20 @@ class RouterMiddleware:
                 status_holder["status"],
                 time.perf_counter() - started,
             )
+            if self.metrics is not None:
+                self._count(scope, record, status_holder["status"], error, error_body)
+            CURRENT_REQUEST.reset(record_token)
             REQUEST_ID.reset(token)
+
+    def _count(
+        self, scope: Scope, record: RequestRecord, status: int, error: RouterError | None, body: bytearray
+    ) -> None:
+        """Count the response; an error's fields come from the envelope that was sent (HTTP
+        errors) or from the stream writer (errors inside a 200 stream)."""
+        assert self.metrics is not None
+        sent = error.to_dict() if error is not None else _parse_error(body, status)
+        failure = _error_fields(sent, status) if status >= 400 else record.stream_error
+        self.metrics.response(_route_template(scope, self.routes), record.model, status, failure)
 
     def _check(self, scope: Scope) -> RouterError | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -131,7 +180,7 @@ class RouterMiddleware:
                 f"The request body is {int(length)} bytes; the limit is {self.max_request_bytes} bytes "
                 "(server.max_request_bytes)."
             )
-        if self.api_key is not None and scope.get("path") not in OPEN_PATHS:
+        if self.api_key is not None and scope.get("path") not in self.open_paths:
             auth = headers.get("authorization", "")
             scheme, _, presented = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.api_key):
@@ -156,13 +205,40 @@ class RouterMiddleware:
                 return messages
 
 
-def _draining(scope: Scope) -> RouterError | None:
-    """While shutting down, only /health answers (with 503); everything else is refused."""
+def _draining(scope: Scope, open_paths: frozenset[str]) -> RouterError | None:
+    """While shutting down, only the open paths answer (/health with 503); the rest is refused."""
     app = scope.get("app")
     service = getattr(getattr(app, "state", None), "generation", None)
-    if service is not None and service.draining and scope.get("path") not in OPEN_PATHS:
+    if service is not None and service.draining and scope.get("path") not in open_paths:
         return ServiceUnavailable("The server is shutting down.", code="shutting_down", headers={"Retry-After": "5"})
     return None
+
+
+def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The matched route's path template (``/v1/models/{model_id:path}``), never the raw path,
+    so that metric labels stay few whatever clients send; ``unmatched`` for unknown routes."""
+    route = scope.get("route")
+    if route is None:  # refused before routing (auth, Host, size), or not a FastAPI route
+        route = next((r for r in routes if r.matches(scope)[0] != Match.NONE), None)
+    return str(getattr(route, "path", None) or "unmatched")
+
+
+def _parse_error(body: bytes | bytearray, status: int) -> dict[str, Any]:
+    if status < 400:
+        return {}
+    try:
+        parsed = json.loads(bytes(body))
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _error_fields(envelope: dict[str, Any], status: int) -> tuple[int, str, str]:
+    """(status, code, message) of an error envelope (a body of another shape keeps the status)."""
+    error = envelope.get("error")
+    if not isinstance(error, dict):
+        return status, "", ""
+    return status, str(error.get("code") or ""), str(error.get("message") or "")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from mlx_router.errors import InternalError, RouterError
+from mlx_router.metrics.context import note_error
 
 __all__ = ["MEDIA_TYPES", "StreamFormat", "stream_response", "write_stream"]
 
@@ -62,6 +63,7 @@ async def write_stream(items: AsyncIterator[BaseModel | None], fmt: StreamFormat
         logger.exception("Stream failed")
         error = InternalError("The stream failed with an internal error; see the server log.")
     if error is not None:
+        note_error(error.status_code, error.code, error.message)
         yield _frame(json.dumps(error.to_dict()), fmt, first)
     if fmt == "sse":
         yield "data: [DONE]\n\n"

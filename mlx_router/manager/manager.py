@@ -35,9 +35,9 @@ from mlx_router.errors import (
     redact_paths,
 )
 from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor, memory_budget_bytes
-from mlx_router.metrics.context import note_model
 from mlx_router.manager.policy import Resident, plan_eviction
 from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry, kv_allowance_bytes
+from mlx_router.metrics.context import note_model
 
 __all__ = ["EMBEDDED_MODEL_ID", "LoadedModel", "MLXModelManager", "ManagerEvent", "ModelState", "ModelStats"]
 
@@ -74,7 +74,9 @@ class _Resident:
 class ManagerEvent:
     """Something that happened to a model, for listeners such as metrics."""
 
-    kind: Literal["loaded", "load_failed", "evicted", "worker_exit"]
+    kind: Literal["loaded", "load_failed", "evicted", "worker_exit", "retired"]
+    """``retired``: a model that a configuration reload removed or changed has finished its
+    requests and is unloaded."""
     model_id: str
     seconds: float = 0.0
     """Wall time of the load (``loaded``, ``load_failed``)."""
@@ -777,6 +779,7 @@ class MLXModelManager:
                 self.states.pop(model_id, None)
                 self.failures.pop(model_id, None)
             self._notify_room()
+        self._emit(ManagerEvent("retired", model_id))
         if model_id in self.pinned and model_id in self.entries:
             await self._load_quietly(model_id)
 

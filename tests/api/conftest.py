@@ -62,11 +62,13 @@ def build_settings(models_root: Path, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def make_app(tiny_models_root: Path) -> AsyncIterator[Callable[..., Awaitable[AppHarness]]]:
-    """``await make_app(script=None, background_lifespan=False, headers=None, **sections)``.
+    """``await make_app(script=None, background_lifespan=False, headers=None, reload_settings=None, **sections)``.
 
     With ``background_lifespan=True`` the lifespan starts in a task and ``make_app`` returns at
     once (for tests that look at the server while the default model is still loading);
-    ``harness.lifespan_task`` finishes when startup has.
+    ``harness.lifespan_task`` finishes when startup has. ``reload_settings`` (e.g. loading a
+    config file) gives the first settings, instead of ``sections``, and is what a configuration
+    reload calls.
     """
     harnesses: list[AppHarness] = []
 
@@ -75,12 +77,13 @@ async def make_app(tiny_models_root: Path) -> AsyncIterator[Callable[..., Awaita
         *,
         background_lifespan: bool = False,
         headers: dict[str, str] | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
         **sections: Any,
     ) -> AppHarness:
-        settings = build_settings(tiny_models_root, **sections)
+        settings = reload_settings() if reload_settings else build_settings(tiny_models_root, **sections)
         factory = fake_client_factory(script)
         manager = MLXModelManager(settings, client_factory=factory)
-        app = create_app(settings, manager=manager)
+        app = create_app(settings, manager=manager, reload_settings=reload_settings)
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
             httpx.AsyncClient(

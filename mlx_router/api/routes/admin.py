@@ -1,4 +1,5 @@
-"""Admin API: load, unload, pin and unpin models; list their states (API key required when set)."""
+"""Admin API: load, unload, pin and unpin models; list their states; reload the configuration
+(API key required when set)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from mlx_router.api.deps import ManagerDep
+from mlx_router.api.deps import ManagerDep, ReloaderDep
 
 __all__ = ["router"]
 
@@ -49,3 +50,8 @@ async def pin(model_id: str, manager: ManagerDep) -> dict[str, Any]:
 async def unpin(model_id: str, manager: ManagerDep) -> dict[str, Any]:
     manager.set_pinned(model_id, False)
     return _one(manager, model_id)
+
+
+@router.post("/reload", summary="Re-read the configuration file (as SIGHUP does); 400 with the reason if it is invalid")
+async def reload(reloader: ReloaderDep) -> dict[str, Any]:
+    return await reloader.reload()

@@ -1,0 +1,90 @@
+"""Configuration reload: SIGHUP or ``POST /v1/admin/reload`` re-reads the config file the
+server was started with (CLI flags and ``MLX_ROUTER_*`` variables still win, as at start).
+
+A file that does not load or validate is rejected with the reason (logged for SIGHUP, a 400
+for the endpoint) and the running configuration stays. Otherwise the manager applies the
+models (:meth:`MLXModelManager.reload`), restart-only keys are reported and not applied
+(:func:`mlx_router.config.reload.split_reload`), and everything that reads settings gets the
+new object. Reloads run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from mlx_router.config.reload import split_reload
+from mlx_router.config.settings import ConfigError, Settings
+from mlx_router.errors import InvalidRequest, redact_paths
+from mlx_router.manager.manager import MLXModelManager
+
+__all__ = ["ConfigReloader"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigReloader:
+    """Re-reads the configuration with ``load`` (None: the server was started without a file)."""
+
+    def __init__(self, load: Callable[[], Settings] | None, manager: MLXModelManager, holders: list[Any]) -> None:
+        self._load = load
+        self.manager = manager
+        self._holders = holders
+        """Objects with a ``settings`` attribute that get the new settings (service, app.state)."""
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def reload(self) -> dict[str, Any]:
+        """Apply the file now; :class:`InvalidRequest` (nothing applied) when it is invalid."""
+        if self._load is None:
+            raise InvalidRequest(
+                "The server was started without --config: there is no configuration file to re-read.",
+                code="no_config_file",
+            )
+        async with self._lock:
+            try:
+                loaded = self._load()
+                effective, applied, restart = split_reload(self.manager.settings, loaded)
+                models = await self.manager.reload(effective)
+            except ConfigError as exc:
+                raise InvalidRequest(
+                    f"The configuration was not reloaded; the running one stays. {redact_paths(str(exc))}",
+                    code="invalid_config",
+                ) from None
+            for holder in self._holders:
+                holder.settings = effective
+        if restart:
+            logger.warning("Configuration keys that need a restart were not applied: %s", ", ".join(restart))
+        return {"status": "reloaded", "models": models, "applied": applied, "needs_restart": restart}
+
+    async def _reload_logged(self) -> None:
+        try:
+            result = await self.reload()
+        except InvalidRequest as exc:
+            logger.error("SIGHUP: %s", exc.message)
+            return
+        except Exception:
+            logger.exception("SIGHUP: the configuration reload failed")
+            return
+        logger.info("SIGHUP: configuration reloaded: %s", result)
+
+    def install_signal(self) -> bool:
+        """Reload on SIGHUP (where the platform has it and a file was given)."""
+        if self._load is None or not hasattr(signal, "SIGHUP"):
+            return False
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._on_signal)
+        return True
+
+    def remove_signal(self) -> None:
+        if hasattr(signal, "SIGHUP"):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    def _on_signal(self) -> None:
+        logger.info("SIGHUP: re-reading the configuration")
+        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,43 @@
+"""What the status page shows, as one JSON object (``GET /v1/status``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mlx_router import __version__
+from mlx_router.api.generation import GenerationService
+from mlx_router.manager.manager import MLXModelManager
+from mlx_router.metrics.history import BUCKET_SECONDS
+from mlx_router.metrics.registry import RouterMetrics
+
+__all__ = ["status_report"]
+
+
+def status_report(manager: MLXModelManager, service: GenerationService, metrics: RouterMetrics) -> dict[str, Any]:
+    """Models and their states, memory against the budget, pressure, request and token counts
+    per 10 seconds, and the recent errors (newest first)."""
+    ready, reason = (False, "the server is shutting down") if service.draining else manager.is_ready()
+    snapshot = manager.monitor.snapshot()
+    models = manager.admin_status()
+    resident = sum(s.cost_bytes for s in manager.model_stats() if s.resident)
+    return {
+        "version": __version__,
+        "status": "ok" if ready else "unavailable",
+        "reason": None if ready else reason,
+        "time": round(time.time(), 3),
+        "uptime_seconds": round(time.time() - manager.started_at, 1),
+        "memory": {
+            "budget_bytes": manager.budget_bytes,
+            "resident_bytes": resident,
+            "total_bytes": snapshot.total_bytes,
+            "available_bytes": snapshot.available_bytes,
+            "swap_percent": round(snapshot.swap_percent, 1),
+            "pressure": snapshot.level,
+        },
+        "cache_size": manager.settings.defaults.cache_size,
+        "models": models,
+        "requests": {"total": service.requests_total, "failed": service.requests_failed, "running": service.running},
+        "history": {"bucket_seconds": BUCKET_SECONDS, "buckets": metrics.history.snapshot()},
+        "errors": metrics.errors.snapshot()[::-1],
+    }
