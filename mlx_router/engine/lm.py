@@ -150,19 +150,11 @@ class LMEngine:
             return list(request.prompt_ids)
         if request.messages is None:
             return list(self.tokenizer.encode(request.prompt or ""))
-        kwargs = dict(request.chat_template_kwargs)
+        messages, kwargs = self.template_input(request)
         if self.chat_template is not None:
             kwargs["chat_template"] = self.chat_template
         elif not getattr(self.tokenizer, "chat_template", None):
             kwargs["chat_template"] = named_template("generic")
-        messages = list(request.messages)
-        if self.renders_tools:
-            if request.tools:
-                kwargs["tools"] = list(request.tools)
-        else:  # the server writes tools and tool turns in the Hermes style itself
-            messages = flatten_tool_history(messages)
-            if request.tools:
-                messages = describe_tools(messages, list(request.tools))
         try:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
         except Exception as exc:  # jinja raises template errors of many types
@@ -172,6 +164,20 @@ class LMEngine:
         if isinstance(ids, dict):  # transformers 5 may return a BatchEncoding
             ids = ids["input_ids"]
         return list(ids)
+
+    def template_input(self, request: GenerationRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages and variables for the chat template: the request's tools go to a
+        template that renders them, else the server describes them (and earlier calls) itself."""
+        kwargs = dict(request.chat_template_kwargs)
+        messages = list(request.messages or ())
+        if self.renders_tools:
+            if request.tools:
+                kwargs["tools"] = list(request.tools)
+        else:  # the server writes tools and tool turns in the Hermes style itself
+            messages = flatten_tool_history(messages)
+            if request.tools:
+                messages = describe_tools(messages, list(request.tools))
+        return messages, kwargs
 
     def admit(self, request: GenerationRequest) -> tuple[list[int], int]:
         """Prompt token ids and max_tokens bounded by the context left; refuses what cannot run."""

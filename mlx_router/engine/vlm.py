@@ -12,7 +12,8 @@ per-sequence text handling as a text model; what differs is below.
   brings its own sampling instead, as its last logits processor (which mlx-vlm applies per row):
   it samples with the sequence's private random key and hands the batch a one-hot row, so the
   batch's greedy pick is that sample. Temperature, top-p/k, min-p, seed, penalties and
-  logit_bias thus mean exactly what they mean for text models, whatever runs beside them.
+  logit_bias thus mean exactly what they mean for text models, whatever runs beside them; an
+  output constraint (tool_choice, response_format) is a processor before it, as for text.
 * There is no prefix cache: a prompt's KV depends on its images, not only on its token ids.
 """
 
@@ -22,13 +23,14 @@ import io
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_vlm import load as mlx_vlm_load
-from mlx_vlm.generate.ar import BatchGenerator
+from mlx_vlm.generate import BatchGenerator
 from mlx_vlm.prompt_utils import apply_chat_template, get_chat_template
 from mlx_vlm.utils import load_config, prepare_inputs, should_add_special_tokens
 from PIL import Image
@@ -45,9 +47,17 @@ from mlx_router.engine.lm import (
     logits_processors,
     make_sampler,
 )
-from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationParams, GenerationRequest, LoadInfo
+from mlx_router.engine.types import (
+    Admission,
+    BatchOptions,
+    GenerationChunk,
+    GenerationParams,
+    GenerationRequest,
+    LoadInfo,
+)
 from mlx_router.errors import redact_paths
 from mlx_router.text.reasoning import detect_reasoning_format
+from mlx_router.text.tools import detect_tool_format, template_renders_tools
 
 __all__ = ["SequencePicker", "VLMEngine", "VisionScheduler"]
 
@@ -84,6 +94,7 @@ class VLMEngine(LMEngine):
         tokenizer = TokenizerWrapper(hf_tokenizer, detokenizer_class=lambda _tok: detokenizer, eos_token_ids=eos)
         limit = context_length or _config_context_length(config) or DEFAULT_CONTEXT_LENGTH
         template = _processor_template(processor) or getattr(hf_tokenizer, "chat_template", None)
+        source = template if isinstance(template, str) else None
         info = LoadInfo(
             load_seconds=time.perf_counter() - started,
             weight_bytes=active or _weight_bytes(model_path),
@@ -100,7 +111,9 @@ class VLMEngine(LMEngine):
             chat_template=None,
             load_info=info,
             _byte_decoder=_byte_decoder_for(tokenizer),
-            reasoning_format=detect_reasoning_format(template if isinstance(template, str) else None),
+            reasoning_format=detect_reasoning_format(source),
+            tool_format=detect_tool_format(source),
+            renders_tools=template_renders_tools(source),
             processor=processor,
             model_type=str(config.get("model_type", "")),
         )
@@ -111,12 +124,17 @@ class VLMEngine(LMEngine):
         text_config = getattr(getattr(self.model, "config", None), "text_config", None)
         return int(getattr(args, "vocab_size", 0) or getattr(text_config, "vocab_size", 0) or 2**31)
 
-    def render(self, messages: tuple[dict[str, Any], ...], images: int, kwargs: dict[str, Any]) -> str:
+    @property
+    def vocab_size_for_grammar(self) -> int:
+        return self.vocab_size
+
+    def render(self, request: GenerationRequest) -> str:
         """The prompt text: mlx-vlm lays out each message's content parts the way this model
         family expects (image markers in place), then the model's own chat template renders it,
-        with the same defaults (thinking switch included) as for a text model."""
+        with the same defaults (thinking switch, tools) as for a text model."""
+        messages, kwargs = self.template_input(request)
         formatted = apply_chat_template(
-            self.processor, self.model.config, list(messages), return_messages=True, num_images=images
+            self.processor, self.model.config, messages, return_messages=True, num_images=len(request.images)
         )
         template = _processor_template(self.processor)
         if template is None and not getattr(self.tokenizer, "chat_template", None):
@@ -132,7 +150,7 @@ class VLMEngine(LMEngine):
             return super().encode(request)
         images = [_open_png(png) for png in request.images]
         try:
-            prompt = self.render(request.messages, len(images), dict(request.chat_template_kwargs))
+            prompt = self.render(request)
         except Exception as exc:  # jinja and the formatters raise errors of many types
             raise RequestRejected(
                 "invalid_request", redact_paths(f"the chat template rejected the messages: {exc}")
@@ -231,6 +249,9 @@ class VisionScheduler(BatchScheduler):
             request = replace(request, messages=canonicalize_messages(request.messages))
         prompt_ids, max_tokens, features = self.engine.prepare(request)
         processors: list[LogitsProcessor] = list(logits_processors(request.params))
+        constraint = self.engine.constraint_processor(request)
+        if constraint is not None:
+            processors.append(constraint)  # before the picker: it samples from the masked logits
         picker = SequencePicker(request.params, record=request.params.logprobs)
         if picker.needed:
             processors.append(picker)
@@ -246,6 +267,7 @@ class VisionScheduler(BatchScheduler):
             max_tokens=max_tokens,
             reasoning_open=self.engine.reasoning_open(prompt_ids),
             reasoning_format=self.engine.reasoning_format,  # type: ignore[arg-type]
+            tool_format=self.engine.output_tool_format(request),
         )
 
     def cancel(self, request_id: str) -> int | None:

@@ -25,8 +25,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from mlx_router.errors import redact_paths
 from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, WorkerOptions
+from mlx_router.errors import redact_paths
 
 __all__ = ["worker_main"]
 

@@ -22,6 +22,11 @@ __all__ = ["IMPORT_DIR_NAME", "ModelEntry", "discover_models", "kv_allowance_byt
 logger = logging.getLogger(__name__)
 
 IMPORT_DIR_NAME = ".gguf-imports"
+EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
+"""The bundled default model, imported into the model directory under this name."""
+EMBEDDED_DEFAULTS = ModelConfig(supports_tools=True)
+"""Its settings when config.json has none: its template cannot render tools, so the server
+describes them (see ``mlx_router.text.tools.prompt``); forced calls and JSON output then work."""
 """Folder under model_directory where GGUF files are imported to MLX folders."""
 
 Source = Literal["config", "discovered", "embedded"]
@@ -55,13 +60,20 @@ class ModelEntry:
         if self.config.supports_tools is not None:
             return self.config.supports_tools
         folder = self.path if self.path.is_dir() else self.path.parent
-        try:
-            template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template") or ""
-        except (OSError, ValueError):
-            template = ""
+        template = _json_field(folder / "tokenizer_config.json", "chat_template")
         if not template and (folder / "chat_template.jinja").is_file():
             template = (folder / "chat_template.jinja").read_text(errors="replace")
+        if not template:  # vision checkpoints keep their processor's template here
+            template = _json_field(folder / "chat_template.json", "chat_template")
         return "tools" in str(template)
+
+
+def _json_field(path: Path, key: str) -> object:
+    """``key`` of the JSON object in ``path``; empty when the file is missing or unreadable."""
+    try:
+        return json.loads(path.read_text()).get(key) or ""
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def weight_bytes(path: Path) -> int:
@@ -151,6 +163,9 @@ def build_registry(models: dict[str, ModelConfig], model_dir: Path) -> dict[str,
     claimed = {e.path for e in entries.values() if not e.config.path}
     for model_id, path in discovered.items():
         if model_id not in entries and path not in claimed:
+            if model_id == EMBEDDED_MODEL_ID and (path / "gguf_import.json").is_file():
+                entries[model_id] = ModelEntry(model_id, path, EMBEDDED_DEFAULTS, "embedded", weight_bytes(path))
+                continue
             entries[model_id] = ModelEntry(model_id, path, ModelConfig(), "discovered", weight_bytes(path))
     return entries
 

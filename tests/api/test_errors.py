@@ -121,8 +121,8 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str | None, str]] = [
                 ]
             )
         },
-        "messages[0].content",
-        "invalid_request",
+        "messages[0].content[1]",
+        "model_not_vision_capable",
     ),
     ("too-many-stops", {"json": chat_body(stop=["a", "b", "c", "d", "e"])}, "stop", "invalid_value"),
     ("stop-too-long", {"json": chat_body(stop="x" * 257)}, "stop", "invalid_value"),

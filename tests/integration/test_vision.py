@@ -12,8 +12,8 @@ import base64
 import io
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,8 @@ def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
             "defaults": {"model": VLM, "model_directory": str(models), "embedded_model": False, "max_tokens": 16},
             "server": {},
             "media": {"max_pdf_pages": MAX_PDF_PAGES},
+            # Qwen2-VL's template has no tools variable: the server describes them itself.
+            "models": {VLM: {"supports_tools": True}},
         },
     )
     yield server
@@ -185,7 +187,12 @@ def test_multi_turn_with_an_image_in_an_earlier_turn(vision_server: RunningServe
 
 
 def test_concurrent_image_requests_batch_and_match_sequential_answers(vision_server: RunningServer) -> None:
-    requests = [[user(f"Picture {i}?", png_uri(color))] for i, color in enumerate(["red", "blue", "green", "white"])]
+    requests = [
+        [user("Picture?", png_uri("red"))],
+        [user("Two pictures of two sizes?", png_uri("blue", (80, 120)), png_uri("green", (300, 200)))],
+        [user("No picture at all, only words.")],
+        [user("A wide one?", png_uri("white", (112, 56)))],
+    ]
     with vision_server.client() as http:
         alone = [ok(complete(http, m, max_tokens=12))["choices"][0]["message"]["content"] for m in requests]
 
@@ -234,6 +241,31 @@ def test_sampling_parameters_are_honoured(vision_server: RunningServer) -> None:
         assert len(logprobs["content"]) == 3
         assert all(len(t["top_logprobs"]) == 2 and t["logprob"] <= 0 for t in logprobs["content"])
         assert all(t["logprob"] == pytest.approx(t["top_logprobs"][0]["logprob"]) for t in logprobs["content"])
+
+
+def test_structured_output_and_tool_calls_with_an_image(vision_server: RunningServer) -> None:
+    colour = {"type": "string", "enum": ["red", "green", "blue"]}
+    schema = {"type": "object", "properties": {"colour": colour}, "required": ["colour"], "additionalProperties": False}
+    messages = [user("Which colour is it?", png_uri("red"))]
+    with vision_server.client() as http:
+        response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+        data = ok(complete(http, messages, max_tokens=48, response_format=response_format))
+        assert json.loads(data["choices"][0]["message"]["content"])["colour"] in colour["enum"]
+        tool = {"type": "function", "function": {"name": "report_colour", "parameters": schema}}
+        data = ok(
+            complete(
+                http,
+                messages,
+                max_tokens=64,
+                tools=[tool],
+                tool_choice={"type": "function", "function": {"name": "report_colour"}},
+            )
+        )
+        choice = data["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        (call,) = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "report_colour"
+        assert json.loads(call["function"]["arguments"])["colour"] in colour["enum"]
 
 
 def _tokenizer_json(server: RunningServer) -> str:

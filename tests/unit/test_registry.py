@@ -83,3 +83,15 @@ def test_vision_and_tools_are_inferred_and_config_overrides(tmp_path: Path) -> N
     assert entries["vlm"].supports_vision and entries["vlm"].supports_tools
     assert not entries["plain"].supports_vision and not entries["plain"].supports_tools
     assert not entries["overridden"].supports_vision and not entries["overridden"].supports_tools
+
+
+def test_tools_are_inferred_from_a_processor_template(tmp_path: Path) -> None:
+    """Vision checkpoints often keep the chat template in chat_template.json, not the tokenizer's config."""
+    folder = model_folder(tmp_path / "vlm")
+    (folder / "tokenizer_config.json").write_text("{}")
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "{% for tool in tools %}{{ tool }}{% endfor %}"}))
+    model_folder(tmp_path / "broken")
+    (tmp_path / "broken" / "chat_template.json").write_text("[not an object")
+    entries = build_registry({}, tmp_path)
+    assert entries["vlm"].supports_tools
+    assert not entries["broken"].supports_tools
