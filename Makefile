@@ -3,7 +3,9 @@
 #   make run                      create .venv, install, serve the default model on 127.0.0.1:8800
 #   make test                     install with test tools, run the whole suite
 #   make install MLX_BACKEND=cuda13   Linux with an NVIDIA GPU (mlx[cuda13])
-#   make system-deps              (Debian, root) OpenBLAS for fast CPU matmuls, poppler for PDFs
+#   make system-deps              (Debian, root) OpenBLAS for fast CPU matmuls, poppler for PDFs,
+#                                 chromium + chromium-driver for the status-page test,
+#                                 systemd (systemd-analyze checks the generated service unit)
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -50,10 +52,10 @@ test: install-dev
 	$(BIN)/python -m pytest
 
 lint: install-dev
-	$(BIN)/python -m ruff check mlx_router helper_tools tests
+	$(BIN)/python -m ruff check mlx_router helper_tools scripts tests
 
 system-deps:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread poppler-utils
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread poppler-utils chromium chromium-driver systemd
 
 clean:
 	rm -rf $(VENV) build *.egg-info
