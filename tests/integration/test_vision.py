@@ -312,3 +312,27 @@ def test_closing_a_vision_stream_cancels_it_in_the_worker(vision_server: Running
             time.sleep(0.05)
         assert vision_server.log().count("cancelled after") == cancelled + 1
         assert ok(complete(http, [user("Still there?", png_uri("red"))], max_tokens=2))["usage"]["completion_tokens"] == 2
+
+
+def test_a_small_batch_still_admits_every_request(tmp_path: Path) -> None:
+    """mlx-vlm admits prompts only when prefill_batch_size rows are free; with fewer rows than
+    that in the whole batch, requests must still start (one as soon as a row frees up)."""
+    from mlx_router.engine.types import BatchOptions, GenerationParams, GenerationRequest
+    from mlx_router.engine.vlm import VisionScheduler, VLMEngine
+
+    engine = VLMEngine.load_vision(str(make_tiny_vlm(tmp_path / VLM)), context_length=None)
+    scheduler = VisionScheduler(engine, BatchOptions(max_batch_size=2, prefill_batch_size=8))
+    buffer = io.BytesIO()
+    Image.new("RGB", (56, 56), "red").save(buffer, "PNG")
+    message = {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image"}]}
+    for i in range(3):
+        request = GenerationRequest(f"r{i}", GenerationParams(max_tokens=4), messages=(message,), images=(buffer.getvalue(),))
+        assert scheduler.add(request).prompt_tokens > IMAGE_TOKENS
+    finished: list[str] = []
+    for _ in range(100):
+        chunks = scheduler.step()
+        assert len(chunks) <= 2  # never more rows decoding than the batch holds
+        finished += [c.request_id for c in chunks if c.finish_reason is not None]
+        if not scheduler.active:
+            break
+    assert sorted(finished) == ["r0", "r1", "r2"]
