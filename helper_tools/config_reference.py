@@ -19,10 +19,15 @@ if str(REPO) not in sys.path:
 from pydantic import BaseModel  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
-from mlx_router.config.settings import Defaults, ModelConfig, ServerSettings  # noqa: E402
+from mlx_router.config.settings import Defaults, MediaSettings, ModelConfig, ServerSettings  # noqa: E402
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
-SECTIONS: list[tuple[str, type[BaseModel]]] = [("defaults", Defaults), ("server", ServerSettings), ("models.<id>", ModelConfig)]
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("defaults", Defaults),
+    ("server", ServerSettings),
+    ("media", MediaSettings),
+    ("models.<id>", ModelConfig),
+]
 
 
 def _type(annotation: object) -> str:

@@ -10,12 +10,13 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from mlx_router.cli import build_parser
-from mlx_router.config.settings import Defaults, ModelConfig, ServerSettings
+from mlx_router.config.settings import Defaults, MediaSettings, ModelConfig, ServerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("defaults", Defaults),
     ("server", ServerSettings),
+    ("media", MediaSettings),
     ("models.<id>", ModelConfig),
 ]
 
@@ -39,7 +40,7 @@ def test_reference_table_has_no_stale_keys() -> None:
         line.split("`")[1] for line in README.splitlines() if line.startswith("| `") and "." in line.split("`")[1]
     }
     known = {f"{section}.{name}" for section, model in SECTIONS for name in model.model_fields}
-    stale = {key for key in documented if key.split(".")[0] in ("defaults", "server", "models") and key not in known}
+    stale = {key for key in documented if key.split(".")[0] in ("defaults", "server", "media", "models") and key not in known}
     assert not stale
 
 
