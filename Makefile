@@ -4,8 +4,10 @@
 #   make test                     install with test tools, run the whole suite
 #   make install MLX_BACKEND=cuda13   Linux with an NVIDIA GPU (mlx[cuda13])
 #   make system-deps              (Debian, root) OpenBLAS for fast CPU matmuls, poppler for PDFs,
+#                                 openssl (a test certificate for the HTTPS image-fetch test),
 #                                 chromium + chromium-driver for the status-page test,
-#                                 systemd (systemd-analyze checks the generated service unit)
+#                                 systemd + procps (systemd-analyze checks the generated unit, whose
+#                                 ExecReload runs /bin/kill)
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -55,7 +57,7 @@ lint: install-dev
 	$(BIN)/python -m ruff check mlx_router helper_tools scripts tests
 
 system-deps:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread poppler-utils chromium chromium-driver systemd
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread poppler-utils openssl chromium chromium-driver systemd procps
 
 clean:
 	rm -rf $(VENV) build *.egg-info

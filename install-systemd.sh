@@ -69,6 +69,8 @@ Type=exec
 WorkingDirectory=$(sd_path "$INSTALL_DIR")
 ExecStart=$(sd_word "$SERVER_BIN") --config $(sd_word "$CONFIG_FILE") --log-file $(sd_word "$LOG_FILE")
 Environment=PYTHONUNBUFFERED=1
+# systemctl --user reload mlx-router: re-read config.json without dropping running requests.
+ExecReload=/bin/kill -HUP \$MAINPID
 # Console output goes to the journal (journalctl --user -u mlx-router); --log-file keeps a
 # rotating copy in $(sd_path "$LOG_DIR").
 StandardOutput=journal

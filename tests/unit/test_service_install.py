@@ -166,6 +166,7 @@ def test_systemd_unit(sandbox: Sandbox) -> None:
         "--log-file", f"{install}/logs/mlx_router.log",
     ]
     assert service["StandardError"] == "journal"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the server re-reads its config on SIGHUP
     assert unit["Install"]["WantedBy"] == "default.target"
 
 
