@@ -80,7 +80,9 @@ def _resizable(image: Image.Image) -> Image.Image:
         return image
     if _has_alpha(image):
         return image.convert("RGBA")
-    return image.convert("L" if image.mode in ("1", "I;16", "I;16B", "I;16L", "I") else "RGB")
+    if image.mode.startswith("I"):  # 16-bit grey: keep the high byte (a plain conversion clips at 255)
+        return image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    return image.convert("L" if image.mode == "1" else "RGB")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -65,7 +65,7 @@ def test_every_format_decodes_to_rgb_png(fmt: str) -> None:
         ("L", 200, (200, 200, 200)),
         ("1", 1, (255, 255, 255)),
         ("CMYK", (0, 255, 255, 0), RED),
-        ("I;16", 0, (0, 0, 0)),
+        ("I;16", 40000, (156, 156, 156)),  # 16-bit grey is scaled, not clipped to white
     ],
 )
 def test_modes_become_rgb(mode: str, colour: object, expected: tuple[int, int, int]) -> None:

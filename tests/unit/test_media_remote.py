@@ -14,13 +14,17 @@ import asyncio
 import io
 import ipaddress
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+import certifi
 import pytest
 from PIL import Image
 
@@ -272,6 +276,46 @@ def test_redirects_are_followed_and_each_hop_checked(server: str, monkeypatch: p
     assert fetch(f"http://a.example:{port}/redirect?to=http://b.example:{port}/image.png") == (1,)
     assert calls == ["a.example", "b.example"]
     assert Handler.seen == [("/redirect", f"a.example:{port}"), ("/image.png", f"b.example:{port}")]
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, list[str | None]]]:
+    """An HTTPS image server on 127.0.0.2 with a self-signed certificate for ``images.example``:
+    its port, the certificate file and the server names (SNI) its clients sent."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=images.example",
+         "-addext", "subjectAltName=DNS:images.example"],
+        check=True, capture_output=True,
+    )
+    names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc]
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    Handler.png, Handler.seen = png.getvalue(), []
+    httpd = QuietServer((SERVER_IP, 0), Handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield httpd.server_address[1], cert, names
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_sends_the_name_and_verifies_the_certificate_against_it(
+    tls_server: tuple[int, Path, list[str | None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected to the checked address, TLS still speaks to the name: the server gets it as
+    SNI and Host, and the certificate is verified for it (an untrusted one is refused)."""
+    port, cert, names = tls_server
+    fake_resolver(monkeypatch, [SERVER_IP])
+    error = refused(f"https://images.example:{port}/image.png")
+    assert "could not be fetched" in error.message and names == ["images.example"] and Handler.seen == []
+    monkeypatch.setattr(certifi, "where", lambda: str(cert))  # trust the test certificate
+    assert fetch(f"https://images.example:{port}/image.png") == (1,)
+    assert names[-1] == "images.example" and Handler.seen == [("/image.png", f"images.example:{port}")]
 
 
 def test_a_remote_pdf_is_rendered(server: str) -> None:
