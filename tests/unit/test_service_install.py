@@ -105,9 +105,11 @@ def _written(output: str) -> tuple[Path, Path]:
 
 
 def _listed(output: str, heading: str) -> list[str]:
+    """The indented lines right under ``heading``."""
     lines = output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(heading)) + 1
-    return [line.strip() for line in lines[start:] if line.startswith("  ")][:4]
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("  ")), len(lines))
+    return [line.strip() for line in lines[start:end]]
 
 
 def _unit(path: Path) -> configparser.ConfigParser:
