@@ -30,6 +30,8 @@ pytestmark = pytest.mark.integration
 
 VLM = "tiny-vlm"
 TEXT = "tiny-llama"
+SHORT = "tiny-vlm-short"
+"""The vision model with a 48-token context: room for a short text prompt, not for two images."""
 IMAGE_TOKENS = 4 + 2
 """Prompt tokens one 56-pixel image adds: 4 image tokens and the two markers around them."""
 MAX_PDF_PAGES = 2
@@ -65,11 +67,17 @@ def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     server = start_server(
         tmp_path_factory.mktemp("vision-server"),
         {
-            "defaults": {"model": VLM, "model_directory": str(models), "embedded_model": False, "max_tokens": 16},
+            "defaults": {
+                "model": VLM,
+                "model_directory": str(models),
+                "embedded_model": False,
+                "max_tokens": 16,
+                "cache_size": 2,
+            },
             "server": {},
             "media": {"max_pdf_pages": MAX_PDF_PAGES},
             # Qwen2-VL's template has no tools variable: the server describes them itself.
-            "models": {VLM: {"supports_tools": True}},
+            "models": {VLM: {"supports_tools": True}, SHORT: {"path": VLM, "context_length": 48}},
         },
     )
     yield server
@@ -291,6 +299,15 @@ def test_text_model_given_an_image_names_the_vision_models(vision_server: Runnin
         system_image = [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": png_uri("red")}}]}, user("Hi")]
         response = complete(http, system_image)
         assert response.status_code == 400 and response.json()["error"]["param"] == "messages[0].content[0]"
+
+
+def test_image_tokens_count_against_the_context(vision_server: RunningServer) -> None:
+    with vision_server.client() as http:
+        fits = ok(complete(http, [{"role": "user", "content": "Hi"}], model=SHORT, max_tokens=64))
+        assert fits["usage"]["prompt_tokens"] + fits["usage"]["completion_tokens"] == 48  # bounded by the context
+        response = complete(http, [user("Hi", png_uri("red"), png_uri("blue"))], model=SHORT)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_bad_image_is_a_400_naming_the_part(vision_server: RunningServer) -> None:
