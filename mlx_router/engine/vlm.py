@@ -20,7 +20,6 @@ per-sequence text handling as a text model; what differs is below.
 from __future__ import annotations
 
 import io
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,8 +59,6 @@ from mlx_router.text.reasoning import detect_reasoning_format
 from mlx_router.text.tools import detect_tool_format, template_renders_tools
 
 __all__ = ["SequencePicker", "VLMEngine", "VisionScheduler"]
-
-logger = logging.getLogger(__name__)
 
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
@@ -145,7 +142,7 @@ class VLMEngine(LMEngine):
 
     def encode(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids (image tokens included); the processor's other outputs (pixel
-        values, image grids) are kept for :meth:`features`."""
+        values, image grids) are kept for :meth:`prepare`."""
         if request.messages is None:
             return super().encode(request)
         images = [_open_png(png) for png in request.images]
