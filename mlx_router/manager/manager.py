@@ -12,13 +12,13 @@ import asyncio
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
@@ -36,14 +36,19 @@ from mlx_router.errors import (
 )
 from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor, memory_budget_bytes
 from mlx_router.manager.policy import Resident, plan_eviction
-from mlx_router.manager.registry import IMPORT_DIR_NAME, ModelEntry, build_registry, kv_allowance_bytes
+from mlx_router.manager.registry import (
+    EMBEDDED_MODEL_ID,
+    IMPORT_DIR_NAME,
+    ModelEntry,
+    build_registry,
+    kv_allowance_bytes,
+)
 from mlx_router.metrics.context import note_model
 
 __all__ = ["EMBEDDED_MODEL_ID", "LoadedModel", "MLXModelManager", "ManagerEvent", "ModelState", "ModelStats"]
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
 MAX_MODEL_ID = 256
 GB = 1024**3
 
@@ -64,8 +69,8 @@ class _Resident:
     load_info: LoadInfo
     entry: ModelEntry
     """The entry it was loaded with (a reload may have replaced or removed the registry's)."""
-    signature: tuple[Any, ...]
-    """Its load-time settings (see :meth:`MLXModelManager.load_signature`)."""
+    signature: WorkerOptions
+    """Its worker's options (see :meth:`MLXModelManager.load_signature`)."""
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -424,15 +429,7 @@ class MLXModelManager:
         try:
             await self._make_room(entry)
             path = await self._materialize(entry)
-            options = WorkerOptions(
-                model_id=entry.id,
-                model_path=str(path),
-                context_length=entry.config.context_length,
-                chat_template=entry.config.chat_template,
-                warmup_tokens=self.settings.defaults.warmup_tokens,
-                batch=self.batch_options(entry),
-                vision=entry.supports_vision,
-            )
+            options = replace(signature, model_path=str(path))
             client = self._client_factory(options, self._on_worker_exit)
             info = await client.start(self.settings.server.worker_start_timeout)
         except EngineFailure as exc:
@@ -469,15 +466,17 @@ class MLXModelManager:
         )
         return resident
 
-    def load_signature(self, entry: ModelEntry) -> tuple[Any, ...]:
-        """The settings a worker is started with: when a reload changes them, the model reloads."""
-        config = entry.config
-        return (
-            str(entry.path),
-            config.context_length,
-            config.chat_template,
-            self.settings.defaults.warmup_tokens,
-            self.batch_options(entry),
+    def load_signature(self, entry: ModelEntry) -> WorkerOptions:
+        """The options a worker is started with (``model_path``: the entry's own path, before a
+        GGUF import): when a reload changes them, the model reloads."""
+        return WorkerOptions(
+            model_id=entry.id,
+            model_path=str(entry.path),
+            context_length=entry.config.context_length,
+            chat_template=entry.config.chat_template,
+            warmup_tokens=self.settings.defaults.warmup_tokens,
+            batch=self.batch_options(entry),
+            vision=entry.supports_vision,
         )
 
     def batch_options(self, entry: ModelEntry) -> BatchOptions:
@@ -515,11 +514,16 @@ class MLXModelManager:
         return weights + kv_allowance_bytes(entry, self.settings.defaults, self.batch_options(entry).prefix_cache_bytes)
 
     def _residents(self, exclude: str) -> list[Resident]:
-        """The policy's view: resident models and loads in progress (which count as busy)."""
+        """The policy's view: resident models and loads in progress (which count as busy, and as
+        pinned when their model is)."""
         return [
             Resident(mid, self.cost_bytes(r.entry), r.last_used, r.in_flight, mid in self.pinned)
             for mid, r in self._resident.items()
-        ] + [Resident(mid, cost, time.monotonic(), 1) for mid, cost in self._reserved.items() if mid != exclude]
+        ] + [
+            Resident(mid, cost, time.monotonic(), 1, mid in self.pinned)  # a pinned load stays pinned
+            for mid, cost in self._reserved.items()
+            if mid != exclude
+        ]
 
     async def _make_room(self, entry: ModelEntry) -> None:
         """Unload idle models (least recently used first) until the target fits the memory
@@ -759,7 +763,8 @@ class MLXModelManager:
 
     async def _retire(self, model_id: str) -> None:
         """Wait until a stale model has no load in progress and no request in flight, unload
-        it, then load it again if it is pinned (``_retiring`` holds new requests meanwhile)."""
+        it, then start loading it again if it is pinned (``_retiring`` holds new requests
+        meanwhile)."""
         try:
             while True:
                 changed = self._room_changed
@@ -780,8 +785,8 @@ class MLXModelManager:
                 self.failures.pop(model_id, None)
             self._notify_room()
         self._emit(ManagerEvent("retired", model_id))
-        if model_id in self.pinned and model_id in self.entries:
-            await self._load_quietly(model_id)
+        if model_id in self.pinned and model_id in self.entries and not self._closing:
+            self._spawn(self._load_quietly(model_id))
 
     async def _load_quietly(self, model_id: str) -> None:
         """A background load (pinned or preloaded models after a reload); failures are logged
