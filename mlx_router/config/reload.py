@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from mlx_router.config.settings import Settings
 
 __all__ = ["LIVE_SERVER_KEYS", "RESTART_DEFAULT_KEYS", "split_reload"]
@@ -26,21 +28,27 @@ def split_reload(running: Settings, loaded: Settings) -> tuple[Settings, list[st
     (values are never reported: some are secrets)."""
     applied: list[str] = []
     restart: list[str] = []
-    kept: dict[str, dict[str, Any]] = {"defaults": {}, "server": {}}
-    for section in ("defaults", "server"):
+    sections = [name for name in Settings.model_fields if isinstance(getattr(running, name), BaseModel)]
+    kept: dict[str, dict[str, Any]] = {section: {} for section in sections}
+    for section in sections:  # defaults, server, media (models are the manager's part)
         old, new = getattr(running, section), getattr(loaded, section)
         for key in type(old).model_fields:
             if getattr(old, key) == getattr(new, key):
                 continue
-            if key in RESTART_DEFAULT_KEYS if section == "defaults" else key not in LIVE_SERVER_KEYS:
+            if _needs_restart(section, key):
                 restart.append(f"{section}.{key}")
                 kept[section][key] = getattr(old, key)
             else:
                 applied.append(f"{section}.{key}")
     effective = loaded.model_copy(
-        update={
-            "defaults": loaded.defaults.model_copy(update=kept["defaults"]),
-            "server": loaded.server.model_copy(update=kept["server"]),
-        }
+        update={section: getattr(loaded, section).model_copy(update=kept[section]) for section in sections}
     )
     return effective, applied, restart
+
+
+def _needs_restart(section: str, key: str) -> bool:
+    if section == "defaults":
+        return key in RESTART_DEFAULT_KEYS
+    if section == "server":
+        return key not in LIVE_SERVER_KEYS
+    return False  # media limits are read per request

@@ -278,3 +278,22 @@ async def test_reload_needs_the_api_key(make_app: Any, config: ConfigFile) -> No
     assert_error(await harness.client.post(RELOAD), 401, code="invalid_api_key")
     response = await harness.client.post(RELOAD, headers={"Authorization": "Bearer reload-key-0123456789"})
     assert response.status_code == 200, response.text
+
+
+async def test_a_pinned_model_reloading_keeps_its_slot(make_app: Any, config: ConfigFile) -> None:
+    """While a pinned model loads again after a reload, a model that could only fit in its slot
+    is refused at once (503), not after waiting defaults.swap_wait for a turn that never comes."""
+    config.write(models={MODEL: {"pin": True}, "tiny-alias": {"path": MODEL}}, defaults={"cache_size": 1, "swap_wait": 5})
+    harness = await make_app(FakeEngineScript(start_delay=0.5), reload_settings=config.load)
+    loaded = waiter(harness, "loaded", MODEL)
+    config.write(
+        models={MODEL: {"pin": True, "context_length": 512}, "tiny-alias": {"path": MODEL}},
+        defaults={"cache_size": 1, "swap_wait": 5},
+    )
+    assert (await reload(harness))["models"]["reloading"] == [MODEL]
+    started = asyncio.get_running_loop().time()
+    response = await harness.client.post(CHAT, json=chat_body(model="tiny-alias"))
+    assert_error(response, 503, code="model_slots_busy", message_contains=[MODEL])
+    assert asyncio.get_running_loop().time() - started < 1.0
+    await asyncio.wait_for(loaded.wait(), 5)
+    assert harness.factory.clients[-1].options.context_length == 512

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,18 @@ import httpx
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+NO_SPECIAL = {"0": -100, "1": -100, "2": -100}
+"""logit_bias that keeps the tiny fixture's special tokens (EOS among them) out: generation runs to max_tokens."""
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` every 50 ms until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def free_port() -> int:
@@ -58,6 +71,32 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+
+class BackgroundStream:
+    """A streamed chat completion read to its end on a thread: ``events`` collects the ``data:``
+    payloads, ``producing`` is set at the first content token."""
+
+    def __init__(self, server: RunningServer, body: dict[str, Any]) -> None:
+        self.events: list[str] = []
+        self.producing = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(server, body))
+        self._thread.start()
+
+    def _read(self, server: RunningServer, body: dict[str, Any]) -> None:
+        with server.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    self.events.append(line[6:])
+                    if '"content":"' in line and '"role"' not in line:
+                        self.producing.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
 
 def start_server(

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,12 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import RunningServer, start_server
+from tests.integration.conftest import NO_SPECIAL, BackgroundStream, RunningServer, start_server, wait_until
 
 pytestmark = pytest.mark.integration
-
-NO_SPECIAL = {"0": -100, "1": -100, "2": -100}
-"""logit_bias that keeps the fixture's special tokens (EOS among them) out: generation runs to max_tokens."""
 
 PROMPTS = [f"Tell me about {topic}." for topic in ("cats", "the sea", "a red house", "music", "snow", "bread", "trains", "x")]
 
@@ -36,15 +32,6 @@ def sequences(server: RunningServer) -> int:
     with server.client() as http:
         loaded = http.get("/v1/health").json()["loaded_models"]
     return sum(m["sequences"] for m in loaded)
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -192,27 +179,15 @@ def test_sigterm_drains_then_ends_streams_with_an_error(engine_server: Any) -> N
         server={"drain_timeout": 1.5}, models={"tiny-llama": {"context_length": 16384}}, max_tokens=100000
     )
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "go"}], "stream": True, "logit_bias": NO_SPECIAL}
-    events: list[str] = []
-    producing = threading.Event()
-
-    def read_stream() -> None:
-        with server.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    events.append(line[6:])
-                    if '"content":"' in line and '"role"' not in line:
-                        producing.set()
-
-    reader = threading.Thread(target=read_stream)
-    reader.start()
-    assert producing.wait(timeout=30)
+    stream = BackgroundStream(server, body)
+    assert stream.producing.wait(timeout=30)
     server.process.send_signal(signal.SIGTERM)
     assert wait_until(lambda: _status(server, "/v1/models") == 503, timeout=5)
     assert _status(server, "/health") == 503
-    reader.join(timeout=60)
-    assert not reader.is_alive()
-    assert events[-1] == "[DONE]"
-    assert json.loads(events[-2])["error"]["code"] == "shutting_down"
+    stream.join(timeout=60)
+    assert not stream.running
+    assert stream.events[-1] == "[DONE]"
+    assert json.loads(stream.events[-2])["error"]["code"] == "shutting_down"
     assert server.process.wait(timeout=30) == 0
 
 
