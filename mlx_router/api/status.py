@@ -19,8 +19,9 @@ def status_report(manager: MLXModelManager, service: GenerationService, metrics:
     per 10 seconds, and the recent errors (newest first)."""
     ready, reason = (False, "the server is shutting down") if service.draining else manager.is_ready()
     snapshot = manager.monitor.snapshot()
-    models = manager.admin_status()
-    resident = sum(s.cost_bytes for s in manager.model_stats() if s.resident)
+    stats = manager.model_stats()  # reads each model's config once per poll
+    models = manager.admin_status(stats)
+    resident = sum(s.cost_bytes for s in stats if s.resident)
     return {
         "version": __version__,
         "status": "ok" if ready else "unavailable",

@@ -668,10 +668,11 @@ class MLXModelManager:
             )
         return stats
 
-    def admin_status(self) -> list[dict[str, Any]]:
+    def admin_status(self, stats_list: list[ModelStats] | None = None) -> list[dict[str, Any]]:
+        """One row per model (``stats_list``: :meth:`model_stats` already taken)."""
         now = time.monotonic()
         rows = []
-        for stats in self.model_stats():
+        for stats in self.model_stats() if stats_list is None else stats_list:
             resident = self._resident.get(stats.id)
             rows.append(
                 {
