@@ -211,6 +211,9 @@ class Defaults(_Section):
         True, description="False refuses every request that carries tools."
     )
     max_tools: int = Field(128, ge=1, le=4096, description="Most tools one request may offer.")
+    grammar_cache_entries: int = Field(
+        64, ge=1, le=10_000, description="Compiled output grammars (JSON schemas, forced tool calls) kept per model."
+    )
     max_schema_depth: int = Field(
         32, ge=2, le=256, description="Deepest nesting allowed in a response_format schema or a tool's parameters."
     )

@@ -132,6 +132,7 @@ class BatchScheduler:
 
     def __init__(self, engine: LMEngine, options: BatchOptions) -> None:
         self.engine = engine
+        engine.grammar_cache_size = options.grammar_cache_entries
         self.options = options
         self.prefix_cache = (
             LRUPromptCache(max_size=options.prefix_cache_entries, max_bytes=options.prefix_cache_bytes)

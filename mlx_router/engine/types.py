@@ -191,3 +191,5 @@ class BatchOptions:
     prefix_cache_bytes: int = 1 << 30
     """Bytes of KV kept for reuse across requests (0 turns the prefix cache off)."""
     prefix_cache_entries: int = 64
+    grammar_cache_entries: int = 64
+    """Compiled output grammars (response_format schemas, forced tool calls) kept for reuse."""

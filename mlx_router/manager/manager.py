@@ -490,6 +490,7 @@ class MLXModelManager:
                 config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
             ),
             prefix_cache_entries=defaults.prefix_cache_entries,
+            grammar_cache_entries=defaults.grammar_cache_entries,
         )
 
     def _fail(self, model_id: str, reason: str) -> None:

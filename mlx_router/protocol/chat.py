@@ -182,7 +182,7 @@ class ChatCompletionRequest(SamplingRequest):
     metadata: dict[str, str] | None = Field(None, max_length=16)
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    tools: list[ChatTool] | None = Field(None, max_length=128)
+    tools: list[ChatTool] | None = Field(None, max_length=4096)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     """Passed to the chat template (gpt-oss and others read it)."""

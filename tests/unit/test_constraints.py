@@ -8,11 +8,11 @@ import json
 import pytest
 
 llguidance = pytest.importorskip("llguidance")
-from llguidance import LLMatcher  # noqa: E402
+from llguidance import LLMatcher
 
-from mlx_router.text.constraints import forced_format, json_grammar, schema_depth, tool_grammar, validate_grammar  # noqa: E402
-from mlx_router.text.tools import make_format, parse_tool_calls  # noqa: E402
-from mlx_router.text.tools.prompt import describe_tools, flatten_tool_history  # noqa: E402
+from mlx_router.text.constraints import forced_format, json_grammar, schema_depth, tool_grammar, validate_grammar
+from mlx_router.text.tools import make_format, parse_tool_calls
+from mlx_router.text.tools.prompt import describe_tools, flatten_tool_history
 
 TOOLS = [
     {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"], "additionalProperties": False}},
