@@ -24,9 +24,7 @@ logger = logging.getLogger(__name__)
 IMPORT_DIR_NAME = ".gguf-imports"
 EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
 """The bundled default model, imported into the model directory under this name."""
-EMBEDDED_DEFAULTS = ModelConfig(supports_tools=True)
-"""Its settings when config.json has none: its template cannot render tools, so the server
-describes them (see ``mlx_router.text.tools.prompt``); forced calls and JSON output then work."""
+
 """Folder under model_directory where GGUF files are imported to MLX folders."""
 
 Source = Literal["config", "discovered", "embedded"]
@@ -56,9 +54,13 @@ class ModelEntry:
 
     @property
     def supports_tools(self) -> bool:
-        """``supports_tools`` from config.json, else inferred: the chat template renders tools."""
+        """``supports_tools`` from config.json, else inferred: the chat template renders tools.
+        The embedded SmolLM2 does by default: its template cannot, so the server describes the
+        tools itself (``mlx_router.text.tools.prompt``); forced calls and JSON answers work."""
         if self.config.supports_tools is not None:
             return self.config.supports_tools
+        if _is_embedded(self.id, self.path):
+            return True
         folder = self.path if self.path.is_dir() else self.path.parent
         template = _json_field(folder / "tokenizer_config.json", "chat_template")
         if not template and (folder / "chat_template.jinja").is_file():
@@ -74,6 +76,11 @@ def _json_field(path: Path, key: str) -> object:
         return json.loads(path.read_text()).get(key) or ""
     except (OSError, ValueError, AttributeError):
         return ""
+
+
+def _is_embedded(model_id: str, path: Path) -> bool:
+    """The bundled default model, as the manager imports it (configured or discovered)."""
+    return model_id == EMBEDDED_MODEL_ID and (path / "gguf_import.json").is_file()
 
 
 def weight_bytes(path: Path) -> int:
@@ -163,8 +170,8 @@ def build_registry(models: dict[str, ModelConfig], model_dir: Path) -> dict[str,
     claimed = {e.path for e in entries.values() if not e.config.path}
     for model_id, path in discovered.items():
         if model_id not in entries and path not in claimed:
-            if model_id == EMBEDDED_MODEL_ID and (path / "gguf_import.json").is_file():
-                entries[model_id] = ModelEntry(model_id, path, EMBEDDED_DEFAULTS, "embedded", weight_bytes(path))
+            if _is_embedded(model_id, path):
+                entries[model_id] = ModelEntry(model_id, path, ModelConfig(), "embedded", weight_bytes(path))
                 continue
             entries[model_id] = ModelEntry(model_id, path, ModelConfig(), "discovered", weight_bytes(path))
     return entries

@@ -95,3 +95,24 @@ def test_tools_are_inferred_from_a_processor_template(tmp_path: Path) -> None:
     entries = build_registry({}, tmp_path)
     assert entries["vlm"].supports_tools
     assert not entries["broken"].supports_tools
+
+
+def test_embedded_model_supports_tools_configured_or_not(tmp_path: Path) -> None:
+    """The bundled SmolLM2 (as the manager imports it) takes tools by default, with or without a
+    config.json entry of its own; an entry can still turn them off."""
+    from mlx_router.manager.registry import EMBEDDED_MODEL_ID
+
+    folder = tmp_path / EMBEDDED_MODEL_ID
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    (folder / "gguf_import.json").write_text("{}")
+    discovered = build_registry({}, tmp_path)[EMBEDDED_MODEL_ID]
+    assert (discovered.source, discovered.supports_tools) == ("embedded", True)
+    configured = build_registry({EMBEDDED_MODEL_ID: ModelConfig(max_tokens=512)}, tmp_path)[EMBEDDED_MODEL_ID]
+    assert configured.supports_tools is True
+    refused = build_registry({EMBEDDED_MODEL_ID: ModelConfig(supports_tools=False)}, tmp_path)[EMBEDDED_MODEL_ID]
+    assert refused.supports_tools is False
+    (folder / "gguf_import.json").unlink()  # a folder of that name that is not the import
+    assert build_registry({}, tmp_path)[EMBEDDED_MODEL_ID].supports_tools is False
