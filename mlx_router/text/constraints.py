@@ -42,7 +42,8 @@ def _quoted(text: str) -> str:
 
 
 def _with_style(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "x-guidance": {**JSON_STYLE, **(schema.get("x-guidance") or {})}}
+    """The schema with the server's JSON style, which a client's own ``x-guidance`` cannot undo."""
+    return {**schema, "x-guidance": {**(schema.get("x-guidance") or {}), **JSON_STYLE}}
 
 
 def json_grammar(schema: dict[str, Any]) -> str:

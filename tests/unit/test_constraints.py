@@ -137,3 +137,29 @@ def test_tool_history_flattened_for_templates_without_tools() -> None:
     _content, calls = parse_tool_calls(make_format("hermes"), flat[1]["content"])
     assert [c.name for c in calls] == ["get_weather", "get_time"]
     assert flat[2]["content"] == "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nnoon\n</tool_response>"
+
+
+@pytest.mark.parametrize("device_path", [False, True])
+@pytest.mark.parametrize(("vocab", "logits"), [(100, 100), (49152, 49152), (49153, 49153), (128, 200)])
+def test_bitmask_unpacks_to_the_allowed_tokens(monkeypatch, device_path: bool, vocab: int, logits: int) -> None:
+    """The mask built from llguidance's bitmask: numpy on a CPU, unpacked by MLX on a GPU (that
+    path is forced here); tokens past the grammar's vocabulary are never allowed."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_router.engine import constrain
+
+    rng = np.random.default_rng(vocab)
+    words = rng.integers(-(2**31), 2**31 - 1, size=(vocab + 31) // 32, dtype=np.int64).astype(np.int32)
+    expected = np.unpackbits(words.view(np.uint8), bitorder="little").astype(bool)[:logits]
+    expected = np.pad(expected, (0, logits - expected.size))
+    if device_path:
+        monkeypatch.setattr(constrain.mx, "default_device", lambda: mx.gpu)
+    got = np.array(constrain._unpack(words, logits))
+    assert got.dtype == np.bool_ and got.shape == (logits,)
+    assert (got == expected).all()
+
+
+def test_client_cannot_turn_free_whitespace_back_on(tokenizer) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "x-guidance": {"whitespace_flexible": True}}
+    assert not _accepts(tokenizer, json_grammar(schema), '{\n\n\n  "a": 1}')
