@@ -19,6 +19,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
+from mlx_router.engine.constrain import ConstraintGroup, ConstraintProcessor, TrackingSampler
 from mlx_router.engine.lm import LMEngine, logits_processors, make_sampler
 from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationRequest, TokenLogprob
 
@@ -141,6 +142,9 @@ class BatchScheduler:
         )
         self._sequences: dict[int, _Sequence] = {}
         self._uids: dict[str, int] = {}
+        self._constrained: dict[int, ConstraintProcessor] = {}
+        """Sequences under a grammar, by uid; their masks are computed together (``_group``)."""
+        self._group: ConstraintGroup | None = None
         self._generator = self._new_generator()
 
     def _new_generator(self) -> BatchGenerator:
@@ -162,9 +166,14 @@ class BatchScheduler:
             request = _with_messages(request, canonicalize_messages(request.messages))
         prompt_ids, max_tokens = self.engine.admit(request)
         processors = logits_processors(request.params)
+        sampler = make_sampler(request.params)
         constraint = self.engine.constraint_processor(request)
         if constraint is not None:
             processors.append(constraint)  # last: the mask has the final word
+            if self._group is None:
+                self._group = ConstraintGroup()
+            self._group.add(constraint)
+            sampler = TrackingSampler(sampler, constraint)
         cache, rest = None, prompt_ids
         if self.prefix_cache is not None:
             cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt_ids)
@@ -174,9 +183,11 @@ class BatchScheduler:
             max_tokens=[max_tokens],
             caches=[cache] if cache is not None else None,
             all_tokens=[prompt_ids[:cached]],
-            samplers=[make_sampler(request.params)],
+            samplers=[sampler],
             logits_processors=[processors],
         )
+        if constraint is not None:
+            self._constrained[uid] = constraint
         sequence = _Sequence(request, self.engine, prompt_ids, max_tokens)
         self._sequences[uid] = sequence
         self._uids[request.request_id] = uid
@@ -199,6 +210,7 @@ class BatchScheduler:
             return None
         sequence = self._sequences.pop(uid, None)
         self._generator.remove([uid])
+        self._unconstrain(uid)
         return sequence.completion_tokens if sequence is not None else None
 
     def step(self) -> list[GenerationChunk]:
@@ -227,6 +239,9 @@ class BatchScheduler:
         failed = [s.request_id for s in self._sequences.values()]
         self._sequences.clear()
         self._uids.clear()
+        self._constrained.clear()
+        if self._group is not None:
+            self._group.clear()
         self._generator.close()
         self._generator = self._new_generator()
         return failed
@@ -243,6 +258,12 @@ class BatchScheduler:
         self._sequences.pop(uid, None)
         if self._uids.get(sequence.request_id) == uid:
             del self._uids[sequence.request_id]
+        self._unconstrain(uid)
+
+    def _unconstrain(self, uid: int) -> None:
+        constraint = self._constrained.pop(uid, None)
+        if constraint is not None and self._group is not None:
+            self._group.remove(constraint)
 
     def _remember(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
         """Keep a finished sequence's KV for requests that share its prefix."""

@@ -3,9 +3,16 @@
 Each constrained sequence gets its own matcher (a copy of one compiled per grammar and kept in
 a small LRU, so a schema is compiled once however many requests use it). Every decode step the
 processor feeds the matcher the token sampled last, asks it which tokens may come next (a bitmask
-computed in Rust, ~0.1 ms for a 49k vocabulary) and sets the others to -inf with plain MLX ops,
-so it runs on every MLX backend (llguidance's own MLX helper is a Metal kernel). When the grammar
-is complete only end-of-sequence tokens remain allowed, which ends the sequence.
+computed in Rust) and sets the others to -inf with plain MLX ops, so it runs on every MLX backend
+(llguidance's own MLX helper is a Metal kernel). When the grammar is complete only
+end-of-sequence tokens remain allowed, which ends the sequence.
+
+The host work is done for all constrained sequences of a batch at once (a :class:`ConstraintGroup`):
+each one's sampler keeps a handle on the token it drew, and the first processor called in the
+next step reads every such token in one device sync, advances every matcher and fills every
+bitmask in parallel (llguidance's executor threads). Done one sequence after the other, each
+sync and each mask held the device idle in turn (measured: ×0.49 at 32 constrained sequences on
+an H100, see docs/perf/CONSTRAINTS.md).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 from mlx_router.engine.types import Constraint
 from mlx_router.text.constraints import forced_format, json_grammar, tool_grammar
 
-__all__ = ["ConstraintProcessor", "Grammars"]
+__all__ = ["ConstraintGroup", "ConstraintProcessor", "Grammars", "TrackingSampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,55 +79,144 @@ class Grammars:
 
 
 class ConstraintProcessor:
-    """mlx-lm logits processor ``(tokens, logits) -> logits`` for one sequence."""
+    """mlx-lm logits processor ``(tokens, logits) -> logits`` for one sequence.
+
+    In a :class:`ConstraintGroup` (with a :class:`TrackingSampler`), its mask is computed with the
+    group's; alone, it reads the last token from the context it is given (one sync per call)."""
 
     def __init__(self, matcher: Any, vocab_size: int, eos_token_ids: list[int]) -> None:
         from llguidance.numpy import allocate_token_bitmask
 
         self.matcher = matcher
+        self.vocab_size = vocab_size
         self.bitmask = allocate_token_bitmask(1, vocab_size)
         self.eos = list(eos_token_ids)
         self._started = False
         self.failed = False
+        self.group: ConstraintGroup | None = None
+        self.pending: mx.array | None = None
+        """The token drawn last step, not yet fed to the matcher (set by the tracking sampler)."""
+        self.mask: mx.array | None = None
+        """The allowed tokens for the next draw (None: to be computed)."""
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
-        from llguidance.numpy import fill_next_token_bitmask
-
-        # The context ends with the token sampled last step (the first call sees the prompt).
-        if self._started and not self.failed and not self.matcher.consume_token(int(tokens[-1].item())):
-            self.failed = True
-            logger.warning("constrained sequence left its grammar: %s", self.matcher.get_error())
-        self._started = True
         size = logits.shape[-1]
-        if self.failed:  # end the sequence rather than produce output that breaks the contract
-            allowed = np.zeros(size, dtype=np.bool_)
-            allowed[[t for t in self.eos if t < size]] = True
-            mask = mx.array(allowed)
+        if self.group is not None:
+            if self.mask is None or self.mask.shape[-1] != size:
+                self.group.prepare(size)
+            mask = self.mask
         else:
-            fill_next_token_bitmask(self.matcher, self.bitmask)
-            mask = _unpack(self.bitmask[0], size)
+            if self._started:  # the context ends with the token drawn last step
+                self.advance(int(tokens[-1].item()))
+            mask = self.own_mask(size)
+        self._started = True
+        assert mask is not None
         return mx.where(mask, logits, mx.array(-float("inf"), dtype=logits.dtype))
 
+    def advance(self, token: int) -> None:
+        if not self.failed and not self.matcher.consume_token(token):
+            self.failed = True
+            logger.warning("constrained sequence left its grammar: %s", self.matcher.get_error())
 
-_BIT_INDEX: dict[int, tuple[mx.array, mx.array]] = {}
+    def own_mask(self, size: int) -> mx.array:
+        from llguidance.numpy import fill_next_token_bitmask
+
+        if self.failed:
+            return _eos_only(self.eos, size)
+        fill_next_token_bitmask(self.matcher, self.bitmask)
+        return _unpack(self.bitmask, size)[0]
+
+
+def _eos_only(eos: list[int], size: int) -> mx.array:
+    """The mask of a sequence that left its grammar: it ends rather than break the contract."""
+    allowed = np.zeros(size, dtype=np.bool_)
+    allowed[[t for t in eos if t < size]] = True
+    return mx.array(allowed)
+
+
+class TrackingSampler:
+    """Wraps a sequence's sampler to keep the token it draws for the group's next step."""
+
+    def __init__(self, sampler: Any, processor: ConstraintProcessor) -> None:
+        self.sampler = sampler
+        self.processor = processor
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        token = self.sampler(logprobs)
+        self.processor.pending, self.processor.mask = token, None
+        return token
+
+
+class ConstraintGroup:
+    """The constrained sequences of one batch, whose masks are computed together."""
+
+    def __init__(self) -> None:
+        from llguidance import LLExecutor
+
+        self.members: list[ConstraintProcessor] = []
+        self._executor = LLExecutor()
+
+    def add(self, processor: ConstraintProcessor) -> None:
+        processor.group = self
+        self.members.append(processor)
+
+    def remove(self, processor: ConstraintProcessor) -> None:
+        if processor in self.members:
+            self.members.remove(processor)
+        processor.group = None
+
+    def clear(self) -> None:
+        for member in self.members:
+            member.group = None
+        self.members = []
+
+    def prepare(self, size: int) -> None:
+        """Feed every member the token it drew (one device sync for all) and compute every
+        mask that is due, the bitmasks filled in parallel."""
+        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask_par
+
+        due = [m for m in self.members if m.mask is None or m.mask.shape[-1] != size]
+        drawn = [m for m in due if m.pending is not None]
+        if drawn:
+            tokens = mx.concatenate([m.pending.reshape(-1)[-1:] for m in drawn]).tolist()  # type: ignore[union-attr]
+            for member, token in zip(drawn, tokens):
+                member.pending = None
+                member.advance(int(token))
+        live = [m for m in due if not m.failed]
+        for member in due:
+            if member.failed:
+                member.mask = _eos_only(member.eos, size)
+        if not live:
+            return
+        bitmask = allocate_token_bitmask(len(live), live[0].vocab_size)
+        fill_next_token_bitmask_par(self._executor, [(m.matcher, i) for i, m in enumerate(live)], bitmask)
+        masks = _unpack(bitmask, size)
+        for i, member in enumerate(live):
+            member.mask = masks[i]
+
+
+_BIT_INDEX: dict[tuple[int, int], tuple[mx.array, mx.array, mx.array]] = {}
 
 
 def _unpack(words: np.ndarray, size: int) -> mx.array:
-    """The bitmask (32 tokens per word) as a boolean array of ``size`` tokens.
+    """Bitmask rows (32 tokens per word) as a boolean array of shape (rows, ``size``).
 
-    On a GPU only the packed words travel (4 KB per 32k tokens) and are unpacked there: a
-    fresh host array of one byte per token costs far more to move each step than the unpacking.
-    On the CPU, numpy unpacks faster than a gather."""
+    On a GPU only the packed words travel (4 KB per 32k tokens) and are unpacked there: a host
+    array of one byte per token costs more to move each step than the unpacking. On the CPU,
+    numpy unpacks faster than a gather."""
+    words = words.reshape(-1, words.shape[-1])
+    width = words.shape[1]
     if mx.default_device() == mx.cpu:
-        bits = np.unpackbits(words.view(np.uint8), bitorder="little").astype(np.bool_)
-        return mx.array(bits[:size] if bits.size >= size else np.pad(bits, (0, size - bits.size)))
-    index = _BIT_INDEX.get(size)
+        bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little").astype(np.bool_)
+        bits = bits[:, :size] if bits.shape[1] >= size else np.pad(bits, ((0, 0), (0, size - bits.shape[1])))
+        return mx.array(bits)
+    index = _BIT_INDEX.get((size, width))
     if index is None:
         token = mx.arange(size, dtype=mx.uint32)
-        index = _BIT_INDEX[size] = (mx.minimum(token >> 5, words.size - 1), token & 31)
+        inside = mx.arange(size) < width * 32
+        index = _BIT_INDEX[(size, width)] = (mx.minimum(token >> 5, width - 1), token & 31, inside)
         mx.eval(index)
-    word, shift = index
+    word, shift, inside = index
     packed = mx.array(words.view(np.uint32))
-    bits = ((packed[word] >> shift) & 1).astype(mx.bool_)
-    return bits if size <= words.size * 32 else bits & (mx.arange(size) < words.size * 32)
+    return (((packed[:, word] >> shift) & 1).astype(mx.bool_)) & inside
 

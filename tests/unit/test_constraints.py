@@ -156,8 +156,11 @@ def test_bitmask_unpacks_to_the_allowed_tokens(monkeypatch, device_path: bool, v
     if device_path:
         monkeypatch.setattr(constrain.mx, "default_device", lambda: mx.gpu)
     got = np.array(constrain._unpack(words, logits))
-    assert got.dtype == np.bool_ and got.shape == (logits,)
-    assert (got == expected).all()
+    assert got.dtype == np.bool_ and got.shape == (1, logits)
+    assert (got[0] == expected).all()
+    rows = np.array(constrain._unpack(np.stack([words, ~words]), logits))  # a batch of bitmasks
+    assert (rows[0] == expected).all() and (rows[1][: min(vocab, logits)] == ~expected[: min(vocab, logits)]).all()
+    assert not rows[1][vocab:].any()
 
 
 def test_client_cannot_turn_free_whitespace_back_on(tokenizer) -> None:
