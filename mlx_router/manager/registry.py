@@ -61,6 +61,10 @@ class ModelEntry:
             return self.config.supports_tools
         if _is_embedded(self.id, self.path):
             return True
+        if self.config.chat_template not in (None, "auto"):  # a named template replaces the model's
+            from mlx_router.text.templates import named_template
+
+            return "tools" in named_template(self.config.chat_template)
         folder = self.path if self.path.is_dir() else self.path.parent
         template = _json_field(folder / "tokenizer_config.json", "chat_template")
         if not template and (folder / "chat_template.jinja").is_file():

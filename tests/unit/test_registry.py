@@ -116,3 +116,21 @@ def test_embedded_model_supports_tools_configured_or_not(tmp_path: Path) -> None
     assert refused.supports_tools is False
     (folder / "gguf_import.json").unlink()  # a folder of that name that is not the import
     assert build_registry({}, tmp_path)[EMBEDDED_MODEL_ID].supports_tools is False
+
+
+def test_a_named_chat_template_decides_tool_support(tmp_path: Path) -> None:
+    """The template the worker will use is the one that counts: a configured named template
+    that renders tools (qwen, llama3, gpt-oss) makes the model take tools; chatml does not."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    models = {
+        "with-qwen": ModelConfig(path=str(folder), chat_template="qwen"),
+        "with-chatml": ModelConfig(path=str(folder), chat_template="chatml"),
+    }
+    entries = build_registry(models, tmp_path)
+    assert entries["with-qwen"].supports_tools is True
+    assert entries["with-chatml"].supports_tools is False
+    assert entries["m"].supports_tools is False

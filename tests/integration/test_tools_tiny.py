@@ -1,0 +1,78 @@
+"""Tools through a template that renders them (the named Qwen template on the tiny model), and
+constrained decoding on a random-weight model: whatever the weights say, the grammar decides
+the shape, so calls and JSON answers must validate."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from tests.openai_schemas import validate
+
+MODEL = "tiny-qwen-template"
+PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 6}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": PARAMETERS}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _post(server: Any, **body: Any) -> dict[str, Any]:
+    with server.client() as client:
+        response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "max_tokens": 300, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_template_renders_the_tools(tiny_server: Any) -> None:
+    plain = _post(tiny_server, max_tokens=1)["usage"]["prompt_tokens"]
+    with_tools = _post(tiny_server, max_tokens=1, tools=[WEATHER])["usage"]["prompt_tokens"]
+    assert with_tools > plain + 20  # the tools' JSON is in the prompt
+
+
+def test_named_tool_choice_gives_a_valid_call(tiny_server: Any) -> None:
+    body = _post(tiny_server, tools=[TIME, WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=1.0, seed=3)
+    validate(body, "CreateChatCompletionResponse")
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), PARAMETERS)
+
+
+def test_required_tool_choice_streams_a_valid_call(tiny_server: Any) -> None:
+    client = tiny_server.openai()
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False,
+        max_tokens=300, temperature=0, stream=True,
+    )
+    name, arguments, content, finish = "", "", "", None
+    for chunk in stream:
+        validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for piece in delta.tool_calls or ():
+            name += piece.function.name or ""
+            arguments += piece.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (content, finish) == ("", "tool_calls")
+    assert name in ("get_weather", "get_time")
+    parsed = json.loads(arguments)
+    if name == "get_weather":
+        jsonschema.validate(parsed, PARAMETERS)
+
+
+def test_json_schema_answer_from_random_weights(tiny_server: Any) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}}, "required": ["ok", "n"], "additionalProperties": False}
+    body = _post(tiny_server, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}})
+    content = body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] == "stop", body
+    jsonschema.validate(json.loads(content), schema)
