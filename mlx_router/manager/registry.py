@@ -88,10 +88,15 @@ def _is_embedded(model_id: str, path: Path) -> bool:
 
 
 def weight_bytes(path: Path) -> int:
-    """Size of a model's weights as stored: its ``*.safetensors`` files or the GGUF file."""
+    """Size of a model's weights as stored: the safetensors files mlx-lm loads (``model*``, which
+    leaves out a repo's second copy such as Mistral's ``consolidated.safetensors``; any
+    ``*.safetensors`` when none is named so), or the GGUF file."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.glob("*.safetensors") if p.is_file())
+    files = [p for p in path.glob("model*.safetensors") if p.is_file()] or [
+        p for p in path.glob("*.safetensors") if p.is_file()
+    ]
+    return sum(p.stat().st_size for p in files)
 
 
 def _is_model_folder(path: Path) -> bool:

@@ -134,3 +134,17 @@ def test_a_named_chat_template_decides_tool_support(tmp_path: Path) -> None:
     assert entries["with-qwen"].supports_tools is True
     assert entries["with-chatml"].supports_tools is False
     assert entries["m"].supports_tools is False
+
+
+def test_weight_bytes_count_the_files_mlx_lm_loads(tmp_path: Path) -> None:
+    """Mistral repos ship consolidated.safetensors beside model-*.safetensors: one copy counts."""
+    from mlx_router.manager.registry import weight_bytes
+
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x" * 50)
+    (tmp_path / "consolidated.safetensors").write_bytes(b"x" * 150)
+    assert weight_bytes(tmp_path) == 150
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "weights.safetensors").write_bytes(b"x" * 70)
+    assert weight_bytes(other) == 70
