@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -105,6 +106,22 @@ def check_bind_safety(settings: Settings) -> None:
         )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket for the server (IPv4 or IPv6, as ``host`` is)."""
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -127,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         debug=server.debug, log_file=server.log_file, max_bytes=server.log_max_bytes, backups=server.log_backup_count
     )
     logger.info("mlx-router %s starting on http://%s:%d", __version__, server.ip, server.port)
+    try:  # before any model loads: a busy port is reported at once, not after the default model
+        listener = listen(server.ip, server.port)
+    except OSError as exc:
+        print(
+            f"mlx-router: cannot listen on {server.ip}:{server.port}: {exc.strerror or exc}. "
+            "Is another server using it? Stop it, or set server.port (or --port).",
+            file=sys.stderr,
+        )
+        return 1
     try:
         # SIGHUP and POST /v1/admin/reload re-read the file, under the same flags and environment.
         app = create_app(settings, reload_settings=(lambda: settings_from_args(args)) if args.config else None)
@@ -143,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     uvicorn_server = DrainingServer(config, app.state.generation, server.drain_timeout)
     try:
-        uvicorn_server.run()
+        uvicorn_server.run(sockets=[listener])
     except ConfigError as exc:
         print(f"mlx-router: {exc}", file=sys.stderr)
         return 2

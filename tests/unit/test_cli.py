@@ -268,3 +268,20 @@ def test_bad_config_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Did you mean 'port'?" in result.stderr
+
+
+def test_a_busy_port_is_reported_before_anything_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"defaults": {"model_directory": str(tmp_path), "embedded_model": False}, "server": {"log_file": None}}))
+    try:
+        assert main(["--config", str(config), "--port", str(port)]) == 1
+    finally:
+        busy.close()
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "server.port" in err
