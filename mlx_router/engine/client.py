@@ -225,6 +225,8 @@ class WorkerClient:
         self.exit_reason = reason
         if self._started is not None and not self._started.done():
             self._started.set_exception(EngineFailure(EngineError("worker_crashed", f"model load failed: {reason}")))
+            if self._closing:  # a spare stopped unused: nobody awaits its start, which is fine
+                self._started.exception()
         for request_id, stream in list(self._streams.items()):
             stream.put_nowait(EngineError("worker_crashed", f"the model's {reason}", request_id))
         if self.on_exit is not None:
