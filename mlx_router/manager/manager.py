@@ -487,7 +487,9 @@ class MLXModelManager:
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
             prefix_cache_bytes=(
-                config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
+                0  # vision models keep no prefix cache (a prompt's KV depends on its images)
+                if entry.supports_vision
+                else config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
             ),
             prefix_cache_entries=defaults.prefix_cache_entries,
             grammar_cache_entries=defaults.grammar_cache_entries,

@@ -148,3 +148,21 @@ def test_weight_bytes_count_the_files_mlx_lm_loads(tmp_path: Path) -> None:
     other.mkdir()
     (other / "weights.safetensors").write_bytes(b"x" * 70)
     assert weight_bytes(other) == 70
+
+
+def test_vision_models_are_not_charged_for_a_prefix_cache(tmp_path: Path) -> None:
+    """Vision workers keep no prefix cache, so their memory cost must not include one."""
+    from mlx_router.config.settings import Settings
+    from mlx_router.manager.manager import MLXModelManager
+
+    for name, config in (("text", {}), ("vision", {"vision_config": {"depth": 2}})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 8, **config}))
+        (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    settings = Settings.model_validate({"defaults": {"model_directory": str(tmp_path), "embedded_model": False, "prefix_cache_bytes": 1 << 20}})
+    manager = MLXModelManager(settings)
+    manager.refresh_registry()
+    text, vision = manager.entries["text"], manager.entries["vision"]
+    assert manager.batch_options(vision).prefix_cache_bytes == 0
+    assert manager.cost_bytes(text) - manager.cost_bytes(vision) == 1 << 20
