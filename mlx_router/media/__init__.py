@@ -41,9 +41,10 @@ class MediaBatch:
 
 async def _read(param: str, url: str, limits: MediaLimits) -> tuple[MediaKind, bytes]:
     """The kind and bytes behind one URL: a ``data:`` URI decoded, or an http(s) URL fetched."""
-    if not isinstance(url, str) or not url:
+    url = url.strip() if isinstance(url, str) else ""  # pasted URIs often end in a newline
+    if not url:
         raise InvalidRequest(f"The image URL at {param} is empty.", param=param)
-    scheme = url.split(":", 1)[0].strip().lower() if ":" in url else ""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
         return await asyncio.to_thread(decode_data_uri, url, param, limits)
     if scheme in ("http", "https"):

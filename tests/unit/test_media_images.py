@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Callable
 
 import pytest
 from PIL import Image
@@ -143,6 +144,21 @@ def test_base64_with_line_breaks_is_accepted() -> None:
     wrapped = "\n".join(body[i : i + 76] for i in range(0, len(body), 76))
     batch = asyncio.run(load_images([(PARAM, f"{head},{wrapped}")], MediaLimits()))
     assert batch.counts == (1,)
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda body: f"DATA:IMAGE/PNG;BASE64,{body}",  # schemes and media types are case-insensitive
+        lambda body: f"data:image/png;charset=utf-8;name=a.png;base64,{body}",  # parameters before base64
+        lambda body: f"  data:image/png;base64,{body}\n",  # copied from a file or a shell: whitespace around
+        lambda body: f"\tdata:image/png;base64, {body[:20]}\r\n{body[20:]} ",
+    ],
+)
+def test_data_uri_spellings_are_accepted(spell: Callable[[str], str]) -> None:
+    body = data_uri("image/png", encode(Image.new("RGB", (6, 6), GREEN), "PNG")).split(",", 1)[1]
+    batch = asyncio.run(load_images([(PARAM, spell(body))], MediaLimits()))
+    assert Image.open(io.BytesIO(batch.images[0])).getpixel((3, 3)) == GREEN
 
 
 # --------------------------------------------------------------------------- bad data URIs
