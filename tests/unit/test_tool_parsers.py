@@ -10,7 +10,8 @@ import pytest
 from mlx_router.text.tools import FORMATS, ToolCallStream, detect_tool_format, make_format, parse_tool_calls
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
-    "city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"}, "zip": {"type": "string"}}}}}
+    "city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"}, "zip": {"type": "string"},
+    "note": {"type": ["string", "null"]}, "ref": {"anyOf": [{"type": "string"}, {"type": "null"}]}, "level": {"enum": ["1", "2"]}}}}}
 TOOLS = [WEATHER]
 W = ("get_weather", {"city": "Paris", "days": 3})
 T = ("get_time", {})
@@ -32,10 +33,21 @@ CASES = [
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>", "", [W]),
     ("qwen3_coder", "Sure.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n</function>\n</tool_call>", "Sure.", [W, T]),
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=zip>\n01234\n</parameter>\n</function>\n</tool_call>", "", [("get_weather", {"zip": "01234"})]),
+    # strings stay strings whatever they look like: nullable, anyOf and enum strings too; "null" is null where allowed
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=note>\n123\n</parameter>\n<parameter=ref>\n42\n</parameter>\n<parameter=level>\n1\n</parameter>\n</function>\n</tool_call>", "", [("get_weather", {"note": "123", "ref": "42", "level": "1"})]),
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=note>\nnull\n</parameter>\n</function>\n</tool_call>", "", [("get_weather", {"note": None})]),
+    # a multi-line value with "<" inside; a value Python reads as a set or bytes is kept as text
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nif a < b:\n    print('<x>')\n</parameter>\n<parameter=other>\n{1, 2}\n</parameter>\n<parameter=raw>\nb'x'\n</parameter>\n</function>\n</tool_call>", "", [("get_weather", {"city": "if a < b:\n    print('<x>')", "other": "{1, 2}", "raw": "b'x'"})]),
+    # two functions in one region
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n<function=get_time>\n</function>\n</tool_call>", "", [W, T]),
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nPar", "<tool_call>\n<function=get_weather>\n<parameter=city>\nPar", []),
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}', "", [W]),
     ("llama3_json", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}; {"name": "get_time", "parameters": {}}', "", [W, T]),
     ("llama3_json", '  {"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}\n{"name": "get_time", "parameters": {}}', "", [W, T]),
+    # as Llama 3.x also writes it: a space or a newline after the brace, <|eom_id|> after a python_tag call
+    ("llama3_json", '{ "name": "get_weather", "parameters": {"city": "Paris", "days": 3}}', "", [W]),
+    ("llama3_json", '{\n  "name": "get_weather",\n  "parameters": {"city": "Paris", "days": 3}\n}', "", [W]),
+    ("llama3_json", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}<|eom_id|>', "", [W]),
     ("llama3_json", 'The answer is {"a": 1}.', 'The answer is {"a": 1}.', []),
     ("llama3_json", '{"key": "value"}', '{"key": "value"}', []),
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": ', '{"name": "get_weather", "parameters": {"city": ', []),
@@ -50,6 +62,7 @@ CASES = [
     ("harmony", 'Done <|start|>to=functions.get_time<|message|>{}<|call|>', "Done", [T]),
     ("glm", "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>", "", [W]),
     ("glm", "<tool_call>get_time\n</tool_call><tool_call>get_weather<arg_key>metric</arg_key><arg_value>true</arg_value></tool_call>", "", [T, ("get_weather", {"metric": True})]),
+    ("glm", '<tool_call>get_weather\n<arg_key>other</arg_key>\n<arg_value>{"k": [1, 2]}</arg_value>\n<arg_key>city</arg_key>\n<arg_value>{"k": 1}</arg_value>\n</tool_call>', "", [("get_weather", {"other": {"k": [1, 2]}, "city": '{"k": 1}'})]),
     ("glm", "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_val", "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_val", []),
     ("gemma", '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>', "", [W]),
     ("gemma", '<|tool_call>call:get_weather{city:<|"|>a, b: {c}<|"|>}<tool_call|><|tool_call>call:get_time{}<tool_call|>', "", [("get_weather", {"city": "a, b: {c}"}), T]),
@@ -60,6 +73,8 @@ CASES = [
     ("pythonic", "[1] is a citation.", "[1] is a citation.", []),
     ("pythonic", '[get_weather(city="Par', '[get_weather(city="Par', []),
     ("pythonic", "[__import__('os').system('x')]", "[__import__('os').system('x')]", []),
+    ("pythonic", "[__import__('os').system()]", "[__import__('os').system()]", []),  # a call's name is a (dotted) name
+    ("pythonic", '[get_weather(city="a\\"b", days=[1, {"k": [2, None]}]), tools.get_time()]', "", [("get_weather", {"city": 'a"b', "days": [1, {"k": [2, None]}]}), ("tools.get_time", {})]),
 ]
 
 

@@ -59,11 +59,12 @@ class HermesFormat(ToolFormat):
 
 class Llama3JsonFormat(ToolFormat):
     """Llama 3.1 / 3.2 / 3.3 JSON tool calling: the answer is ``{"name": …, "parameters": {…}}``
-    (several separated by ``;``), optionally after ``<|python_tag|>``."""
+    (several separated by ``;``), optionally after ``<|python_tag|>``. An answer that opens with
+    ``{`` is held until it is known to be a call or not."""
 
     name = "llama3_json"
     starts = ("<|python_tag|>",)
-    leading = ('{"',)
+    leading = ("{",)
 
     def parse(self, body: str) -> list[ParsedCall]:
         body = body.replace("<|python_tag|>", ";").removesuffix("<|eom_id|>")

@@ -17,43 +17,64 @@ from mlx_router.text.tools.base import ParsedCall, ToolFormat
 __all__ = ["FunctionGemmaFormat", "GemmaFormat", "GlmFormat", "PythonicFormat", "Qwen3CoderFormat"]
 
 
+def _schema_types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a schema allows (from ``type``, ``enum``/``const`` values and ``anyOf``/``oneOf``)."""
+    kind = schema.get("type")
+    types = set(kind) if isinstance(kind, list) else {kind} if isinstance(kind, str) else set()
+    values = schema.get("enum") if isinstance(schema.get("enum"), list) else [schema["const"]] if "const" in schema else []
+    types |= {"string" if isinstance(v, str) else "null" if v is None else "other" for v in values}
+    for branch in (schema.get("anyOf") or []) + (schema.get("oneOf") or []):
+        if isinstance(branch, dict):
+            types |= _schema_types(branch)
+    return types
+
+
 def typed_value(text: str, schema: dict[str, Any] | None) -> Any:
-    """A parameter value from its text, typed by its JSON schema."""
-    kind = (schema or {}).get("type")
-    if kind == "string" or (isinstance(kind, list) and "string" in kind and len(kind) == 1):
-        return text
+    """A parameter value from its text, typed by its JSON schema: a parameter that can only be a
+    string (or null) stays text; others are read as JSON, then as a Python literal, else text."""
+    types = _schema_types(schema or {})
+    if types and types <= {"string", "null"} and "string" in types:
+        return None if text == "null" and "null" in types else text
     try:
         return json.loads(text)
     except ValueError:
         pass
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = ast.literal_eval(text)
+        json.dumps(value)  # sets, bytes and complex numbers are not JSON: keep the text
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return text
+    return value
 
 
-_FUNCTION = re.compile(r"^\s*<function=([^>\n]+)>(.*?)</function>\s*$", re.DOTALL)
+_FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)</function>", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
 
 
 class Qwen3CoderFormat(ToolFormat):
     """Qwen3-Coder: ``<tool_call><function=NAME><parameter=KEY>VALUE</parameter>…</function>
-    </tool_call>``."""
+    </tool_call>`` (several functions in one region are several calls)."""
 
     name = "qwen3_coder"
     starts = ("<tool_call>",)
     end = "</tool_call>"
 
     def parse(self, body: str) -> list[ParsedCall]:
-        match = _FUNCTION.match(body)
-        if match is None:
-            raise ValueError("expected <function=…>…</function>")
-        name, inner = match.group(1).strip(), match.group(2)
+        calls, pos = [], 0
+        while pos < len(body.rstrip()):
+            match = _FUNCTION.match(body, pos)
+            if match is None:
+                raise ValueError("expected <function=…>…</function>")
+            calls.append(self._call(match.group(1).strip(), match.group(2)))
+            pos = match.end()
+        return calls
+
+    def _call(self, name: str, inner: str) -> ParsedCall:
         properties = self.properties(name)
         arguments = {key.strip(): typed_value(value, properties.get(key.strip())) for key, value in _PARAMETER.findall(inner)}
         if _PARAMETER.sub("", inner).strip():
             raise ValueError("text between parameters")
-        return [ParsedCall.make(name, arguments)]
+        return ParsedCall.make(name, arguments)
 
 
 _GLM_ARG = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
@@ -150,6 +171,8 @@ class PythonicFormat(ToolFormat):
             if not isinstance(item, ast.Call) or item.args:
                 raise ValueError("expected name(key=value, …)")
             name = ast.unparse(item.func)
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError("a call's name is a (dotted) name")
             arguments = {kw.arg: ast.literal_eval(kw.value) for kw in item.keywords if kw.arg}
             if len(arguments) != len(item.keywords):
                 raise ValueError("**kwargs are not arguments")
