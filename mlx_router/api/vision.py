@@ -77,7 +77,8 @@ async def attach_images(job: Any, req: ChatCompletionRequest, settings: Settings
     if not parts:
         return ()
     urls = [(f"messages[{i}].content[{j}].image_url", part.image_url.url) for i, j, part in parts]
-    batch = await load_images(urls, MediaLimits.from_settings(settings))
+    low = frozenset(param for (param, _), (_, _, part) in zip(urls, parts) if part.image_url.detail == "low")
+    batch = await load_images(urls, MediaLimits.from_settings(settings), low)
     counts = dict(zip(((i, j) for i, j, _ in parts), batch.counts))
     contents: dict[int, list[dict[str, Any]]] = {}
     for i in sorted({i for i, _, _ in parts}):

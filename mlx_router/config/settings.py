@@ -315,6 +315,9 @@ class MediaSettings(_Section):
     resize_max_pixels: int = Field(
         4_194_304, ge=256, description="Images (and PDF pages) are scaled down to at most this many pixels."
     )
+    low_detail_max_side: int = Field(
+        512, ge=16, le=16384, description="An image_url with detail 'low' is scaled down so neither side exceeds this."
+    )
     max_pdf_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest PDF, in bytes after base64 decoding (or as downloaded)."
     )

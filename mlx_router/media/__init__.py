@@ -60,8 +60,11 @@ async def _read(param: str, url: str, limits: MediaLimits) -> tuple[MediaKind, b
     )
 
 
-async def load_images(urls: list[tuple[str, str]], limits: MediaLimits) -> MediaBatch:
-    """Decode every ``(param, url)`` of a request into images; raises 400/413 RouterErrors."""
+async def load_images(
+    urls: list[tuple[str, str]], limits: MediaLimits, low_detail: frozenset[str] = frozenset()
+) -> MediaBatch:
+    """Decode every ``(param, url)`` of a request into images; raises 400/413 RouterErrors.
+    Images whose param is in ``low_detail`` (``detail: "low"``) are scaled down further."""
     if len(urls) > limits.max_images_per_request:
         raise PayloadTooLarge(
             f"The request carries {len(urls)} images, more than the {limits.max_images_per_request} "
@@ -75,7 +78,8 @@ async def load_images(urls: list[tuple[str, str]], limits: MediaLimits) -> Media
     for index, (param, url) in enumerate(urls):
         kind, data = await _read(param, url, limits)
         if kind == "image":
-            images.append(await asyncio.to_thread(normalise_image, data, param, limits))
+            own = limits.low_detail() if param in low_detail else limits
+            images.append(await asyncio.to_thread(normalise_image, data, param, own))
             counts.append(1)
             continue
         room = limits.max_images_per_request - len(images) - (len(urls) - index - 1)  # later URLs: 1+ each

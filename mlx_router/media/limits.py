@@ -8,7 +8,7 @@ configuration file, and nothing in this package reaches back into the applicatio
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 from mlx_router.config.settings import MediaSettings
@@ -47,6 +47,13 @@ class MediaLimits:
     """Returned images have no side longer than this."""
     resize_max_pixels: int = _DEFAULTS.resize_max_pixels
     """Returned images have at most this many pixels."""
+    low_detail_max_side: int = _DEFAULTS.low_detail_max_side
+    """``detail: "low"`` images have no side longer than this."""
+
+    def low_detail(self) -> MediaLimits:
+        """These limits for an image sent with ``detail: "low"``."""
+        side = min(self.resize_max_side, self.low_detail_max_side)
+        return replace(self, resize_max_side=side, resize_max_pixels=min(self.resize_max_pixels, side * side))
     max_pdf_bytes: int = _DEFAULTS.max_pdf_bytes
     """Largest PDF (decoded from base64, or as downloaded)."""
     max_pdf_pages: int = _DEFAULTS.max_pdf_pages

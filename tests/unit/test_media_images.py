@@ -318,3 +318,13 @@ def test_bad_media_config_names_the_key(tmp_path, media: dict[str, object], word
     with pytest.raises(ConfigError) as info:
         load_settings(path, environ={})
     assert words in str(info.value)
+
+
+def test_low_detail_images_are_scaled_to_the_low_detail_side() -> None:
+    """``detail: "low"`` is honoured (media.low_detail_max_side), other images keep the usual limits."""
+    big = data_uri("image/png", encode(Image.new("RGB", (1600, 800), GREEN), "PNG"))
+    batch = asyncio.run(load_images([("a", big), ("b", big)], MediaLimits(), frozenset({"b"})))
+    sizes = [Image.open(io.BytesIO(image)).size for image in batch.images]
+    assert sizes == [(1600, 800), (512, 256)]
+    smaller = MediaLimits(low_detail_max_side=100)
+    assert Image.open(io.BytesIO(asyncio.run(load_images([("b", big)], smaller, frozenset({"b"}))).images[0])).size == (100, 50)
