@@ -54,6 +54,12 @@ class ConfigReloader:
                     f"The configuration was not reloaded; the running one stays. {redact_paths(str(exc))}",
                     code="invalid_config",
                 ) from None
+            except OSError as exc:  # e.g. the model directory became unreadable: nothing was applied
+                raise InvalidRequest(
+                    "The configuration was not reloaded; the running one stays. The model directory "
+                    f"could not be read: {exc.strerror or exc.__class__.__name__}.",
+                    code="invalid_config",
+                ) from None
             for holder in self._holders:
                 holder.settings = effective
         if restart:

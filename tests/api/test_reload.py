@@ -297,3 +297,20 @@ async def test_a_pinned_model_reloading_keeps_its_slot(make_app: Any, config: Co
     assert asyncio.get_running_loop().time() - started < 1.0
     await asyncio.wait_for(loaded.wait(), 5)
     assert harness.factory.clients[-1].options.context_length == 512
+
+
+async def test_an_unreadable_model_directory_is_refused_and_nothing_changes(
+    make_app: Any, config: ConfigFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness = await make_app(reload_settings=config.load)
+    before = harness.app.state.settings
+    config.write(models={"tiny-alias": {"path": MODEL}})
+
+    def unreadable(*_args: Any, **_kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("mlx_router.manager.manager.build_registry", unreadable)
+    error = assert_error(await harness.client.post(RELOAD), 400, code="invalid_config", message_contains=["Permission denied"])
+    assert "running one stays" in error["message"]
+    assert harness.app.state.settings is before
+    assert (await harness.client.post(CHAT, json=chat_body())).status_code == 200
