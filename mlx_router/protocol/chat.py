@@ -156,6 +156,15 @@ class FunctionDefinition(OpenAIRequest):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_are_an_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Arguments are a JSON object, so a schema of another type could never be met."""
+        kind = (value or {}).get("type", "object")
+        if kind != "object" and not (isinstance(kind, list) and "object" in kind):
+            raise ValueError(f'the parameters must be a JSON Schema of type "object", not {json.dumps(kind)}')
+        return value
+
 
 class ChatTool(OpenAIRequest):
     type: Literal["function"] = "function"

@@ -171,6 +171,7 @@ UNSUPPORTED = {"type": "object", "properties": {"a": {"type": "string"}}, "not":
         (chat_body(tools=[WEATHER, WEATHER]), "tools", ["get_weather"]),
         (chat_body(tools=[WEATHER], tool_choice="required", response_format={"type": "json_object"}), "response_format", ["tool_choice"]),
         (chat_body(tools=[{"type": "function", "function": {"name": "bad name!"}}]), "tools[0].function.name", []),
+        (chat_body(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]), "tools[0].function.parameters", ['"object"']),
     ],
 )
 async def test_bad_tool_and_format_requests_are_400(make_app: Any, body: dict[str, Any], param: str, words: list[str]) -> None:
@@ -180,6 +181,16 @@ async def test_bad_tool_and_format_requests_are_400(make_app: Any, body: dict[st
     for word in words:
         assert word in error["message"], error
     assert harness.factory.calls == 0  # refused before any model was loaded
+
+
+async def test_a_tool_without_parameters_is_forced_with_an_empty_object(make_app: Any) -> None:
+    harness = await _app(make_app, ("<tool_call>\n", '{"name": "ping", "arguments": {}}', "\n</tool_call>"))
+    tool = {"type": "function", "function": {"name": "ping"}}
+    body = (await harness.client.post(CHAT, json=chat_body(tools=[tool], tool_choice="required"))).json()
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"] == {"name": "ping", "arguments": "{}"}
+    [request] = harness.factory.requests
+    assert [json.loads(t) for t in request.params.constraint.tools] == [{"name": "ping", "parameters": {"type": "object"}}]
+    assert request.tools == ({"type": "function", "function": {"name": "ping"}},)
 
 
 async def test_unsupported_keys_are_fine_when_nothing_is_enforced(make_app: Any) -> None:
@@ -217,3 +228,76 @@ async def test_models_not_supporting_tools_refuse_them(make_app: Any) -> None:
     response = await harness.client.post(CHAT, json=chat_body(tools=[WEATHER]))
     error = assert_error(response, 400, param="tools")
     assert "does not support tools" in error["message"]
+
+
+def _streamed(text: str) -> tuple[dict[int, str], dict[int, list[tuple[str, str]]], dict[int, str]]:
+    """Per choice: content, calls ``(name, arguments)`` and finish reason of an SSE body (every
+    chunk checked against the OpenAI schema)."""
+    chunks, _ = parse_sse(text)
+    content: dict[int, str] = {}
+    calls: dict[int, dict[int, list[str]]] = {}
+    finish: dict[int, str] = {}
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+        for choice in chunk["choices"]:
+            index, delta = choice["index"], choice["delta"]
+            content[index] = content.get(index, "") + (delta.get("content") or "")
+            for piece in delta.get("tool_calls") or ():
+                call = calls.setdefault(index, {}).setdefault(piece["index"], ["", ""])
+                call[0] += piece["function"].get("name") or ""
+                call[1] += piece["function"].get("arguments") or ""
+            if choice["finish_reason"]:
+                finish[index] = choice["finish_reason"]
+    return content, {i: [tuple(c) for c in cs.values()] for i, cs in calls.items()}, finish  # type: ignore[misc]
+
+
+async def test_a_call_cut_by_max_tokens_is_content_and_length(make_app: Any) -> None:
+    """The answer ran out mid-call: the client gets the text as written and "length"."""
+    harness = await _app(make_app)
+    body = (await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], max_tokens=3))).json()
+    validate(body, "CreateChatCompletionResponse")
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert "tool_calls" not in choice["message"]
+    assert choice["message"]["content"] == "".join(TWO_CALLS[:3])
+    stream = await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], max_tokens=3, stream=True))
+    content, calls, finish = _streamed(stream.text)
+    assert (content, calls, finish) == ({0: "".join(TWO_CALLS[:3])}, {}, {0: "length"})
+
+
+async def test_a_cut_after_a_complete_call_keeps_the_call(make_app: Any) -> None:
+    harness = await _app(make_app)
+    body = (await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], max_tokens=5))).json()
+    validate(body, "CreateChatCompletionResponse")
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_weather"]
+    assert choice["message"]["content"].split() == ["Let", "me", "check.", "<tool_call>"]  # the unfinished second call
+
+
+async def test_several_choices_stream_their_own_calls(make_app: Any) -> None:
+    harness = await _app(make_app)
+    stream = await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], n=2, stream=True, logprobs=True))
+    assert stream.status_code == 200, stream.text
+    content, calls, finish = _streamed(stream.text)
+    expected = [("get_weather", '{"city": "Paris"}'), ("get_time", "{}")]
+    assert content == {0: "Let me check.", 1: "Let me check."}
+    assert calls == {0: expected, 1: expected}
+    assert finish == {0: "tool_calls", 1: "tool_calls"}
+    body = (await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], n=2))).json()
+    validate(body, "CreateChatCompletionResponse")
+    assert [len(c["message"]["tool_calls"]) for c in body["choices"]] == [2, 2]
+
+
+async def test_reasoning_then_a_call(make_app: Any) -> None:
+    """Qwen3 thinks, then calls: the thought is reasoning, the call a call, nothing is content."""
+    chunks = ("<think>\nI should call <tool_", "call> for this.\n</th", "ink>\n\n<tool_call>\n", '{"name": "get_time", "arguments": {}}', "\n</tool_call>")
+    harness = await _app(make_app, chunks, models={MODEL: {"supports_tools": True, "reasoning_response": "enable"}})
+    body = (await harness.client.post(CHAT, json=chat_body(tools=[TIME]))).json()
+    message = body["choices"][0]["message"]
+    assert message["reasoning_content"].strip() == "I should call <tool_call> for this."
+    assert message["content"] is None
+    assert [c["function"]["name"] for c in message["tool_calls"]] == ["get_time"]
+    stream = await harness.client.post(CHAT, json=chat_body(tools=[TIME], stream=True))
+    content, calls, finish = _streamed(stream.text)
+    assert (content, calls, finish) == ({0: ""}, {0: [("get_time", "{}")]}, {0: "tool_calls"})
