@@ -79,6 +79,8 @@ def settings_of(args: argparse.Namespace) -> Settings:
         raise ToolError(str(exc)) from None
     if getattr(args, "model_dir", None):
         settings.defaults.model_directory = str(args.model_dir)
+    if settings.model_dir.exists() and not settings.model_dir.is_dir():
+        raise ToolError(f"the model directory {settings.model_dir} is a file, not a folder (see --model-dir / MLX_MODEL_DIR)")
     return settings
 
 

@@ -187,6 +187,8 @@ def _unlink(model_dir: Path, lmstudio_dir: Path, dry_run: bool) -> list[str]:
 def _run(args: argparse.Namespace) -> int:
     model_dir = settings_of(args).model_dir.absolute()
     lmstudio_dir = Path(args.lmstudio_dir).expanduser().absolute()
+    if lmstudio_dir.exists() and not lmstudio_dir.is_dir():
+        raise ToolError(f"LM Studio's models folder {lmstudio_dir} is a file, not a folder (see --lmstudio-dir)")
     if is_inside(model_dir, lmstudio_dir) or is_inside(lmstudio_dir, model_dir):
         raise ToolError(f"the model directory {model_dir} and LM Studio's {lmstudio_dir} overlap; "
                         "give two separate folders")

@@ -252,3 +252,11 @@ def test_remove_a_gguf_file_takes_its_imported_copy_too(tmp_path: Path) -> None:
     assert downloader.main(["remove", "org/q", "--model-dir", str(models), "--yes"]) == 0
     assert not (models / "org").exists() and not imported.exists()
     assert discover_models(models) == {"other": models / "other.gguf"}
+
+
+def test_list_refuses_a_file_as_the_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x")
+    assert downloader.main(["list", "--model-dir", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err

@@ -163,3 +163,14 @@ def test_tools_run_as_scripts(script: str) -> None:
     result = subprocess.run([sys.executable, f"helper_tools/{script}", "-h"], cwd=root, capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0 and "usage:" in result.stdout and not result.stderr
+
+
+def test_a_file_given_as_a_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    assert linker.main(["unlink", "--model-dir", str(folder), "--lmstudio-dir", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert linker.main(["unlink", "--model-dir", str(afile), "--lmstudio-dir", str(folder)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
