@@ -125,13 +125,17 @@ class Job:
 
     def splitter(self, admission: Admission) -> Splitter | None:
         """A reasoning splitter (chat only) when the model's ``reasoning_response`` asks for one;
-        always for harmony output, whose channel markup must never reach a client."""
+        always for harmony output, whose channel markup must never reach a client. Under a
+        grammar the model writes the answer at once, even where the prompt opened a think block."""
         if self.kind != "chat":
             return None
         if self.entry.config.reasoning_response is None and admission.reasoning_format != "harmony":
             return None
+        constrained = any(request.params.constraint is not None for request in self.requests)
         return make_splitter(
-            admission.reasoning_format, inside=admission.reasoning_open, tool_frames=admission.tool_format == "harmony"
+            admission.reasoning_format,
+            inside=admission.reasoning_open and not constrained,
+            tool_frames=admission.tool_format == "harmony",
         )
 
     def tool_stream(self, admission: Admission) -> ToolCallStream | None:

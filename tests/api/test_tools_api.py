@@ -301,3 +301,28 @@ async def test_reasoning_then_a_call(make_app: Any) -> None:
     stream = await harness.client.post(CHAT, json=chat_body(tools=[TIME], stream=True))
     content, calls, finish = _streamed(stream.text)
     assert (content, calls, finish) == ({0: ""}, {0: [("get_time", "{}")]}, {0: "tool_calls"})
+
+
+@pytest.mark.parametrize(
+    ("extra", "chunks"),
+    [
+        ({"response_format": {"type": "json_object"}}, ('{"city": ', '"Paris"}')),
+        ({"tools": [WEATHER], "tool_choice": "required"}, ("<tool_call>\n", '{"name": "get_weather", "arguments": {"city": "Paris"}}', "\n</tool_call>")),
+    ],
+)
+async def test_constrained_output_after_an_open_think_block_is_the_answer(make_app: Any, monkeypatch: Any, extra: dict[str, Any], chunks: tuple[str, ...]) -> None:
+    """Templates such as DeepSeek-R1's end the prompt inside ``<think>``; under a grammar the
+    model writes the answer at once, so its output is the answer, not reasoning."""
+    import tests.fakes
+    from mlx_router.engine.types import Admission
+
+    monkeypatch.setattr(tests.fakes, "Admission", lambda *args, **kwargs: Admission(*args, reasoning_open=True, **kwargs))
+    harness = await _app(make_app, chunks, models={MODEL: {"supports_tools": True, "reasoning_response": "enable"}})
+    message = (await harness.client.post(CHAT, json=chat_body(**extra))).json()["choices"][0]["message"]
+    assert "reasoning_content" not in message
+    if "tools" in extra:
+        assert message["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
+    else:
+        assert message["content"] == '{"city": "Paris"}'
+    free = (await harness.client.post(CHAT, json=chat_body())).json()["choices"][0]["message"]
+    assert free["reasoning_content"] == "".join(chunks)  # unconstrained, the open block is reasoning
