@@ -315,6 +315,10 @@ class MediaSettings(_Section):
     resize_max_pixels: int = Field(
         4_194_304, ge=256, description="Images (and PDF pages) are scaled down to at most this many pixels."
     )
+    max_concurrent_decodes: int = Field(
+        2, ge=1, le=64, description="Images or PDFs decoded or rendered at once, server-wide: bounds their "
+        "peak memory (each full-size image in memory while it is scaled down)."
+    )
     low_detail_max_side: int = Field(
         512, ge=16, le=16384, description="An image_url with detail 'low' is scaled down so neither side exceeds this."
     )

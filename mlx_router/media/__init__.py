@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mlx_router.errors import InvalidRequest, PayloadTooLarge
 from mlx_router.media.datauri import MediaKind, check_size, decode_data_uri
@@ -25,6 +28,18 @@ from mlx_router.media.remote import fetch
 __all__ = ["MediaBatch", "MediaLimits", "load_images"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _bounded(limits: MediaLimits, work: Callable[..., T], *args: object) -> T:
+    """Run a decode or render in one of ``media.max_concurrent_decodes`` server-wide slots, so
+    concurrent requests cannot multiply the memory of full-size images (runs in a thread)."""
+    with _SLOTS_LOCK:
+        slots = _SLOTS.setdefault(limits.max_concurrent_decodes, threading.BoundedSemaphore(limits.max_concurrent_decodes))
+    with slots:
+        return work(*args)
 
 
 @dataclass(frozen=True)
@@ -79,11 +94,11 @@ async def load_images(
         kind, data = await _read(param, url, limits)
         if kind == "image":
             own = limits.low_detail() if param in low_detail else limits
-            images.append(await asyncio.to_thread(normalise_image, data, param, own))
+            images.append(await asyncio.to_thread(_bounded, limits, normalise_image, data, param, own))
             counts.append(1)
             continue
         room = limits.max_images_per_request - len(images) - (len(urls) - index - 1)  # later URLs: 1+ each
-        pages, total = await asyncio.to_thread(render_pdf, data, param, limits, room)
+        pages, total = await asyncio.to_thread(_bounded, limits, render_pdf, data, param, limits, room)
         images.extend(pages)
         counts.append(len(pages))
         if total > len(pages):

@@ -47,6 +47,8 @@ class MediaLimits:
     """Returned images have no side longer than this."""
     resize_max_pixels: int = _DEFAULTS.resize_max_pixels
     """Returned images have at most this many pixels."""
+    max_concurrent_decodes: int = _DEFAULTS.max_concurrent_decodes
+    """Decodes and renders running at once, server-wide."""
     low_detail_max_side: int = _DEFAULTS.low_detail_max_side
     """``detail: "low"`` images have no side longer than this."""
 

@@ -328,3 +328,38 @@ def test_low_detail_images_are_scaled_to_the_low_detail_side() -> None:
     assert sizes == [(1600, 800), (512, 256)]
     smaller = MediaLimits(low_detail_max_side=100)
     assert Image.open(io.BytesIO(asyncio.run(load_images([("b", big)], smaller, frozenset({"b"}))).images[0])).size == (100, 50)
+
+
+def test_decodes_share_a_server_wide_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With media.max_concurrent_decodes = 1, concurrent requests decode one image at a time."""
+    import threading
+    import time
+
+    from mlx_router import media
+
+    running, peak, lock = 0, 0, threading.Lock()
+    real = media.normalise_image
+
+    def watched(*args: object) -> bytes:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(media, "normalise_image", watched)
+    url = data_uri("image/png", encode(Image.new("RGB", (8, 8), GREEN), "PNG"))
+
+    async def many(limits: MediaLimits) -> None:
+        await asyncio.gather(*(load_images([(f"r{i}", url)], limits) for i in range(4)))
+
+    asyncio.run(many(MediaLimits(max_concurrent_decodes=1)))
+    assert peak == 1
+    peak = 0
+    asyncio.run(many(MediaLimits(max_concurrent_decodes=3)))
+    assert peak > 1
