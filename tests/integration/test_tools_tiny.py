@@ -76,3 +76,45 @@ def test_json_schema_answer_from_random_weights(tiny_server: Any) -> None:
     content = body["choices"][0]["message"]["content"]
     assert body["choices"][0]["finish_reason"] == "stop", body
     jsonschema.validate(json.loads(content), schema)
+
+
+def test_constrained_sequences_share_a_batch_that_changes_under_them(tiny_model_dir: Any) -> None:
+    """The constraint group keeps every sequence on its own grammar while the batch changes:
+    one ends by a stop string mid-answer, one is cancelled, one joins late, one is free text;
+    the others still end in valid JSON. After a failed step (fail_all) a fresh batch works."""
+    from mlx_router.engine.batch import BatchScheduler
+    from mlx_router.engine.lm import LMEngine
+    from mlx_router.engine.types import BatchOptions, Constraint, GenerationParams, GenerationRequest
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}}, "required": ["ok", "n"], "additionalProperties": False}
+    engine = LMEngine.load(str(tiny_model_dir), context_length=None, chat_template="qwen")
+    scheduler = BatchScheduler(engine, BatchOptions())
+
+    def request(name: str, *, stop: tuple[str, ...] = (), constrained: bool = True) -> GenerationRequest:
+        constraint = Constraint("json", schema=json.dumps(schema)) if constrained else None
+        params = GenerationParams(max_tokens=200, temperature=1.0, seed=len(name), stop=stop, constraint=constraint)
+        return GenerationRequest(name, params, messages=({"role": "user", "content": "hi"},))
+
+    for name, stop, constrained in (("a", (), True), ("stopped", ('"n"',), True), ("cancelled", (), True), ("free", (), False), ("b", (), True)):
+        scheduler.add(request(name, stop=stop, constrained=constrained))
+    texts: dict[str, str] = {}
+    finish: dict[str, str] = {}
+    steps = 0
+    while scheduler.active:
+        for chunk in scheduler.step():
+            texts[chunk.request_id] = texts.get(chunk.request_id, "") + chunk.text
+            if chunk.finish_reason is not None:
+                finish[chunk.request_id] = chunk.finish_reason
+        steps += 1
+        if steps == 3:
+            assert scheduler.cancel("cancelled") is not None
+            scheduler.add(request("late"))
+    assert "cancelled" not in finish and finish["stopped"] == "stop" and not texts["stopped"].endswith('"n"')
+    for name in ("a", "b", "late"):
+        assert finish[name] == "stop", (name, texts[name])
+        jsonschema.validate(json.loads(texts[name]), schema)
+    assert scheduler._group is not None and scheduler._group.members == []
+    scheduler.add(request("dropped"))
+    assert scheduler.fail_all() == ["dropped"] and scheduler._group.members == []
+    chunks = scheduler.run_to_end(request("warm"))
+    jsonschema.validate(json.loads("".join(c.text for c in chunks)), schema)
