@@ -29,6 +29,9 @@ CASES = [
     ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par', '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par', []),
     ("hermes", "<tool_call>not json</tool_call> after", "<tool_call>not json</tool_call> after", []),
     ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}\n', "", [W]),  # end tag cut by EOS
+    # an argument that mentions the end marker (a coding agent writing about tool calls)
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "a</tool_call>b", "days": 3}}\n</tool_call>', "", [("get_weather", {"city": "a</tool_call>b", "days": 3})]),
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "a</tool_call>b', '<tool_call>\n{"name": "get_weather", "arguments": {"city": "a</tool_call>b', []),
     ("hermes", '<tool_call>{"arguments": {}}</tool_call>', '<tool_call>{"arguments": {}}</tool_call>', []),
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>", "", [W]),
     ("qwen3_coder", "Sure.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n</function>\n</tool_call>", "Sure.", [W, T]),

@@ -68,6 +68,11 @@ class ToolFormat:
         """The calls in one region's body; raises ValueError when it is not a valid call."""
         raise NotImplementedError
 
+    def unfinished(self, body: str) -> bool:
+        """Whether a body that does not parse stops inside a value, so that the end marker just
+        seen was part of that value (a string argument that mentions the marker)."""
+        return False
+
     def properties(self, function: str) -> dict[str, Any]:
         """The JSON-schema properties of a tool's parameters (typed formats convert values)."""
         for tool in self.tools:
@@ -183,6 +188,9 @@ class ToolCallStream:
         body = self._region + self._buffer[:index]
         self._buffer = self._buffer[index + len(end) :]
         parsed = self._parse(body)
+        if parsed is None and self.fmt.unfinished(body):
+            self._region = body + end  # the marker was inside a value: the region goes on
+            return True
         if parsed is None:
             content.append(self._opener + body + end)
         else:

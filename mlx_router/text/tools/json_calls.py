@@ -56,6 +56,15 @@ class HermesFormat(ToolFormat):
     def parse(self, body: str) -> list[ParsedCall]:
         return calls_from_objects(json_values(body))
 
+    def unfinished(self, body: str) -> bool:
+        try:
+            json_values(body)
+        except json.JSONDecodeError as exc:
+            return exc.msg.startswith("Unterminated string")
+        except ValueError:
+            return False
+        return False
+
 
 class Llama3JsonFormat(ToolFormat):
     """Llama 3.1 / 3.2 / 3.3 JSON tool calling: the answer is ``{"name": …, "parameters": {…}}``
