@@ -36,6 +36,7 @@ CASES = [
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>", "", [W]),
     ("qwen3_coder", "Sure.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n</function>\n</tool_call>", "Sure.", [W, T]),
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=zip>\n01234\n</parameter>\n</function>\n</tool_call>", "", [("get_weather", {"zip": "01234"})]),
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n<parameter=days>\n3\n</function>\n</tool_call>", "", [W]),
     # strings stay strings whatever they look like: nullable, anyOf and enum strings too; "null" is null where allowed
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=note>\n123\n</parameter>\n<parameter=ref>\n42\n</parameter>\n<parameter=level>\n1\n</parameter>\n</function>\n</tool_call>", "", [("get_weather", {"note": "123", "ref": "42", "level": "1"})]),
     ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=note>\nnull\n</parameter>\n</function>\n</tool_call>", "", [("get_weather", {"note": None})]),
@@ -74,6 +75,9 @@ CASES = [
     ("pythonic", '[get_weather(city="Paris", days=3), get_time()]', "", [W, T]),
     ("pythonic", '<|python_start|>[get_weather(city="Paris", days=3)]<|python_end|>', "", [W]),
     ("pythonic", "[1] is a citation.", "[1] is a citation.", []),
+    ("pythonic", '[get_weather(city="Paris", metric=true, zip=null), get_time()]', "", [("get_weather", {"city": "Paris", "metric": True, "zip": None}), T]),
+    ("pythonic", "[get_weather(city=['a', {'b': false}])]", "", [("get_weather", {"city": ["a", {"b": False}]})]),
+    ("pythonic", "[get_weather(city=paris)]", "[get_weather(city=paris)]", []),
     ("pythonic", '[get_weather(city="Par', '[get_weather(city="Par', []),
     ("pythonic", "[__import__('os').system('x')]", "[__import__('os').system('x')]", []),
     ("pythonic", "[__import__('os').system()]", "[__import__('os').system()]", []),  # a call's name is a (dotted) name

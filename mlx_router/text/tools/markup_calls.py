@@ -48,7 +48,9 @@ def typed_value(text: str, schema: dict[str, Any] | None) -> Any:
 
 
 _FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)</function>", re.DOTALL)
-_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
+_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
+"""A parameter ends at ``</parameter>``, or, when the model left that out (as Qwen's own parser
+tolerates), at the next parameter or the end of the function."""
 
 
 class Qwen3CoderFormat(ToolFormat):
@@ -173,8 +175,25 @@ class PythonicFormat(ToolFormat):
             name = ast.unparse(item.func)
             if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
                 raise ValueError("a call's name is a (dotted) name")
-            arguments = {kw.arg: ast.literal_eval(kw.value) for kw in item.keywords if kw.arg}
+            arguments = {kw.arg: _literal(kw.value) for kw in item.keywords if kw.arg}
             if len(arguments) != len(item.keywords):
                 raise ValueError("**kwargs are not arguments")
             calls.append(ParsedCall.make(name, arguments))
         return calls
+
+
+_JSON_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+
+
+def _literal(node: ast.expr) -> Any:
+    """A Python literal, also where a model wrote JSON's ``true``/``false``/``null`` inside it
+    (``f(flag=true, tags=[null])``): those names are values, any other name is not."""
+    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
+        return _JSON_NAMES[node.id]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return [_literal(item) for item in node.elts]
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):
+            raise ValueError("**mapping is not a value")
+        return {_literal(key): _literal(value) for key, value in zip(node.keys, node.values)}  # type: ignore[arg-type]
+    return ast.literal_eval(node)
