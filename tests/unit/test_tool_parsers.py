@@ -72,6 +72,7 @@ CASES = [
     ("gemma", '<|tool_call>call:get_weather{city:<|"|>a, b: {c}<|"|>}<tool_call|><|tool_call>call:get_time{}<tool_call|>', "", [("get_weather", {"city": "a, b: {c}"}), T]),
     ("gemma", "<|tool_call>call:get_weather{city:<|\"|>Par", "<|tool_call>call:get_weather{city:<|\"|>Par", []),
     ("function_gemma", "<start_function_call>call:get_weather{city:<escape>Paris<escape>,days:3}<end_function_call>", "", [W]),
+    ("gemma", '<|tool_call>call:get_weather{city:"a,days:b",days:3}<tool_call|>', "", [("get_weather", {"city": "a,days:b", "days": 3})]),
     ("pythonic", '[get_weather(city="Paris", days=3), get_time()]', "", [W, T]),
     ("pythonic", '<|python_start|>[get_weather(city="Paris", days=3)]<|python_end|>', "", [W]),
     ("pythonic", "[1] is a citation.", "[1] is a citation.", []),

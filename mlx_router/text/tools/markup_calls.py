@@ -115,18 +115,34 @@ def _gemma_arguments(text: str, quote: str) -> dict[str, Any]:
     while True:
         start = text.find(quote, pos)
         if start < 0:
-            pieces.append(re.sub(r"(?<=[{,])\s*([A-Za-z_][\w-]*)\s*:", r'"\1":', text[pos:]))
+            pieces.append(_quote_keys(text[pos:]))
             break
         stop = text.find(quote, start + len(quote))
         if stop < 0:
             raise ValueError("unterminated string")
-        pieces.append(re.sub(r"(?<=[{,])\s*([A-Za-z_][\w-]*)\s*:", r'"\1":', text[pos:start]))
+        pieces.append(_quote_keys(text[pos:start]))
         pieces.append(json.dumps(text[start + len(quote) : stop]))
         pos = stop + len(quote)
     value = json.loads("".join(pieces))
     if not isinstance(value, dict):
         raise TypeError("arguments must be an object")
     return value
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BARE_KEY = re.compile(r"(?<=[{,])\s*([A-Za-z_][\w-]*)\s*:")
+
+
+def _quote_keys(text: str) -> str:
+    """Bare keys quoted, leaving alone any ordinary JSON string a model wrote instead of the
+    format's own quotes (its text may hold ``,word:``)."""
+    out, pos = [], 0
+    for string in _JSON_STRING.finditer(text):
+        out.append(_BARE_KEY.sub(r'"\1":', text[pos : string.start()]))
+        out.append(string.group(0))
+        pos = string.end()
+    out.append(_BARE_KEY.sub(r'"\1":', text[pos:]))
+    return "".join(out)
 
 
 _GEMMA_CALL = re.compile(r"^\s*call:([\w.-]+)(\{.*\})\s*$", re.DOTALL)
