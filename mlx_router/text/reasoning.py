@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
+from mlx_router.text.markers import find_first, partial_suffix
+
 __all__ = ["HarmonySplitter", "ReasoningFormat", "ReasoningSplitter", "detect_reasoning_format", "make_splitter"]
 
 ReasoningFormat = Literal["think", "harmony"]
@@ -44,7 +46,7 @@ class ReasoningSplitter:
                 self._buffer = self._buffer[index + len(tag) :]
                 self.inside = not self.inside
                 continue
-            keep = _partial_suffix(self._buffer, tag)
+            keep = partial_suffix(self._buffer, (tag,))
             emit, self._buffer = self._buffer[: len(self._buffer) - keep], self._buffer[len(self._buffer) - keep :]
             (reasoning if self.inside else content).append(emit)
             return "".join(reasoning), "".join(content)
@@ -101,9 +103,9 @@ class HarmonySplitter:
         while True:
             if self._state == _FIRST and not self._leave_first():
                 break
-            index, token = _find_token(self._buffer)
+            index, token = find_first(self._buffer, _TOKENS)
             if token is None:
-                keep = max(_partial_suffix(self._buffer, t) for t in _TOKENS)
+                keep = partial_suffix(self._buffer, _TOKENS)
                 self._take(self._buffer[: len(self._buffer) - keep], reasoning, content)
                 self._buffer = self._buffer[len(self._buffer) - keep :]
                 break
@@ -125,7 +127,7 @@ class HarmonySplitter:
     def _leave_first(self) -> bool:
         """In the first state, decide whether the output opens with a header (``to=…`` or a
         token, whitespace before it dropped) or with plain text. False while that is unknown."""
-        index, token = _find_token(self._buffer)
+        index, token = find_first(self._buffer, _TOKENS)
         lead = (self._buffer if token is None else self._buffer[:index]).lstrip()
         if lead.startswith("to="):
             self._state, self._header = _HEADER, ""
@@ -182,16 +184,6 @@ def _is_reasoning(header: str) -> bool:
     return channel == "analysis" or (channel == "commentary" and not _RECIPIENT.search(header))
 
 
-def _find_token(text: str) -> tuple[int, str | None]:
-    """The first harmony token in ``text``, as ``(index, token)``, or ``(-1, None)``."""
-    best, found = -1, None
-    for token in _TOKENS:
-        index = text.find(token)
-        if index >= 0 and (best < 0 or index < best):
-            best, found = index, token
-    return best, found
-
-
 def make_splitter(kind: str, *, inside: bool = False, tool_frames: bool = False) -> ReasoningSplitter | HarmonySplitter:
     """A splitter for a reasoning format (see ``detect_reasoning_format``). ``inside`` says the
     prompt opened a ``<think>`` block; harmony prompts never open a message body.
@@ -211,11 +203,3 @@ def detect_reasoning_format(chat_template: str | Mapping[str, str] | None) -> Re
     if isinstance(chat_template, Mapping):
         chat_template = "\n".join(str(source) for source in chat_template.values())
     return "harmony" if chat_template and _CHANNEL in chat_template else "think"
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0

@@ -15,6 +15,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from mlx_router.text.markers import find_first, partial_suffix
+
 __all__ = ["ParsedCall", "ToolCallStream", "ToolFormat", "new_call_id", "parse_tool_calls"]
 
 
@@ -80,17 +82,6 @@ class ToolFormat:
             if spec.get("name") == function:
                 return (spec.get("parameters") or {}).get("properties") or {}
         return {}
-
-
-def _partial_suffix(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``markers``."""
-    best = 0
-    for marker in markers:
-        for size in range(min(len(marker) - 1, len(text)), best, -1):
-            if marker.startswith(text[-size:]):
-                best = size
-                break
-    return best
 
 
 class ToolCallStream:
@@ -160,9 +151,9 @@ class ToolCallStream:
                 self._buffer = ""
                 self._region, self._opener = lead, ""
                 return True
-        index, marker = self._find(self._buffer, fmt.starts)
+        index, marker = find_first(self._buffer, fmt.starts)
         if marker is None:
-            keep = _partial_suffix(self._buffer, fmt.starts)
+            keep = partial_suffix(self._buffer, fmt.starts)
             content.append(self._buffer[: len(self._buffer) - keep])
             self._buffer = self._buffer[len(self._buffer) - keep :]
             return False
@@ -181,7 +172,7 @@ class ToolCallStream:
             return False
         index = self._buffer.find(end)
         if index < 0:
-            keep = _partial_suffix(self._buffer, (end,))
+            keep = partial_suffix(self._buffer, (end,))
             self._region += self._buffer[: len(self._buffer) - keep]
             self._buffer = self._buffer[len(self._buffer) - keep :]
             return False
@@ -205,15 +196,6 @@ class ToolCallStream:
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, SyntaxError, RecursionError):
             return None
         return calls or None
-
-    @staticmethod
-    def _find(text: str, markers: tuple[str, ...]) -> tuple[int, str | None]:
-        best, found = -1, None
-        for marker in markers:
-            index = text.find(marker)
-            if index >= 0 and (best < 0 or index < best or (index == best and len(marker) > len(found or ""))):
-                best, found = index, marker
-        return best, found
 
 
 def parse_tool_calls(fmt: ToolFormat, text: str) -> tuple[str, list[ParsedCall]]:
