@@ -428,11 +428,11 @@ class GenerationService:
             content, reasoning = texts[index], ""
             splitter = job.splitter(admission)
             if splitter is not None:
-                reasoning, content = _split(splitter, content, final=True)
+                reasoning, content = _feed(splitter, content, final=True)
             calls: list[ParsedCall] = []
             reader = job.tool_stream(admission)
             if reader is not None:
-                content, calls = _read_calls(reader, content, final=True)
+                content, calls = _feed(reader, content, final=True)
                 calls = calls[:1] if not job.parallel_tool_calls else calls
             message = ResponseMessage(
                 content=(content or None) if calls else content,
@@ -474,11 +474,11 @@ class GenerationService:
             reasoning, content = "", item.text
             splitter = splitters[index]
             if splitter is not None:
-                reasoning, content = _split(splitter, item.text, final=final)
+                reasoning, content = _feed(splitter, item.text, final=final)
             calls: list[ParsedCall] = []
             reader = readers[index]
             if reader is not None:
-                content, calls = _read_calls(reader, content, final=final)
+                content, calls = _feed(reader, content, final=final)
             shown_reasoning = job.reasoning_out(reasoning)
             logprobs = _chat_logprobs(list(item.logprobs)) if item.logprobs else None
             if content or shown_reasoning or logprobs:
@@ -618,13 +618,15 @@ async def _replay(early: list[Event], events: AsyncIterator[Event]) -> AsyncIter
         await events.aclose()  # type: ignore[attr-defined]
 
 
-def _split(splitter: Splitter, text: str, *, final: bool) -> tuple[str, str]:
-    """(reasoning, content) of a piece of text; the last piece also flushes what is held back."""
-    reasoning, content = splitter.feed(text)
+def _feed(reader: Splitter | ToolCallStream, text: str, *, final: bool) -> tuple[Any, Any]:
+    """What a streaming reader makes of a piece of answer text: (reasoning, content) from a
+    splitter, (content, calls) from a tool-call reader; the last piece also flushes what the
+    reader held back."""
+    first, second = reader.feed(text)
     if final:
-        more_reasoning, more_content = splitter.flush()
-        reasoning, content = reasoning + more_reasoning, content + more_content
-    return reasoning, content
+        more_first, more_second = reader.flush()
+        first, second = first + more_first, second + more_second
+    return first, second
 
 
 def _chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
@@ -665,15 +667,6 @@ def _finish(reason: str | None, called: bool = False) -> str:
     if reason in ("cancelled", None, "stop"):
         return "tool_calls" if called else "stop"
     return reason
-
-
-def _read_calls(reader: ToolCallStream, text: str, *, final: bool) -> tuple[str, list[ParsedCall]]:
-    """(content, calls) of a piece of answer text; the last piece also flushes what is held."""
-    content, calls = reader.feed(text)
-    if final:
-        more_content, more_calls = reader.flush()
-        content, calls = content + more_content, calls + more_calls
-    return content, calls
 
 
 def _tool_call(call: ParsedCall) -> ToolCall:
