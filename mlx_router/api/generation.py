@@ -263,8 +263,9 @@ class GenerationService:
         offered = req.offered_tools()
         forced = req.forced_tools()
         constrained = forced if forced is not None else (offered if answer is not None else [])
+        enforced = {id(tool) for tool in constrained}  # the request's own objects: no deep comparisons
         for i, tool in enumerate(req.tools or ()):
-            self._check_schema(tool.function.parameters, f"tools[{i}].function.parameters", enforce=tool in constrained)
+            self._check_schema(tool.function.parameters, f"tools[{i}].function.parameters", enforce=id(tool) in enforced)
         if answer is not None:
             self._check_schema(answer, "response_format", enforce=True)
         parallel = req.parallel_tool_calls is not False
