@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cached_property
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,14 +46,16 @@ class ModelEntry:
     def is_gguf(self) -> bool:
         return self.path.suffix == ".gguf"
 
-    @property
+    # The two inferences read the model's files once per entry (a registry refresh or a reload
+    # builds new entries): they are asked on requests and on every memory-cost computation.
+    @cached_property
     def supports_vision(self) -> bool:
         """``supports_vision`` from config.json, else inferred: the model's config has a vision tower."""
         if self.config.supports_vision is not None:
             return self.config.supports_vision
         return "vision_config" in _model_config(self.path)
 
-    @property
+    @cached_property
     def supports_tools(self) -> bool:
         """``supports_tools`` from config.json, else inferred: the chat template renders tools.
         The embedded SmolLM2 does by default: its template cannot, so the server describes the
