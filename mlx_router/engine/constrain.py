@@ -43,7 +43,6 @@ class Grammars:
         self._llguidance = llguidance
         self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos_token_ids)
         self._hf = hf_tokenizer
-        self.vocab_size = vocab_size
         self.capacity = capacity
         self._cache: OrderedDict[str, Any] = OrderedDict()
 
