@@ -89,31 +89,60 @@ def _arguments(tool: dict[str, Any]) -> str:
     return "%json " + json.dumps(_with_style(_parameters(tool)), ensure_ascii=False)
 
 
-# How each JSON-shaped format writes one call (``call_i`` rules) and a list of them.
-def _hermes(tools: list[dict[str, Any]], lit: Literal) -> tuple[list[str], str, str, str]:
-    rules = [_call_object(t, "arguments") for t in tools]
-    return rules, lit("<tool_call>") + ' "\\n"', '"\\n" ' + lit("</tool_call>"), '"\\n"'
+_NEWLINE = _quoted("\n")
 
 
-def _llama3(tools: list[dict[str, Any]], lit: Literal) -> tuple[list[str], str, str, str]:
-    return [_call_object(t, "parameters") for t in tools], "", "", '"; "'
+def _repeat(item: str, separator: str, parallel: bool) -> str:
+    """``item``, or with ``parallel`` one or more of it joined by ``separator``."""
+    return f"{item} ({separator} {item})*" if parallel else item
 
 
-def _deepseek(tools: list[dict[str, Any]], lit: Literal) -> tuple[list[str], str, str, str]:
-    rules = [f'{lit("<｜tool▁call▁begin｜>")} {_quoted(t["name"])} {lit("<｜tool▁sep｜>")} {_arguments(t)} {lit("<｜tool▁call▁end｜>")}' for t in tools]
-    return rules, "", "", ""
+# How each JSON-shaped format writes its calls: the ``call_i`` rules (one per tool) and the
+# rules that arrange them (``calls`` and any helper rule).
+Writer = Callable[[list[dict[str, Any]], Literal, bool], tuple[list[str], list[str]]]
 
 
-def _harmony(tools: list[dict[str, Any]], lit: Literal) -> tuple[list[str], str, str, str]:
+def _hermes(tools: list[dict[str, Any]], lit: Literal, parallel: bool) -> tuple[list[str], list[str]]:
+    return [_call_object(t, "arguments") for t in tools], [
+        f"calls: {_repeat('one', _NEWLINE, parallel)}",
+        f"one: {lit('<tool_call>')} {_NEWLINE} call {_NEWLINE} {lit('</tool_call>')}",
+    ]
+
+
+def _llama3(tools: list[dict[str, Any]], lit: Literal, parallel: bool) -> tuple[list[str], list[str]]:
+    return [_call_object(t, "parameters") for t in tools], [f"calls: {_repeat('call', _quoted('; '), parallel)}"]
+
+
+def _mistral(tools: list[dict[str, Any]], lit: Literal, parallel: bool) -> tuple[list[str], list[str]]:
+    calls = _repeat("call", _quoted(", "), parallel)
+    return [_call_object(t, "arguments") for t in tools], [f'calls: {lit("[TOOL_CALLS]")} "[" {calls} "]"']
+
+
+def _deepseek(tools: list[dict[str, Any]], lit: Literal, parallel: bool) -> tuple[list[str], list[str]]:
+    rules = [
+        f'{lit("<｜tool▁call▁begin｜>")} {_quoted(t["name"])} {lit("<｜tool▁sep｜>")} {_arguments(t)} {lit("<｜tool▁call▁end｜>")}'
+        for t in tools
+    ]
+    calls = "call+" if parallel else "call"
+    return rules, [f'calls: {lit("<｜tool▁calls▁begin｜>")} {calls} {lit("<｜tool▁calls▁end｜>")}']
+
+
+def _harmony(tools: list[dict[str, Any]], lit: Literal, parallel: bool) -> tuple[list[str], list[str]]:
     rules = [
         f'{lit("<|channel|>")} {_quoted("commentary to=functions." + t["name"] + " ")}{lit("<|constrain|>")} "json" '
         f'{lit("<|message|>")} {_arguments(t)} {lit("<|call|>")}'
         for t in tools
     ]
-    return rules, "", "", ""
+    return rules, ["calls: call+" if parallel else "calls: call"]
 
 
-_WRITERS = {"hermes": _hermes, "llama3_json": _llama3, "deepseek": _deepseek, "harmony": _harmony, "mistral": None}
+_WRITERS: dict[str, Writer] = {
+    "hermes": _hermes,
+    "llama3_json": _llama3,
+    "mistral": _mistral,
+    "deepseek": _deepseek,
+    "harmony": _harmony,
+}
 FORCED_FORMATS = frozenset(_WRITERS)
 
 
@@ -136,22 +165,7 @@ def tool_grammar(
     with a ``response_format``)."""
     if not tools:
         raise ValueError("a tool grammar needs at least one tool")
-    name = forced_format(format_name)
-    lines = []
-    if name == "mistral":
-        rules = [_call_object(t, "arguments") for t in tools]
-        more = ' (", " call)*' if parallel else ""
-        lines.append(f'calls: {literal("[TOOL_CALLS]")} "[" call{more} "]"')
-    else:
-        rules, before, after, between = _WRITERS[name](tools, literal)  # type: ignore[misc]
-        one = " ".join(part for part in (before, "call", after) if part)
-        if name == "deepseek":
-            inner = "call+" if parallel else "call"
-            lines.append(f'calls: {literal("<｜tool▁calls▁begin｜>")} {inner} {literal("<｜tool▁calls▁end｜>")}')
-        else:
-            more = f" ({between} one)*" if parallel and between else (" one*" if parallel else "")
-            lines.append(f"calls: one{more}")
-            lines.append(f"one: {one}")
+    rules, lines = _WRITERS[forced_format(format_name)](tools, literal, parallel)
     lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(rules))))
     lines.extend(f"call_{i}: {rule}" for i, rule in enumerate(rules))
     if answer_schema is not None:
