@@ -19,7 +19,8 @@ from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.generation import GenerationService
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
-from mlx_router.api.routes import admin, chat, completions, health, metrics, models, status
+from mlx_router.api.routes import admin, chat, completions, embeddings, health, metrics, models, status
+from mlx_router.api.serving.embeddings import EmbeddingService
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.metrics.registry import RouterMetrics
@@ -71,10 +72,11 @@ def create_app(
     app.state.manager = manager
     app.state.metrics = RouterMetrics(manager, settings)
     app.state.generation = GenerationService(manager, settings, app.state.metrics)
-    reloader = ConfigReloader(reload_settings, manager, [app.state.generation, app.state])
+    app.state.embeddings = EmbeddingService(manager, settings, app.state.metrics)
+    reloader = ConfigReloader(reload_settings, manager, [app.state.generation, app.state.embeddings, app.state])
     app.state.reloader = reloader
     install_error_handlers(app)
-    routers = [module.router for module in (chat, completions, models, health, admin, metrics, status)]
+    routers = [module.router for module in (chat, completions, embeddings, models, health, admin, metrics, status)]
     for router in routers:
         app.include_router(router)
     app.add_middleware(

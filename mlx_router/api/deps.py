@@ -8,11 +8,12 @@ from fastapi import Depends, Request
 
 from mlx_router.api.generation import GenerationService
 from mlx_router.api.reload import ConfigReloader
+from mlx_router.api.serving.embeddings import EmbeddingService
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.metrics.registry import RouterMetrics
 
-__all__ = ["ManagerDep", "MetricsDep", "ReloaderDep", "ServiceDep", "SettingsDep"]
+__all__ = ["EmbeddingServiceDep", "ManagerDep", "MetricsDep", "ReloaderDep", "ServiceDep", "SettingsDep"]
 
 
 def _manager(request: Request) -> MLXModelManager:
@@ -25,6 +26,10 @@ def _settings(request: Request) -> Settings:
 
 def _service(request: Request) -> GenerationService:
     return request.app.state.generation  # type: ignore[no-any-return]
+
+
+def _embeddings(request: Request) -> EmbeddingService:
+    return request.app.state.embeddings  # type: ignore[no-any-return]
 
 
 def _metrics(request: Request) -> RouterMetrics:
@@ -40,3 +45,4 @@ MetricsDep = Annotated[RouterMetrics, Depends(_metrics)]
 ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[GenerationService, Depends(_service)]
+EmbeddingServiceDep = Annotated[EmbeddingService, Depends(_embeddings)]

@@ -185,6 +185,8 @@ class GenerationService:
 
     def _common(self, req: SamplingRequest) -> tuple[ModelEntry, ModelDefaults, int]:
         entry = self.manager.resolve(req.model)
+        if entry.is_embedding_model:
+            raise InvalidRequest(f"Model {entry.id!r} is an embedding model: it serves /v1/embeddings only.", param="model")
         n = req.n or 1
         if n > self.settings.defaults.max_n:
             raise InvalidRequest(f"n must be at most {self.settings.defaults.max_n} (defaults.max_n).", param="n")

@@ -4,11 +4,13 @@ Protocol over a ``multiprocessing`` pipe (tuples, pickled):
 
 router → worker
     ``("load", WorkerOptions)`` first, to a spare process started without a model;
-    ``("generate", GenerationRequest)``, ``("cancel", request_id)``, ``("shutdown",)``
+    ``("generate", GenerationRequest)``, ``("embed", EmbeddingRequest)``, ``("cancel", request_id)``,
+    ``("shutdown",)``
 worker → router
     ``("ready", LoadInfo)`` or ``("load_failed", kind, message)`` once, after the load;
     ``("admitted", Admission)`` when a request is tokenized and accepted (before prefill);
     ``("step", [GenerationChunk, ...])`` once per decode step, for all active sequences;
+    ``("embedded", EmbeddingResult)`` when all inputs of an embedding request are done;
     ``("error", EngineError)`` for a request that failed;
     ``("log", levelno, message)`` for lines the router should log.
 
@@ -25,7 +27,14 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, WorkerOptions
+from mlx_router.engine.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineError,
+    GenerationParams,
+    GenerationRequest,
+    WorkerOptions,
+)
 from mlx_router.errors import redact_paths
 
 __all__ = ["worker_main"]
@@ -60,10 +69,16 @@ class _Worker:
     def run(self) -> None:
         threading.Thread(target=_reader, args=(self.conn, self.inbox), daemon=True).start()
         from mlx_router.engine.batch import BatchScheduler
+        from mlx_router.engine.embed import EmbeddingQueue, EncoderEmbedder, LMEmbedder
         from mlx_router.engine.lm import LMEngine, classify_exception
 
+        embeddings: EmbeddingQueue | None = None
         try:
-            if self.options.vision:
+            if self.options.embedding_model:
+                engine = EncoderEmbedder.load(self.options.model_path, context_length=self.options.context_length)
+                scheduler: Any = _EmbeddingOnly()
+                embeddings = EmbeddingQueue(engine)
+            elif self.options.vision:
                 engine, scheduler = self.load_vision()
             else:
                 engine = LMEngine.load(
@@ -72,7 +87,8 @@ class _Worker:
                     chat_template=self.options.chat_template,
                 )
                 scheduler = BatchScheduler(engine, self.options.batch)
-            if self.options.warmup_tokens > 0:
+                embeddings = EmbeddingQueue(LMEmbedder.for_engine(engine, self.options.model_path))
+            if self.options.warmup_tokens > 0 and not self.options.embedding_model:
                 scheduler.run_to_end(
                     GenerationRequest("warmup", GenerationParams(max_tokens=self.options.warmup_tokens), prompt="Hello")
                 )
@@ -82,7 +98,7 @@ class _Worker:
             self.send(("load_failed", kind, f"{exc.__class__.__name__}: {detail}".rstrip(": ")))
             return
         self.send(("ready", engine.load_info))
-        self.loop(scheduler)
+        self.loop(scheduler, embeddings)
 
     def load_vision(self) -> tuple[Any, Any]:
         """A vision model: mlx-vlm loads it; it is scheduled like a text model."""
@@ -97,11 +113,11 @@ class _Worker:
         engine = VLMEngine.load_vision(self.options.model_path, context_length=self.options.context_length)
         return engine, VisionScheduler(engine, self.options.batch)
 
-    def loop(self, scheduler: Any) -> None:
+    def loop(self, scheduler: Any, embeddings: Any = None) -> None:
         from mlx_router.engine.lm import RequestRejected, classify_exception
 
         while True:
-            block = not scheduler.active
+            block = not scheduler.active and not (embeddings is not None and embeddings.active)
             while True:
                 try:
                     msg = self.inbox.get(block=block)
@@ -112,9 +128,13 @@ class _Worker:
                 if kind == "shutdown":
                     return
                 if kind == "cancel":
+                    if embeddings is not None and embeddings.cancel(msg[1]):
+                        continue
                     generated = scheduler.cancel(msg[1])
                     if generated is not None:
                         self.log(logging.INFO, f"request {msg[1]} cancelled after {generated} generated tokens")
+                elif kind == "embed":
+                    self.admit_embedding(embeddings, msg[1])
                 elif kind == "generate":
                     request = msg[1]
                     try:
@@ -123,6 +143,9 @@ class _Worker:
                         self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))  # type: ignore[arg-type]
                     except Exception as exc:
                         self.send(("error", classify_exception(exc, request.request_id)))
+            if embeddings is not None and embeddings.active:  # one forward pass, then a decode step
+                for result in embeddings.step():
+                    self.send(("embedded" if isinstance(result, EmbeddingResult) else "error", result))
             if not scheduler.active:
                 continue
             try:
@@ -133,6 +156,35 @@ class _Worker:
                 continue
             if chunks:
                 self.send(("step", chunks))
+
+
+    def admit_embedding(self, embeddings: Any, request: EmbeddingRequest) -> None:
+        from mlx_router.engine.embed import EmbeddingRejected
+        from mlx_router.engine.lm import classify_exception
+
+        if embeddings is None:
+            self.send(("error", EngineError("invalid_request", "this model cannot compute embeddings", request.request_id, "model")))
+            return
+        try:
+            embeddings.add(request)
+        except EmbeddingRejected as exc:
+            self.send(("error", EngineError("invalid_request", exc.message, request.request_id, exc.param)))
+        except Exception as exc:
+            self.send(("error", classify_exception(exc, request.request_id)))
+
+
+class _EmbeddingOnly:
+    """The scheduler of a dedicated embedding model: it generates nothing."""
+
+    active = False
+
+    def add(self, request: GenerationRequest) -> Any:
+        from mlx_router.engine.lm import RequestRejected
+
+        raise RequestRejected("invalid_request", "this is an embedding model: it serves /v1/embeddings only", "model")
+
+    def cancel(self, request_id: str) -> None:
+        return None
 
 
 def worker_main(conn: Connection, options: WorkerOptions | None) -> None:

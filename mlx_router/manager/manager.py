@@ -477,6 +477,7 @@ class MLXModelManager:
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
+            embedding_model=entry.is_embedding_model,
         )
 
     def batch_options(self, entry: ModelEntry) -> BatchOptions:
@@ -487,8 +488,8 @@ class MLXModelManager:
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
             prefix_cache_bytes=(
-                0  # vision models keep no prefix cache (a prompt's KV depends on its images)
-                if entry.supports_vision
+                0  # vision models keep no prefix cache (a prompt's KV depends on its images), nor embedding models
+                if entry.supports_vision or entry.is_embedding_model
                 else config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
             ),
             prefix_cache_entries=defaults.prefix_cache_entries,
@@ -849,6 +850,7 @@ class MLXModelManager:
         return {
             "state": state.value,
             "failure_reason": self.failures.get(entry.id),
+            "capabilities": entry.capabilities,
             "memory_requirements": {
                 "required_gb": required_gb,
                 "weight_bytes": measured,

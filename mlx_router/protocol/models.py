@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from mlx_router.protocol.common import OpenAIResponse
 
 __all__ = ["ModelCard", "ModelList"]
@@ -16,6 +18,9 @@ class ModelCard(OpenAIResponse):
     owned_by: str = "mlx-router"
     state: str
     failure_reason: str | None = None
+    capabilities: list[Literal["chat", "completions", "embeddings", "vision", "tools"]] = Field(
+        default_factory=list, description="What the model serves: chat, completions, embeddings, vision, tools."
+    )
     memory_requirements: dict[str, Any]
     parameters: dict[str, Any]
 

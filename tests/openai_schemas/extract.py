@@ -33,6 +33,7 @@ ROOTS = (
     "Model",
     "ErrorResponse",
     "CompletionUsage",
+    "CreateEmbeddingResponse",
 )
 
 REF_PREFIX = "#/components/schemas/"

@@ -1,0 +1,1 @@
+"""Services behind the endpoints: wire requests in, wire responses out."""
