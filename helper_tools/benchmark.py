@@ -428,12 +428,9 @@ def make_worker(kind: str, target: Path) -> int:
     target.mkdir(parents=True, exist_ok=True)
     if kind == "tiny":
         sys.path.insert(0, str(REPO_ROOT))
-        try:
-            from tests.fixtures.tiny_models import make_tiny_llm
-        except ImportError:
-            write_random_llama(target, SHAPES["tiny"])
-        else:
-            make_tiny_llm(target, max_position_embeddings=8192)
+        from mlx_router.fabricate import make_tiny_llm
+
+        make_tiny_llm(target, max_position_embeddings=8192)
     else:
         write_random_llama(target, SHAPES[kind])
     (target / ".complete").write_text("ok\n")
