@@ -73,11 +73,14 @@ from mlx_router.text.constraints import json_grammar, schema_depth, validate_gra
 from mlx_router.text.reasoning import HarmonySplitter, ReasoningSplitter, make_splitter
 from mlx_router.text.tools import ParsedCall, ToolCallStream, make_format
 
-__all__ = ["GenerationService", "Job", "SYSTEM_FINGERPRINT", "engine_error"]
+__all__ = ["GenerationService", "Job", "STOPPED_HEADER", "SYSTEM_FINGERPRINT", "engine_error"]
 
 logger = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
+STOPPED_HEADER = "X-MLX-Router-Stopped"
+"""Set to ``timeout`` on a non-streaming answer that ``defaults.timeout`` cut short (its
+unfinished choices say ``finish_reason: "length"``)."""
 T = TypeVar("T")
 
 Event = tuple[int, Admission | GenerationChunk | None]
@@ -122,6 +125,12 @@ class Job:
     """The tools offered (OpenAI shape); their calls are read from the output."""
     parallel_tool_calls: bool = True
     """False keeps only the first call of an answer."""
+    timed_out: bool = False
+    """Set when ``defaults.timeout`` ended the job: unfinished choices end with ``length``."""
+
+    def headers(self) -> dict[str, str]:
+        """Response headers saying how the job ended, when a limit ended it."""
+        return {STOPPED_HEADER: "timeout"} if self.timed_out else {}
 
     def splitter(self, admission: Admission) -> Splitter | None:
         """A reasoning splitter (chat only) when the model's ``reasoning_response`` asks for one;
@@ -324,8 +333,9 @@ class GenerationService:
     # ------------------------------------------------------------------ running
 
     async def _events(self, job: Job) -> AsyncIterator[Event]:
-        """(choice, Admission | chunk) for every choice, under the request timeout."""
-        deadline = time.monotonic() + self.settings.defaults.timeout
+        """(choice, Admission | chunk) for every choice. A non-streaming job runs under
+        ``defaults.timeout``; a stream has no wall-clock limit (its client ends it by leaving)."""
+        deadline = None if job.stream else time.monotonic() + self.settings.defaults.timeout
         self.requests_total += 1
         try:
             async for event in self._generate(job, deadline):
@@ -334,7 +344,10 @@ class GenerationService:
             self.requests_failed += 1
             raise
 
-    async def _generate(self, job: Job, deadline: float) -> AsyncIterator[Event]:
+    async def _generate(self, job: Job, deadline: float | None) -> AsyncIterator[Event]:
+        """Merge the choices' events. At the deadline, a job whose choices were all admitted
+        ends each unfinished choice with ``length`` (what was generated is kept and
+        ``job.timed_out`` says why); one still waiting for an admission is a 504."""
         observe = self.metrics.generation(job.entry.id)  # token counts and latencies, per yielded item
         async with self.manager.acquire(job.entry.id, len(job.requests)) as lm:
             queue: asyncio.Queue[tuple[int, Admission | GenerationChunk | BaseException | None]] = asyncio.Queue()
@@ -351,6 +364,8 @@ class GenerationService:
 
             tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(job.requests)]
             running = len(tasks)
+            admitted: dict[int, Admission] = {}
+            last: dict[int, GenerationChunk] = {}
             self._queues.add(queue)
             try:
                 while running:
@@ -358,25 +373,35 @@ class GenerationService:
                         index, item = queue.get_nowait()
                     except asyncio.QueueEmpty:
                         # asyncio.timeout, unlike wait_for, creates no task per wait (hot path).
-                        now = time.monotonic()
+                        wait = job.keepalive if deadline is None else min(deadline - time.monotonic(), job.keepalive)
                         try:
-                            async with asyncio.timeout(min(deadline - now, job.keepalive)):
+                            async with asyncio.timeout(wait):
                                 index, item = await queue.get()
                         except TimeoutError:
-                            if time.monotonic() >= deadline:
+                            if deadline is None or time.monotonic() < deadline:
+                                yield KEEPALIVE, None  # still working: streams send a keep-alive
+                                continue
+                            if len(admitted) < len(job.requests):
                                 raise
-                            yield KEEPALIVE, None  # still working: streams send a keep-alive
-                            continue
+                            job.timed_out = True
+                            for index, chunk in _cut_short(job, admitted, last):
+                                yield index, chunk
+                            return
                     if item is None:
                         running -= 1
                     elif isinstance(item, BaseException):
                         raise item
                     else:
+                        if isinstance(item, Admission):
+                            admitted[index] = item
+                        else:
+                            last[index] = item
                         observe(index, item)
                         yield index, item
             except asyncio.TimeoutError:
                 raise GenerationTimeout(
-                    f"Generation stopped after {self.settings.defaults.timeout:g} s (defaults.timeout)."
+                    f"No output within {self.settings.defaults.timeout:g} s (defaults.timeout): the request "
+                    "was still waiting to start."
                 ) from None
             except EngineFailure as exc:
                 raise engine_error(exc.error, "messages" if job.kind == "chat" else "prompt") from None
@@ -549,12 +574,13 @@ class GenerationService:
         counts = run.usage(job, last)
         generated = counts.completion_tokens
         logger.info(
-            "model=%s choices=%d prompt_tokens=%d completion_tokens=%d finish=%s %.2fs %.1f tok/s",
+            "model=%s choices=%d prompt_tokens=%d completion_tokens=%d finish=%s%s %.2fs %.1f tok/s",
             job.entry.id,
             len(job.requests),
             counts.prompt_tokens,
             generated,
             ",".join(str(last[i].finish_reason) for i in sorted(last)),
+            " (defaults.timeout)" if job.timed_out else "",
             seconds,
             generated / seconds if seconds > 0 else 0.0,
         )
@@ -607,6 +633,26 @@ async def _collect(
         tokens[index].extend(chunk.logprobs)
         last[index] = chunk
     return ["".join(parts) for parts in texts], tokens, last
+
+
+def _cut_short(
+    job: Job, admitted: dict[int, Admission], last: dict[int, GenerationChunk]
+) -> list[tuple[int, GenerationChunk]]:
+    """A closing ``length`` chunk for every choice that has not finished."""
+    return [
+        (
+            index,
+            GenerationChunk(
+                request_id=request.request_id,
+                text="",
+                completion_tokens=last[index].completion_tokens if index in last else 0,
+                prompt_tokens=admitted[index].prompt_tokens,
+                finish_reason="length",
+            ),
+        )
+        for index, request in enumerate(job.requests)
+        if index not in last or last[index].finish_reason is None
+    ]
 
 
 async def _replay(early: list[Event], events: AsyncIterator[Event]) -> AsyncIterator[Event]:
