@@ -216,6 +216,16 @@ class GenerationService:
 
     def _job(self, kind: Literal["chat", "completion"], req: SamplingRequest, entry: ModelEntry,
              requests: list[GenerationRequest], prompt_of: list[int], echo: list[str] | None = None) -> Job:
+        limit = self.manager.queue_limit(entry)
+        if len(requests) > limit:
+            prompts = len(set(prompt_of))
+            asked = f"{prompts} prompts × n {req.n or 1}" if prompts > 1 else f"n {req.n or 1}"
+            raise InvalidRequest(
+                f"This request needs {len(requests)} sequences ({asked}), more than model {entry.id!r} can ever "
+                f"hold at once: {limit} (max_batch_size + max_queue). Ask for fewer choices or prompts.",
+                param="n",
+                code="too_many_sequences",
+            )
         return Job(
             kind=kind,
             entry=entry,

@@ -581,3 +581,29 @@ async def test_keepalive_during_slow_first_token_end_to_end(make_app: Any) -> No
     events, _ = parse_sse(text)
     assert_chunk_stream(events, texts=CHUNKS, finish="stop")
 
+
+
+# --------------------------------------------------------------------------- backpressure
+
+
+async def test_request_that_can_never_fit_is_400_not_429(make_app: Any) -> None:
+    """More sequences than batch + queue could ever hold: no wait helps, so 400 and no load."""
+    harness = await make_app(defaults={"max_batch_size": 4, "max_queue": 2, "max_n": 16})
+    response = await harness.client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b", "c"], "n": 3})
+    error = assert_error(response, 400, code="too_many_sequences", param="n")
+    assert "9 sequences (3 prompts × n 3)" in error["message"] and "6 (max_batch_size + max_queue)" in error["message"]
+    response = await harness.client.post(CHAT, json=chat_body(n=7))
+    assert_error(response, 400, code="too_many_sequences", message_contains=["7 sequences (n 7)"])
+    assert harness.factory.calls == 0
+    assert (await harness.client.post(CHAT, json=chat_body(n=6))).status_code == 200
+
+
+async def test_queue_full_is_429_with_retry(make_app: Any) -> None:
+    """A request that would fit once others finish is refused with an invitation to retry."""
+    harness = await make_app(script=FakeEngineScript(first_chunk_delay=0.5), defaults={"max_batch_size": 1, "max_queue": 0})
+    busy = asyncio.ensure_future(harness.client.post(CHAT, json=chat_body()))
+    await wait_for(lambda: harness.factory.requests)
+    refused = await harness.client.post(CHAT, json=chat_body())
+    assert_error(refused, 429, code="queue_full", error_type="rate_limit_error")
+    assert refused.headers["retry-after"] == "1"
+    assert (await busy).status_code == 200
