@@ -22,6 +22,9 @@ MAX_STOP_LENGTH = 256
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool = False
+    include_obfuscation: bool | None = None
+    """Accepted: OpenAI pads stream chunks against length side channels on the network; this
+    server does not add the ``obfuscation`` field, whatever the value."""
 
 
 class ModelDefaults(BaseModel):
