@@ -21,9 +21,11 @@ __all__ = [
 
 
 class OpenAIRequest(BaseModel):
-    """Base of request bodies: unknown fields are refused, never silently ignored."""
+    """Base of request bodies: unknown fields are refused, never silently ignored, and types are
+    strict JSON types as in the spec (``"stream": "yes"`` or ``"n": "2"`` is refused, not
+    coerced; an integer is accepted where a number is expected, as JSON allows)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class OpenAIResponse(BaseModel):
