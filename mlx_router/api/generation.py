@@ -468,7 +468,7 @@ class GenerationService:
             calls: list[ParsedCall] = []
             reader = job.tool_stream(admission)
             if reader is not None:
-                content, calls = _feed(reader, content, final=True)
+                content, calls = _read_calls(reader, content, final=True)
                 calls = calls[:1] if not job.parallel_tool_calls else calls
             message = ResponseMessage(
                 content=(content or None) if calls else content,
@@ -483,7 +483,7 @@ class GenerationService:
                     finish_reason=_finish(last[index].finish_reason, bool(calls)),  # type: ignore[arg-type]
                 )
             )
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [choice.finish_reason for choice in choices])
         return _envelope(ChatCompletionResponse, "chatcmpl", job)(choices, run.usage(job, last))
 
     async def chat_stream(self, job: Job) -> AsyncIterator[ChatCompletionChunk | None]:
@@ -500,6 +500,7 @@ class GenerationService:
         readers = [job.tool_stream(a) for a in run.admissions]
         called = [0] * len(run.admissions)
         last: dict[int, GenerationChunk] = {}
+        finishes: dict[int, str] = {}
         async for index, item in run.events:
             if item is None:
                 yield None  # keep-alive
@@ -514,7 +515,7 @@ class GenerationService:
             calls: list[ParsedCall] = []
             reader = readers[index]
             if reader is not None:
-                content, calls = _feed(reader, content, final=final)
+                content, calls = _read_calls(reader, content, final=final)
             shown_reasoning = job.reasoning_out(reasoning)
             logprobs = _chat_logprobs(list(item.logprobs)) if item.logprobs else None
             if content or shown_reasoning or logprobs:
@@ -527,9 +528,9 @@ class GenerationService:
                     yield chunk([ChunkChoice(index=index, delta=delta)])
                 called[index] += 1
             if final:
-                finish = _finish(item.finish_reason, bool(called[index]))
+                finish = finishes[index] = _finish(item.finish_reason, bool(called[index]))
                 yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])  # type: ignore[arg-type]
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [finishes[i] for i in sorted(finishes)])
         if job.include_usage:
             yield chunk([], run.usage(job, last))
 
@@ -547,7 +548,7 @@ class GenerationService:
             )
             for index in range(len(job.requests))
         ]
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [choice.finish_reason or "" for choice in choices])
         return _envelope(CompletionResponse, "cmpl", job)(choices, run.usage(job, last))
 
     async def completion_stream(self, job: Job) -> AsyncIterator[CompletionResponse | None]:
@@ -573,13 +574,14 @@ class GenerationService:
             finish = _finish(item.finish_reason) if item.finish_reason is not None else None
             if item.text or logprobs or finish:
                 yield chunk([CompletionChoice(text=item.text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [_finish(last[i].finish_reason) for i in sorted(last)])
         if job.include_usage:
             yield chunk([], run.usage(job, last))
 
     # ------------------------------------------------------------------ logging
 
-    def _log_done(self, job: Job, run: _Run, last: dict[int, GenerationChunk]) -> None:
+    def _log_done(self, job: Job, run: _Run, last: dict[int, GenerationChunk], finishes: list[str]) -> None:
+        """One line per finished job; ``finishes`` are the finish reasons as returned."""
         seconds = time.perf_counter() - run.started
         counts = run.usage(job, last)
         generated = counts.completion_tokens
@@ -589,7 +591,7 @@ class GenerationService:
             len(job.requests),
             counts.prompt_tokens,
             generated,
-            ",".join(str(last[i].finish_reason) for i in sorted(last)),
+            ",".join(finishes),
             " (defaults.timeout)" if job.timed_out else "",
             seconds,
             generated / seconds if seconds > 0 else 0.0,
@@ -684,6 +686,17 @@ def _feed(reader: Splitter | ToolCallStream, text: str, *, final: bool) -> tuple
         more_first, more_second = reader.flush()
         first, second = first + more_first, second + more_second
     return first, second
+
+
+def _read_calls(reader: ToolCallStream, text: str, *, final: bool) -> tuple[str, list[ParsedCall]]:
+    """(content, calls) of a piece of answer text. At the end, a call that a length limit cut
+    off after complete calls is dropped: its markup is no answer, and the calls stand."""
+    content, calls = reader.feed(text)
+    if final:
+        cut = reader.in_call and bool(reader.calls)
+        more_content, more_calls = reader.flush()
+        content, calls = content + ("" if cut and not more_calls else more_content), calls + more_calls
+    return content, calls
 
 
 def _chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
