@@ -36,6 +36,15 @@ __all__ = [
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"<>:,;()\[\]{}]+){2,}")
 
 
+def _sendable(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udXXX`` escapes (UTF-8 cannot encode them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def redact_paths(text: str) -> str:
     """Replace filesystem paths in a message (library errors often name files) with ``<path>``."""
     return _PATH.sub("<path>", text)
@@ -85,12 +94,13 @@ class RouterError(Exception):
         return headers
 
     def to_dict(self) -> dict[str, object]:
-        """The OpenAI error envelope."""
+        """The OpenAI error envelope (text quoted from a request is escaped where it is not valid
+        Unicode, so the envelope itself can always be sent)."""
         return {
             "error": {
-                "message": self.message,
+                "message": _sendable(self.message),
                 "type": self.error_type,
-                "param": self.param,
+                "param": None if self.param is None else _sendable(self.param),
                 "code": self.code,
             }
         }

@@ -409,3 +409,32 @@ async def test_integers_are_numbers(harness: Any) -> None:
     assert response.status_code == 200, response.text
     params = harness.factory.requests[0].params
     assert (params.temperature, params.top_p, params.frequency_penalty, params.logit_bias) == (1.0, 1.0, 1.0, {5: 2.0})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"model": MODEL, "prompt": "a\ud800b"}, "prompt"),
+        ("/v1/completions", {"model": MODEL, "prompt": ["ok", "\udfff"]}, "prompt[1]"),
+        (CHAT, chat_body(messages=[{"role": "user", "content": "x\ud83d"}]), "messages[0].content"),
+        (CHAT, chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]), "messages[0].content[0].text"),
+        (CHAT, chat_body(stop=["\udc00"]), "stop[0]"),
+        (CHAT, chat_body(metadata={"k\ud800": "v"}), "metadata.k\ud800"),
+    ],
+    ids=["completion-prompt", "completion-prompt-list", "chat-content", "chat-text-part", "stop", "metadata-key"],
+)
+async def test_lone_surrogate_is_a_clean_400(harness: Any, path: str, body: dict[str, Any], param: str) -> None:
+    """JSON lets an unpaired \\ud800 escape through; no tokenizer can encode it. A 400 naming the
+    field, never a 500 or a tokenizer's message."""
+    response = await harness.client.post(path, content=json.dumps(body).encode(), headers=JSON)
+    error = assert_error(response, 400, code="invalid_value", leaks=("TextEncodeInput", "Union["))
+    assert error["param"] == param.encode("utf-8", "backslashreplace").decode()
+    assert "lone surrogate" in error["message"]
+    assert harness.factory.calls == 0
+    await assert_still_serving(harness)
+
+
+async def test_paired_surrogates_are_fine(harness: Any) -> None:
+    response = await harness.client.post(CHAT, content=b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}', headers=JSON)
+    assert response.status_code == 200, response.text
+    assert harness.factory.requests[0].messages[0]["content"] == "\U0001f600"
