@@ -134,7 +134,11 @@ class ModelConfig(_Section):
 class Defaults(_Section):
     """Global defaults (``defaults`` in config.json)."""
 
-    model: str | None = Field(None, description="Model preloaded at start and pinned.")
+    model: str | None = Field(
+        None,
+        description="Model preloaded at start and kept resident: evicted only after every other idle model "
+        "when a load needs its room (models.<id>.pin: true never evicts it).",
+    )
     model_directory: str = Field(
         "~/models", description="Where models are discovered; MLX_MODEL_DIR overrides it."
     )
@@ -144,7 +148,12 @@ class Defaults(_Section):
     )
     max_n: int = Field(16, ge=1, le=128, description="Most choices (n) one request may ask for.")
     timeout: float = Field(120.0, gt=0, description="Seconds a request may run before it is stopped.")
-    cache_size: int = Field(1, ge=1, le=64, description="Most models resident at once.")
+    cache_size: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Most models resident at once; null: no count cap, the memory budget alone decides.",
+    )
     memory_budget_gb: float | None = Field(
         None,
         gt=0,
@@ -161,7 +170,10 @@ class Defaults(_Section):
         0, ge=0, description="Seconds an idle model stays loaded (0: until evicted); pinned models stay."
     )
     rescan_interval: float = Field(
-        10.0, ge=0, description="Least seconds between model-directory rescans triggered by unknown model ids."
+        10.0,
+        ge=0,
+        description="Least seconds between model-directory rescans triggered by unknown model ids or by "
+        "GET /v1/models; a listing also rescans at once when the directory's top level changed.",
     )
     memory_threshold_gb: float = Field(
         2.0, ge=0, description="Available memory below which pressure is 'high' (half: 'critical')."

@@ -2,7 +2,8 @@
 
 Each model is UNLOADED → LOADING → READY → UNLOADING, or FAILED with a reason. Loads are
 single-flight (concurrent first requests share one load). A model with requests in flight or
-pinned is never unloaded to make room; ``defaults.cache_size`` bounds how many are resident.
+pinned is never unloaded to make room; the memory budget (and ``defaults.cache_size`` when set)
+bounds how many are resident; the default model is kept resident while room allows.
 All MLX work, GGUF imports included, happens in child processes.
 """
 
@@ -41,6 +42,7 @@ from mlx_router.manager.registry import (
     IMPORT_DIR_NAME,
     ModelEntry,
     build_registry,
+    directory_signature,
     kv_allowance_bytes,
 )
 from mlx_router.metrics.context import note_model
@@ -165,13 +167,17 @@ class MLXModelManager:
         self._draining: set[str] = set()
         """Resident models giving way to a waiting load: new requests for them wait their turn."""
         self._scanned_at = 0.0
+        self._scanned_signature: tuple[tuple[str, int, bool], ...] = ()
         self._reserved: dict[str, int] = {}
         """Cost of loads in progress, counted against the budget until they finish."""
         self.budget_bytes = memory_budget_bytes(settings.defaults)
         self._demand: dict[str, int] = {}
         """Sequences per model running or waiting (loading included), for backpressure."""
         self.default_model: str | None = settings.defaults.model
-        """Preloaded and pinned; the embedded model takes this role when it is the fallback."""
+        """Preloaded and kept: evicted only after every other idle model (and restarted at once
+        after a crash); the embedded model takes this role when it is the fallback."""
+        self.started = False
+        """:meth:`start` has finished (the default model's first load included)."""
         self.started_at = time.time()
         self.worker_restarts = 0
         self.loads = 0
@@ -224,6 +230,7 @@ class MLXModelManager:
         Loaded models stay known even if their folder went away meanwhile, unless
         ``keep_resident`` is false (a configuration reload that removed them)."""
         self._scanned_at = time.monotonic()
+        self._scanned_signature = directory_signature(self.settings.model_dir)
         entries = build_registry(self.settings.models, self.settings.model_dir)
         kept = {m: self.entries[m] for m in self._resident if m in self.entries} if keep_resident else {}
         self.entries = {**kept, **entries}
@@ -247,7 +254,6 @@ class MLXModelManager:
                     f"{', '.join(sorted(self.entries)) or 'none'}. Fix defaults.model or add the model "
                     f"under models / the model directory."
                 )
-            self.pinned.add(default)
         self.pinned.update(mid for mid, e in self.entries.items() if e.config.pin)
         preload = [default] if default else []
         preload += [mid for mid, e in sorted(self.entries.items()) if (e.config.pin or e.config.preload) and mid != default]
@@ -256,8 +262,9 @@ class MLXModelManager:
                 async with self.acquire(model_id):
                     pass
             except RouterError as exc:
-                # Serve the other models; /health says 503 with the reason until the default loads.
+                # Serve the other models; the next request for this one tries again.
                 logger.error("Preloading %s failed: %s", model_id, exc.message)
+        self.started = True
         self._start_spare()
         self._start_expiry()
 
@@ -282,14 +289,14 @@ class MLXModelManager:
         return own if own is not None else self.settings.defaults.keep_alive
 
     async def _expire_idle_loop(self) -> None:
-        """Unload idle, unpinned models whose keep-alive has run out."""
+        """Unload idle models whose keep-alive has run out (not pinned ones, not the default model)."""
         while True:
             limits = [self.keep_alive(mid) for mid in self._resident] or [self.settings.defaults.keep_alive]
             await asyncio.sleep(max(0.2, min((t for t in limits if t > 0), default=5.0) / 4))
             now = time.monotonic()
             for model_id, resident in list(self._resident.items()):
                 ttl = self.keep_alive(model_id)
-                if ttl and not resident.in_flight and model_id not in self.pinned and now - resident.last_used >= ttl:
+                if ttl and not resident.in_flight and not self._kept(model_id) and now - resident.last_used >= ttl:
                     await self.unload(model_id, reason=f"idle for {ttl:g} s (keep_alive)")
 
     async def _import_embedded(self) -> None:
@@ -312,6 +319,16 @@ class MLXModelManager:
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
             return Path(await loop.run_in_executor(pool, _import_gguf_job, str(src), str(dst), dequantize))
+
+    def refresh_listing(self) -> None:
+        """Rescan the model directory for a listing when its top level changed (one ``stat`` per
+        entry: a folder added, removed or filled in) or ``defaults.rescan_interval`` seconds have
+        passed since the last scan, so ``GET /v1/models`` shows what is there now."""
+        if (
+            time.monotonic() - self._scanned_at >= self.settings.defaults.rescan_interval
+            or directory_signature(self.settings.model_dir) != self._scanned_signature
+        ):
+            self.refresh_registry()
 
     def resolve(self, model_id: str) -> ModelEntry:
         """The entry for a requested id; unknown ids are a 404 that touches nothing.
@@ -386,7 +403,7 @@ class MLXModelManager:
             if remaining <= 0:
                 raise ServiceUnavailable(
                     f"Waited {self.settings.defaults.swap_wait:g} s (defaults.swap_wait) for {what}; the models "
-                    "it needs stayed busy. Retry shortly, or raise defaults.cache_size / memory_budget_gb.",
+                    "it needs stayed busy. Retry shortly, or raise defaults.memory_budget_gb (or cache_size, if set).",
                     code="model_slots_busy",
                     headers={"Retry-After": "5"},
                 )
@@ -520,7 +537,7 @@ class MLXModelManager:
         """The policy's view: resident models and loads in progress (which count as busy, and as
         pinned when their model is)."""
         return [
-            Resident(mid, self.cost_bytes(r.entry), r.last_used, r.in_flight, mid in self.pinned)
+            Resident(mid, self.cost_bytes(r.entry), r.last_used, r.in_flight, mid in self.pinned, mid == self.default_model)
             for mid, r in self._resident.items()
         ] + [
             Resident(mid, cost, time.monotonic(), 1, mid in self.pinned)  # a pinned load stays pinned
@@ -605,15 +622,25 @@ class MLXModelManager:
         self._notify_room()
 
     def _on_worker_exit(self, client: Any, reason: str) -> None:
-        """A worker died: its requests already got errors; pinned models come back at once."""
+        """A worker died: its requests already got errors; pinned models and the default model
+        come back at once."""
         for model_id, resident in list(self._resident.items()):
             if resident.client is client:
                 del self._resident[model_id]
                 self.worker_restarts += 1
                 self._fail(model_id, reason)
                 self._emit(ManagerEvent("worker_exit", model_id))
-                if model_id in self.pinned and model_id in self.entries:
+                if self._restarts_at_once(model_id):
                     self._spawn(self._reload_pinned(model_id))
+
+    def _kept(self, model_id: str) -> bool:
+        """Pinned models and the default model: loaded at start, again at once when lost (a crash,
+        a reload that changed them), and never unloaded for being idle (``keep_alive``). Only the
+        pinned ones are also never evicted to make room."""
+        return model_id in self.pinned or model_id == self.default_model
+
+    def _restarts_at_once(self, model_id: str) -> bool:
+        return self._kept(model_id) and model_id in self.entries and not self._closing
 
     async def _reload_pinned(self, model_id: str) -> None:
         try:
@@ -735,8 +762,6 @@ class MLXModelManager:
         config_pins = {mid for mid, e in old.items() if e.config.pin}
         self.pinned -= config_pins | set(removed)
         self.pinned |= {mid for mid, e in self.entries.items() if e.config.pin}
-        if default:
-            self.pinned.add(default)
         stale = {
             mid
             for mid in set(self._resident) | set(loading_signatures)
@@ -789,7 +814,7 @@ class MLXModelManager:
                 self.failures.pop(model_id, None)
             self._notify_room()
         self._emit(ManagerEvent("retired", model_id))
-        if model_id in self.pinned and model_id in self.entries and not self._closing:
+        if self._restarts_at_once(model_id):
             self._spawn(self._load_quietly(model_id))
 
     async def _load_quietly(self, model_id: str) -> None:
@@ -813,14 +838,19 @@ class MLXModelManager:
     # ---------------------------------------------------------------- reporting
 
     def is_ready(self) -> tuple[bool, str]:
-        """Whether the server can serve requests now, and why not."""
+        """Whether the server can serve requests, and why not: it has started, serves some model
+        that fits the memory budget, and not every model's last load failed. Which models are
+        resident does not matter: any servable model loads on request."""
+        if not self.started:
+            default = self.default_model
+            return False, f"starting: the default model {default} is loading" if default else "starting"
         if not self.entries:
             return False, "no models are available"
-        default = self.default_model
-        if default and self.states.get(default) != ModelState.READY:
-            state = self.states.get(default, ModelState.UNLOADED).value
-            reason = self.failures.get(default)
-            return False, f"default model {default} is {state}" + (f": {reason}" if reason else "")
+        if not any(self.cost_bytes(entry) <= self.budget_bytes for entry in self.entries.values()):
+            return False, f"no model fits the memory budget of {self.budget_bytes / GB:.2f} GB (defaults.memory_budget_gb)"
+        if all(self.states.get(mid) == ModelState.FAILED for mid in self.entries):
+            failures = "; ".join(f"{mid} failed: {self.failures.get(mid, 'unknown reason')}" for mid in sorted(self.entries)[:3])
+            return False, f"every model's last load failed ({failures}); the next request for a model tries again"
         return True, "ok"
 
     def max_tokens_cap(self, entry: ModelEntry) -> int | None:
@@ -874,6 +904,7 @@ class MLXModelManager:
                 "weight_gb": round(r.load_info.weight_bytes / GB, 3),
                 "backend": r.load_info.backend,
                 "pinned": mid in self.pinned,
+                "default": mid == self.default_model,
             }
             for mid, r in self._resident.items()
         ]

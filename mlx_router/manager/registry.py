@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from functools import cached_property
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,15 @@ from typing import Literal
 
 from mlx_router.config.settings import Defaults, ModelConfig
 
-__all__ = ["IMPORT_DIR_NAME", "ModelEntry", "discover_models", "kv_allowance_bytes", "kv_bytes_per_token", "weight_bytes"]
+__all__ = [
+    "IMPORT_DIR_NAME",
+    "ModelEntry",
+    "directory_signature",
+    "discover_models",
+    "kv_allowance_bytes",
+    "kv_bytes_per_token",
+    "weight_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +169,24 @@ def discover_models(model_dir: Path) -> dict[str, Path]:
                 elif sub.is_file() and sub.suffix == ".gguf":
                     found.setdefault(f"{name}/{sub.stem}", sub)
     return found
+
+
+def directory_signature(model_dir: Path) -> tuple[tuple[str, int, bool], ...]:
+    """The names and modification times of the model directory's direct children, and whether
+    each holds a ``config.json``: two ``stat`` calls per entry, so a listing can tell cheaply that
+    a folder was added, removed or filled in (a change deeper down, such as a Hugging Face
+    snapshot completing, waits for the periodic rescan)."""
+    try:
+        with os.scandir(model_dir) as children:
+            return tuple(
+                sorted(
+                    (child.name, child.stat().st_mtime_ns, os.path.isfile(os.path.join(child.path, "config.json")))
+                    for child in children
+                    if not child.name.startswith(".")
+                )
+            )
+    except OSError:
+        return ()
 
 
 def build_registry(models: dict[str, ModelConfig], model_dir: Path) -> dict[str, ModelEntry]:

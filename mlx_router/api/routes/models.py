@@ -22,6 +22,7 @@ def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot 
 
 @router.get("/v1/models", response_model=ModelList, summary="List models with their memory requirements")
 async def list_models(manager: ManagerDep) -> ModelList:
+    manager.refresh_listing()
     snapshot = manager.monitor.snapshot()
     return ModelList(
         data=[_card(manager, entry, snapshot) for _, entry in sorted(manager.entries.items())],
