@@ -215,8 +215,11 @@ class Defaults(_Section):
     prefill_step_size: int = Field(
         2048, ge=16, le=65536, description="Prompt tokens per prefill step; decoding continues between steps."
     )
-    prefix_cache_bytes: int = Field(
-        1 << 30, ge=0, description="Bytes of KV kept per model for reuse across requests (0: off)."
+    prefix_cache_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Bytes of KV kept per model for reuse across requests (0: off); null: the KV of "
+        "kv_allowance_tokens tokens of that model (bounded by its context), at most 1/16 of the memory budget.",
     )
     prefix_cache_entries: int = Field(64, ge=1, le=100_000, description="Cached prefixes kept per model.")
     enable_function_calling: bool = Field(

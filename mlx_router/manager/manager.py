@@ -44,6 +44,7 @@ from mlx_router.manager.registry import (
     build_registry,
     directory_signature,
     kv_allowance_bytes,
+    prefix_cache_bytes,
 )
 from mlx_router.metrics.context import note_model
 
@@ -503,11 +504,7 @@ class MLXModelManager:
             max_batch_size=config.max_batch_size or defaults.max_batch_size,
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
-            prefix_cache_bytes=(
-                0  # vision models keep no prefix cache (a prompt's KV depends on its images)
-                if entry.supports_vision
-                else config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
-            ),
+            prefix_cache_bytes=prefix_cache_bytes(entry, defaults, self.budget_bytes),
             prefix_cache_entries=defaults.prefix_cache_entries,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
