@@ -12,7 +12,7 @@ import pytest
 
 import mlx_router.manager.manager as manager_module
 from mlx_router.engine.types import EngineError
-from tests.fixtures.tiny_models import make_tiny_llm
+from mlx_router.fabricate import make_tiny_llm
 from tests.fakes import MODEL, FakeEngineScript, assert_error, chat_body
 from tests.openai_schemas import validate
 

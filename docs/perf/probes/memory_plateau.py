@@ -36,7 +36,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from tests.fixtures.tiny_models import make_tiny_llm  # noqa: E402
+from mlx_router.fabricate import make_tiny_llm  # noqa: E402
 
 MB = 1024 * 1024
 CHAT = "/v1/chat/completions"
