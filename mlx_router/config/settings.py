@@ -373,6 +373,21 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other names for served models, for every endpoint: an exact name or a glob pattern "
+        "(claude-*) mapped to a served model id.",
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            if not name or len(name) > 256 or any(ord(c) < 32 for c in name) or name.strip() != name:
+                raise ValueError(f"{name!r} is not a usable model name (1-256 printable characters, no surrounding spaces)")
+            if not target:
+                raise ValueError(f"{name}: the target must name a served model id")
+        return value
 
     @property
     def model_dir(self) -> Path:

@@ -35,6 +35,7 @@ from mlx_router.errors import (
     ServiceUnavailable,
     redact_paths,
 )
+from mlx_router.manager.aliases import Aliases
 from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor, memory_budget_bytes
 from mlx_router.manager.policy import Resident, plan_eviction
 from mlx_router.manager.registry import (
@@ -156,6 +157,8 @@ class MLXModelManager:
         self._spare: WorkerClient | None = None
         self._closing = False
         self.entries: dict[str, ModelEntry] = {}
+        self.aliases = Aliases.from_config(settings.aliases)
+        """Other names for served models (``aliases``), checked against the registry at start."""
         self.states: dict[str, ModelState] = {}
         self.failures: dict[str, str] = {}
         self.pinned: set[str] = set()
@@ -255,6 +258,7 @@ class MLXModelManager:
                     f"{', '.join(sorted(self.entries)) or 'none'}. Fix defaults.model or add the model "
                     f"under models / the model directory."
                 )
+        self.aliases.check(self.entries)
         self.pinned.update(mid for mid, e in self.entries.items() if e.config.pin)
         preload = [default] if default else []
         preload += [mid for mid, e in sorted(self.entries.items()) if (e.config.pin or e.config.preload) and mid != default]
@@ -332,7 +336,8 @@ class MLXModelManager:
             self.refresh_registry()
 
     def resolve(self, model_id: str) -> ModelEntry:
-        """The entry for a requested id; unknown ids are a 404 that touches nothing.
+        """The entry for a requested id or alias (``aliases``); unknown ids are a 404 that
+        touches nothing.
 
         An unknown id rescans the model directory first (at most every
         ``defaults.rescan_interval`` seconds), so new folders appear without a restart."""
@@ -341,16 +346,30 @@ class MLXModelManager:
                 f"Invalid model id: ids are names from GET /v1/models (at most {MAX_MODEL_ID} characters, no paths).",
                 param="model",
             )
-        entry = self.entries.get(model_id)
+        entry = self._lookup(model_id)
         if entry is None and time.monotonic() - self._scanned_at >= self.settings.defaults.rescan_interval:
             self.refresh_registry()
-            entry = self.entries.get(model_id)
+            entry = self._lookup(model_id)
         if entry is None:
             available = ", ".join(sorted(self.entries)) or "none"
+            alias = self.aliases.match(model_id)
+            if alias is not None:
+                raise ModelNotFound(
+                    f"The model {model_id!r} is an alias (aliases.{alias[0]}) of {alias[1]!r}, which is not served "
+                    f"now. Available models: {available}.",
+                    param="model",
+                )
             raise ModelNotFound(
                 f"The model {model_id!r} does not exist. Available models: {available}.", param="model"
             )
         note_model(entry.id)
+        return entry
+
+    def _lookup(self, model_id: str) -> ModelEntry | None:
+        """A served id first, else the model an alias names."""
+        entry = self.entries.get(model_id)
+        if entry is None and (alias := self.aliases.match(model_id)) is not None:
+            entry = self.entries.get(alias[1])
         return entry
 
     # ---------------------------------------------------------------- residency
@@ -735,6 +754,8 @@ class MLXModelManager:
         applied) when the default model would no longer be served.
         """
         entries = build_registry(settings.models, settings.model_dir)
+        aliases = Aliases.from_config(settings.aliases)
+        aliases.check(entries)
         default = self.default_model
         if default and default not in entries:
             raise ConfigError(
@@ -744,6 +765,7 @@ class MLXModelManager:
         old = self.entries
         loading_signatures = {mid: self.load_signature(old[mid]) for mid in self._loading if mid in old}
         self.settings = settings
+        self.aliases = aliases
         self.monitor.defaults = settings.defaults
         self.budget_bytes = memory_budget_bytes(settings.defaults)
         self.refresh_registry(keep_resident=False)
