@@ -37,6 +37,7 @@ from mlx_router.errors import (
 )
 from mlx_router.manager.aliases import Aliases
 from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor, memory_budget_bytes
+from mlx_router.manager.model_settings import ResolvedModelSettings, resolve_model_settings
 from mlx_router.manager.policy import Resident, plan_eviction
 from mlx_router.manager.registry import (
     EMBEDDED_MODEL_ID,
@@ -45,7 +46,6 @@ from mlx_router.manager.registry import (
     build_registry,
     directory_signature,
     kv_allowance_bytes,
-    prefix_cache_bytes,
 )
 from mlx_router.metrics.context import note_model
 
@@ -158,6 +158,8 @@ class MLXModelManager:
         self._closing = False
         self.entries: dict[str, ModelEntry] = {}
         self.aliases = Aliases.from_config(settings.aliases)
+        self._views: dict[str, tuple[ModelEntry, ResolvedModelSettings]] = {}
+        """Each entry's resolved settings, built on first use (new entries, new views)."""
         """Other names for served models (``aliases``), checked against the registry at start."""
         self.states: dict[str, ModelState] = {}
         self.failures: dict[str, str] = {}
@@ -259,9 +261,9 @@ class MLXModelManager:
                     f"under models / the model directory."
                 )
         self.aliases.check(self.entries)
-        self.pinned.update(mid for mid, e in self.entries.items() if e.config.pin)
+        self.pinned.update(mid for mid, e in self.entries.items() if self.model_settings(e).pin)
         preload = [default] if default else []
-        preload += [mid for mid, e in sorted(self.entries.items()) if (e.config.pin or e.config.preload) and mid != default]
+        preload += [mid for mid, e in sorted(self.entries.items()) if self._preloads(e) and mid != default]
         for model_id in preload:
             try:
                 async with self.acquire(model_id):
@@ -273,11 +275,16 @@ class MLXModelManager:
         self._start_spare()
         self._start_expiry()
 
+    def _preloads(self, entry: ModelEntry) -> bool:
+        """Loaded at start (and when a reload sets it): pinned or ``preload``."""
+        view = self.model_settings(entry)
+        return view.pin or view.preload
+
     def _start_expiry(self) -> None:
         """Run the keep-alive loop once some model has a keep-alive (at start or after a reload)."""
         if self._expiry is not None or self._closing:
             return
-        if self.settings.defaults.keep_alive or any(e.config.keep_alive for e in self.entries.values()):
+        if any(self.model_settings(e).keep_alive for e in self.entries.values()) or self.settings.defaults.keep_alive:
             self._expiry = self._spawn(self._expire_idle_loop())
 
     def _spawn(self, work: Any) -> asyncio.Task[Any]:
@@ -287,11 +294,20 @@ class MLXModelManager:
         task.add_done_callback(self._background.discard)
         return task
 
+    def model_settings(self, entry: ModelEntry) -> ResolvedModelSettings:
+        """The entry's settings with ``defaults`` applied, resolved once per entry (a reload or a
+        rescan builds new entries, whose views are resolved against the settings of then)."""
+        cached = self._views.get(entry.id)
+        if cached is None or cached[0] is not entry:
+            cached = (entry, resolve_model_settings(entry, self.settings.defaults, self.budget_bytes))
+            self._views[entry.id] = cached
+        return cached[1]
+
     def keep_alive(self, model_id: str) -> float:
         """Seconds this model may stay idle before it is unloaded (0: no limit)."""
-        entry = self.entries.get(model_id)
-        own = entry.config.keep_alive if entry is not None else None
-        return own if own is not None else self.settings.defaults.keep_alive
+        resident = self._resident.get(model_id)
+        entry = resident.entry if resident is not None else self.entries.get(model_id)
+        return self.model_settings(entry).keep_alive if entry is not None else self.settings.defaults.keep_alive
 
     async def _expire_idle_loop(self) -> None:
         """Unload idle models whose keep-alive has run out (not pinned ones, not the default model)."""
@@ -434,10 +450,7 @@ class MLXModelManager:
 
     def queue_limit(self, entry: ModelEntry) -> int:
         """Sequences a model may have running or waiting: its batch plus its queue."""
-        defaults, config = self.settings.defaults, entry.config
-        batch = config.max_batch_size or defaults.max_batch_size
-        queue = config.max_queue if config.max_queue is not None else defaults.max_queue
-        return batch + queue
+        return self.model_settings(entry).queue_limit
 
     async def _ensure_loaded(self, entry: ModelEntry) -> _Resident:
         """Single-flight: the load runs as its own task; every caller awaits it shielded, so a
@@ -506,11 +519,12 @@ class MLXModelManager:
     def load_signature(self, entry: ModelEntry) -> WorkerOptions:
         """The options a worker is started with (``model_path``: the entry's own path, before a
         GGUF import): when a reload changes them, the model reloads."""
+        view = self.model_settings(entry)
         return WorkerOptions(
             model_id=entry.id,
             model_path=str(entry.path),
-            context_length=entry.config.context_length,
-            chat_template=entry.config.chat_template,
+            context_length=view.context_length,
+            chat_template=None if view.chat_template == "auto" else view.chat_template,
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
@@ -518,12 +532,12 @@ class MLXModelManager:
 
     def batch_options(self, entry: ModelEntry) -> BatchOptions:
         """Batch limits of a model: its own settings over the defaults."""
-        defaults, config = self.settings.defaults, entry.config
+        defaults, view = self.settings.defaults, self.model_settings(entry)
         return BatchOptions(
-            max_batch_size=config.max_batch_size or defaults.max_batch_size,
+            max_batch_size=view.max_batch_size,
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
-            prefix_cache_bytes=prefix_cache_bytes(entry, defaults, self.budget_bytes),
+            prefix_cache_bytes=view.prefix_cache_bytes,
             prefix_cache_entries=defaults.prefix_cache_entries,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
@@ -544,10 +558,11 @@ class MLXModelManager:
         """What a model takes resident: its weights (as MLX measured them once loaded, else the
         weight files) plus its KV allowance (one context's KV, capped, and its prefix cache)."""
         resident = self._resident.get(entry.id)
+        view = self.model_settings(entry)
         weights = resident.load_info.weight_bytes if resident else entry.weight_bytes
-        if entry.config.required_memory_gb:
-            weights = int(entry.config.required_memory_gb * GB)
-        return weights + kv_allowance_bytes(entry, self.settings.defaults, self.batch_options(entry).prefix_cache_bytes)
+        if view.required_memory_bytes is not None:
+            weights = view.required_memory_bytes
+        return weights + kv_allowance_bytes(entry, self.settings.defaults, view.prefix_cache_bytes)
 
     def _residents(self, exclude: str) -> list[Resident]:
         """The policy's view: resident models and loads in progress (which count as busy, and as
@@ -780,7 +795,7 @@ class MLXModelManager:
                 self.failures.pop(mid, None)
         config_pins = {mid for mid, e in old.items() if e.config.pin}
         self.pinned -= config_pins | set(removed)
-        self.pinned |= {mid for mid, e in self.entries.items() if e.config.pin}
+        self.pinned |= {mid for mid, e in self.entries.items() if self.model_settings(e).pin}
         stale = {
             mid
             for mid in set(self._resident) | set(loading_signatures)
@@ -797,7 +812,7 @@ class MLXModelManager:
                 self._spawn(self._retire(mid))
         wanted = [
             mid for mid, e in sorted(self.entries.items())
-            if (e.config.pin or e.config.preload) and mid not in self._resident and mid not in self._retiring
+            if self._preloads(e) and mid not in self._resident and mid not in self._retiring
             and mid not in self._loading and (mid not in old or not (old[mid].config.pin or old[mid].config.preload))
         ]
         for mid in wanted:
@@ -875,15 +890,16 @@ class MLXModelManager:
     def max_tokens_cap(self, entry: ModelEntry) -> int | None:
         """The per-model cap for the current memory-pressure level, if the model has caps (the
         memory is read only then: this runs for every request)."""
-        caps = entry.config.memory_pressure_max_tokens
-        return caps.get(self.monitor.snapshot().level) if caps else None
+        view = self.model_settings(entry)
+        return view.max_tokens_cap(self.monitor.snapshot().level) if view.memory_pressure_max_tokens else None
 
     def model_info(self, entry: ModelEntry, snapshot: MemorySnapshot | None = None) -> dict[str, Any]:
         """The old project's ``memory_requirements`` and ``parameters`` plus state (``snapshot``:
         one memory reading shared by a whole listing)."""
         resident = self._resident.get(entry.id)
         measured = resident.load_info.weight_bytes if resident else entry.weight_bytes
-        required_gb = entry.config.required_memory_gb or round(measured / GB, 3)
+        view = self.model_settings(entry)
+        required_gb = round(measured / GB, 3) if view.required_memory_gb is None else view.required_memory_gb
         snapshot = snapshot or self.monitor.snapshot()
         budget_gb = snapshot.available_bytes / GB * self.settings.defaults.safety_margin
         can_load = resident is not None or required_gb <= budget_gb
@@ -894,7 +910,6 @@ class MLXModelManager:
         else:
             reason = f"Needs {required_gb:.2f} GB, {budget_gb:.2f} GB usable now"
         state = self.states.get(entry.id, ModelState.UNLOADED)
-        defaults = self.settings.defaults
         return {
             "state": state.value,
             "failure_reason": self.failures.get(entry.id),
@@ -906,9 +921,9 @@ class MLXModelManager:
                 "load_status_reason": reason,
             },
             "parameters": {
-                "max_tokens": entry.config.max_tokens or defaults.max_tokens,
-                "chat_template": entry.config.chat_template or "auto",
-                "context_length": resident.load_info.context_length if resident else entry.config.context_length,
+                "max_tokens": view.max_tokens,
+                "chat_template": view.chat_template,
+                "context_length": resident.load_info.context_length if resident else view.context_length,
             },
         }
 
