@@ -121,8 +121,11 @@ def st_pooling(folder: Path) -> Pooling | None:
 class Embedder(Protocol):
     """What :class:`EmbeddingQueue` needs from a model."""
 
-    context_length: int
-    vocab_size: int
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
 
     def tokenize(self, texts: list[str]) -> list[list[int]]: ...
 

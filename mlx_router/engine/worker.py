@@ -73,6 +73,7 @@ class _Worker:
         from mlx_router.engine.lm import LMEngine, classify_exception
 
         embeddings: EmbeddingQueue | None = None
+        engine: Any
         try:
             if self.options.embedding_model:
                 engine = EncoderEmbedder.load(self.options.model_path, context_length=self.options.context_length)

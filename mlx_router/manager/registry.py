@@ -118,9 +118,9 @@ class ModelEntry:
         if model_type in ENCODER_TYPES or _has_st_files(self.path):
             return True
         architectures = config.get("architectures")
-        return bool(architectures) and not any(
-            str(name).endswith(_GENERATIVE_SUFFIXES) for name in architectures  # type: ignore[union-attr]
-        )
+        if not isinstance(architectures, list) or not architectures:
+            return False
+        return not any(str(name).endswith(_GENERATIVE_SUFFIXES) for name in architectures)
 
     @property
     def supports_embeddings(self) -> bool:

@@ -185,3 +185,12 @@ async def test_needs_the_api_key_and_is_counted(make_app: Any) -> None:
     metrics = (await app.client.get("/metrics", headers=headers)).text
     assert f'mlx_router_embedding_requests_total{{model="{MODEL}"}} 1.0' in metrics
     assert f'route="/v1/embeddings",status="200"' in metrics
+
+
+async def test_openai_model_names_reach_a_local_model_through_aliases(make_app: Any, mixed_models: Path) -> None:
+    """Clients that hard-code OpenAI's embedding model names work through ``aliases``."""
+    app = await make_app(defaults={"model_directory": str(mixed_models)}, aliases={"text-embedding-*": "tiny-bert"})
+    response = await app.client.post(EMB, json={"model": "text-embedding-3-small", "input": "x"})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "tiny-bert"
+    assert app.factory.clients[0].options.model_id == "tiny-bert"

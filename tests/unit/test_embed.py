@@ -224,3 +224,18 @@ def test_cancel_drops_a_queued_request(lm: LMEmbedder) -> None:
     assert queue.cancel("a") and not queue.cancel("a")
     results = queue.step()
     assert [r.request_id for r in results] == ["b"] and not queue.active
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "gemma", "olmo2", "starcoder2"])
+def test_other_architectures_pool_their_hidden_states(tmp_path: Path, model_type: str) -> None:
+    """Any mlx-lm text model embeds: its body's final hidden states, batched exactly."""
+    from mlx_router.engine.lm import LMEngine
+    from mlx_router.fabricate import make_tiny_llm
+
+    path = make_tiny_llm(tmp_path / model_type, model_type=model_type)
+    embedder = LMEmbedder.for_engine(LMEngine.load(str(path), context_length=None, chat_template=None), str(path))
+    for pooling in ("mean", "last"):
+        together = vectors(run(embedder, request(TEXTS, pooling=pooling))["r"])
+        alone = np.stack([vectors(run(embedder, request((text,), pooling=pooling))["r"])[0] for text in TEXTS])
+        assert together.shape == (len(TEXTS), 64)
+        assert np.allclose(together, alone, atol=1e-5)
