@@ -13,7 +13,8 @@ Two kinds of models embed:
 
 Batching: a request's inputs are tokenized at once (errors are known before any compute), sorted
 by length and cut into groups whose padded size (rows x longest row) stays within
-``batch_tokens``; each group is one forward pass of a right-padded batch with its attention mask.
+``batch_tokens`` and whose rows are at least half as long as their longest; each group is one
+forward pass of a right-padded batch with its attention mask.
 Right padding keeps every real token's position; a causal model's real tokens never see the
 padding after them, so a padded row gives the same vector as the input alone. Groups may take
 inputs of several requests. :class:`EmbeddingQueue` runs one group per turn of the worker loop,
@@ -357,7 +358,8 @@ class EmbeddingQueue:
 
     def step(self) -> list[EmbeddingResult | EngineError]:
         """One forward pass over the next group (the oldest request first, topped up with inputs
-        of the next ones while the padded size allows); finished requests' results."""
+        of the next ones while the padded size allows, and only inputs at least half as long as
+        the group's longest: padding stays under 2x); finished requests' results."""
         from mlx_router.engine.lm import classify_exception
 
         group = self._next_group()
@@ -387,7 +389,7 @@ class EmbeddingQueue:
             while job.pending:
                 i = job.pending[0]
                 length = max(longest, len(job.ids[i]))
-                if group and (len(group) + 1) * length > job.request.batch_tokens:
+                if group and ((len(group) + 1) * length > job.request.batch_tokens or 2 * len(job.ids[i]) < length):
                     return group
                 group.append((job, job.pending.popleft()))
                 longest = length
