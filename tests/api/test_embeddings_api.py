@@ -194,3 +194,27 @@ async def test_openai_model_names_reach_a_local_model_through_aliases(make_app: 
     assert response.status_code == 200, response.text
     assert response.json()["model"] == "tiny-bert"
     assert app.factory.clients[0].options.model_id == "tiny-bert"
+
+
+async def test_reload_applies_embedding_limits_and_model_keys(make_app: Any, tmp_path: Path, tiny_models_root: Path) -> None:
+    """``defaults.embedding_*`` and the model's embedding keys apply from the next request after a
+    reload, without reloading the model."""
+    import json
+
+    from mlx_router.config.settings import load_settings
+
+    path = tmp_path / "config.json"
+
+    def write(defaults: dict[str, Any], models: dict[str, Any]) -> None:
+        base = {"model_directory": str(tiny_models_root), "embedded_model": False}
+        path.write_text(json.dumps({"defaults": {**base, **defaults}, "server": {"log_file": None}, "models": models}))
+
+    write({}, {})
+    app = await make_app(reload_settings=lambda: load_settings(path, environ={}))
+    assert (await app.client.post(EMB, json={"model": MODEL, "input": ["a", "b"]})).status_code == 200
+    write({"embedding_max_inputs": 1}, {MODEL: {"embedding_pooling": "last"}})
+    reloaded = await app.client.post("/v1/admin/reload")
+    assert reloaded.status_code == 200, reloaded.text
+    assert_error(await app.client.post(EMB, json={"model": MODEL, "input": ["a", "b"]}), 400, param="input")
+    assert (await app.client.post(EMB, json={"model": MODEL, "input": "a"})).status_code == 200
+    assert app.factory.clients[-1].embedding_requests[-1].pooling == "last"
