@@ -45,8 +45,10 @@ def blas_preload(choice: str) -> str | None:
         return None
     if choice != "auto":
         return choice
-    from mlx_router.engine.client import openblas_library
-
+    try:
+        from mlx_router.engine.client import openblas_library
+    except ImportError:  # the router's own dependencies are missing: nothing to match
+        return None
     return openblas_library()
 
 
