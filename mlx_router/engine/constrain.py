@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import mlx.core as mx
 import numpy as np
@@ -106,7 +107,7 @@ class ConstraintProcessor:
             mask = self.mask
         else:
             if self._started:  # the context ends with the token drawn last step
-                self.advance(int(tokens[-1].item()))
+                self.advance(int(tokens[-1]))
             mask = self.own_mask(size)
         self._started = True
         assert mask is not None
@@ -136,7 +137,7 @@ def _eos_only(eos: list[int], size: int) -> mx.array:
 class TrackingSampler:
     """Wraps a sequence's sampler to keep the token it draws for the group's next step."""
 
-    def __init__(self, sampler: Any, processor: ConstraintProcessor) -> None:
+    def __init__(self, sampler: Callable[[mx.array], mx.array], processor: ConstraintProcessor) -> None:
         self.sampler = sampler
         self.processor = processor
 
@@ -175,10 +176,11 @@ class ConstraintGroup:
         from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask_par
 
         due = [m for m in self.members if m.mask is None or m.mask.shape[-1] != size]
-        drawn = [m for m in due if m.pending is not None]
+        drawn = [(m, m.pending) for m in due if m.pending is not None]
         if drawn:
-            tokens = mx.concatenate([m.pending.reshape(-1)[-1:] for m in drawn]).tolist()  # type: ignore[union-attr]
-            for member, token in zip(drawn, tokens):
+            # one id per member: the list of a 1-D integer array
+            tokens = cast("list[int]", mx.concatenate([p.reshape(-1)[-1:] for _, p in drawn]).tolist())
+            for (member, _), token in zip(drawn, tokens):
                 member.pending = None
                 member.advance(int(token))
         live = [m for m in due if not m.failed]

@@ -126,12 +126,15 @@ class ToolCallStream:
     def flush(self) -> tuple[str, list[ParsedCall]]:
         """The end of the output: an open region is read as it is (a format without an end
         marker ends here); what cannot be read is content."""
-        content, calls = "", []
+        content = ""
+        calls: list[ParsedCall] = []
         if self._region is not None:
             body = self._region + self._buffer
-            calls = self._parse(body)
-            if calls is None:
-                content, calls = self._opener + body, []
+            parsed = self._parse(body)
+            if parsed is None:
+                content = self._opener + body
+            else:
+                calls = parsed
         else:
             content = self._buffer
         self._buffer, self._region = "", None
