@@ -21,13 +21,16 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 import numpy as np
 
 from mlx_router.engine.types import Constraint
 from mlx_router.text.constraints import forced_format, json_grammar, tool_grammar
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 __all__ = ["ConstraintGroup", "ConstraintProcessor", "Grammars", "TrackingSampler"]
 
@@ -45,7 +48,7 @@ class Grammars:
         self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos_token_ids)
         self._hf = hf_tokenizer
         self.capacity = capacity
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache: OrderedDict[str, LLMatcher] = OrderedDict()
 
     def literal(self, text: str) -> str:
         """A marker in Lark: the special token when the tokenizer has it as one, else the text."""
@@ -63,7 +66,7 @@ class Grammars:
         grammar = tool_grammar(model_format, tools, parallel=constraint.parallel, answer_schema=answer, literal=self.literal)
         return grammar, forced_format(model_format)
 
-    def matcher(self, grammar: str) -> Any:
+    def matcher(self, grammar: str) -> LLMatcher:
         """A fresh matcher for ``grammar`` (compiled on first use). Raises ValueError if invalid."""
         template = self._cache.get(grammar)
         if template is None:
@@ -84,7 +87,7 @@ class ConstraintProcessor:
     In a :class:`ConstraintGroup` (with a :class:`TrackingSampler`), its mask is computed with the
     group's; alone, it reads the last token from the context it is given (one sync per call)."""
 
-    def __init__(self, matcher: Any, vocab_size: int, eos_token_ids: list[int]) -> None:
+    def __init__(self, matcher: LLMatcher, vocab_size: int, eos_token_ids: list[int]) -> None:
         from llguidance.numpy import allocate_token_bitmask
 
         self.matcher = matcher

@@ -140,7 +140,7 @@ def render_pdf(data: bytes, param: str, limits: MediaLimits, room: int) -> tuple
         info = _inspect(path, param, limits, deadline)
         if str(info.get("Encrypted", "no")).startswith("yes"):
             raise _encrypted(param)
-        total = int(info["Pages"])  # type: ignore[call-overload]  # pdfinfo refuses a PDF of no pages
+        total = int(str(info["Pages"]))  # an int from pdf2image; pdfinfo refuses a PDF of no pages
         count = min(total, limits.max_pdf_pages)
         if count > room:
             raise PayloadTooLarge(

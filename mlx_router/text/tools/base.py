@@ -33,7 +33,7 @@ class ParsedCall:
     id: str = field(default_factory=new_call_id)
 
     @classmethod
-    def make(cls, name: Any, arguments: Any, call_id: Any = None) -> ParsedCall:
+    def make(cls, name: object, arguments: object, call_id: object = None) -> ParsedCall:
         """A call from a decoded name and arguments (an object, or a string holding one).
         Raises ValueError for anything that is not a name and a JSON object."""
         if not isinstance(name, str) or not name.strip():

@@ -210,7 +210,8 @@ def _literal(node: ast.expr) -> Any:
     if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
         return [_literal(item) for item in node.elts]
     if isinstance(node, ast.Dict):
-        if any(key is None for key in node.keys):
+        keys = [key for key in node.keys if key is not None]
+        if len(keys) < len(node.keys):
             raise ValueError("**mapping is not a value")
-        return {_literal(key): _literal(value) for key, value in zip(node.keys, node.values)}  # type: ignore[arg-type]
+        return {_literal(key): _literal(value) for key, value in zip(keys, node.values)}
     return ast.literal_eval(node)
