@@ -442,7 +442,7 @@ async def test_timeout_non_streaming_is_504_and_cancels(make_app: Any) -> None:
     assert "defaults.timeout" in error["message"]
     assert harness.factory.cancellations == [harness.factory.requests[0].request_id]
     assert harness.factory.clients[0].in_flight == 0
-    assert harness.manager.health()["loaded_models"][0]["in_flight"] == 0
+    assert harness.manager.model_stats()[0].in_flight == 0
 
 
 async def test_timeout_before_admission_streaming_is_504(make_app: Any) -> None:
@@ -464,7 +464,7 @@ async def test_timeout_streaming_is_error_event_and_cancels(make_app: Any) -> No
     validate(error, "ErrorResponse")
     assert_chunk_stream(chunks, texts=("Hello",), finish=None)
     assert harness.factory.cancellations == [harness.factory.requests[0].request_id]
-    assert harness.manager.health()["loaded_models"][0]["in_flight"] == 0
+    assert harness.manager.model_stats()[0].in_flight == 0
 
 
 async def test_client_disconnect_mid_stream_cancels(make_app: Any) -> None:
@@ -483,7 +483,7 @@ async def test_client_disconnect_mid_stream_cancels(make_app: Any) -> None:
     assert harness.factory.cancellations == [request.request_id]
     client = harness.factory.clients[0]
     assert request.request_id not in client.completed
-    await wait_for(lambda: harness.manager.health()["loaded_models"][0]["in_flight"] == 0)
+    await wait_for(lambda: harness.manager.model_stats()[0].in_flight == 0)
     assert client.in_flight == 0
     # The worker keeps serving.
     assert (await harness.client.post(CHAT, json=chat_body(max_tokens=2))).status_code == 200
