@@ -147,7 +147,12 @@ class Defaults(_Section):
         131_072, ge=1, le=1_048_576, description="Largest max_tokens a request may ask for."
     )
     max_n: int = Field(16, ge=1, le=128, description="Most choices (n) one request may ask for.")
-    timeout: float = Field(120.0, gt=0, description="Seconds a request may run before it is stopped.")
+    timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a non-streaming request may run; then it returns what it generated "
+        '(finish_reason "length", header X-MLX-Router-Stopped: timeout). Streams have no wall-clock limit.',
+    )
     cache_size: int | None = Field(
         None,
         ge=1,

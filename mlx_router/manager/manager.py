@@ -335,7 +335,7 @@ class MLXModelManager:
             raise Overloaded(
                 f"Model {entry.id!r} is at capacity ({demand} sequences running or queued, limit {limit}: "
                 "max_batch_size + max_queue). Retry shortly.",
-                headers={"Retry-After": "1"},
+                retry_after=1,
             )
         self._demand[entry.id] = demand + sequences
         residency = self.residency

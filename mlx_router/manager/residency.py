@@ -139,7 +139,7 @@ class Residency:
                     f"Waited {swap_wait:g} s (defaults.swap_wait) for {what}; the models it needs stayed busy. "
                     "Retry shortly, or raise defaults.memory_budget_gb (or cache_size, if set).",
                     code="model_slots_busy",
-                    headers={"Retry-After": "5"},
+                    retry_after=5,
                 )
             try:
                 await asyncio.wait_for(self._room_changed.wait(), remaining)
@@ -228,7 +228,7 @@ class Residency:
             f"Cannot load {model_id!r}: all {rules.max_resident} model slot(s) are held by pinned models ({held}). "
             "Raise defaults.cache_size or unpin a model.",
             code="model_slots_busy",
-            headers={"Retry-After": "5"},
+            retry_after=5,
         )
 
     def release(self, model_id: str) -> None:
