@@ -419,7 +419,7 @@ class MLXModelManager:
         except (asyncio.CancelledError, RouterError):
             residency.states[entry.id] = ModelState.UNLOADED  # shutdown while loading, or no room
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any other load failure is the model's, reported as FAILED)
             self._emit(ManagerEvent("load_failed", entry.id, time.perf_counter() - load_started))
             residency.mark_failed(entry.id, redact_paths(f"{exc.__class__.__name__}: {str(exc)[:300]}"))
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {residency.failures[entry.id]}") from None
@@ -490,7 +490,7 @@ class MLXModelManager:
     async def _reload_kept(self, model_id: str) -> None:
         try:
             await self._ensure_loaded(self.entries[model_id])
-        except Exception as exc:  # the state already says FAILED with the reason
+        except Exception as exc:  # noqa: BLE001 (the state already says FAILED with the reason)
             logger.error("Restarting %s failed: %s", model_id, exc)
 
     # ---------------------------------------------------------------- admin

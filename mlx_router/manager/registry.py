@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import cached_property
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
