@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlx_router.protocol.common import OpenAIResponse
 
-__all__ = ["MemoryRequirements", "ModelCard", "ModelList", "ModelParameters"]
+__all__ = ["MemoryRequirements", "MemoryStatus", "ModelCard", "ModelList", "ModelParameters"]
 
 
 class _FromAttributes(BaseModel):
@@ -46,7 +46,12 @@ class ModelCard(OpenAIResponse):
     )
 
 
+class MemoryStatus(_FromAttributes):
+    available_gb: float = Field(description="Memory available now (the system's; NVIDIA's own is in /v1/health).")
+    pressure: Literal["normal", "moderate", "high", "critical"]
+
+
 class ModelList(OpenAIResponse):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-    memory_status: dict[str, Any]
+    memory_status: MemoryStatus

@@ -12,7 +12,7 @@ from mlx_router.api.deps import ManagerDep
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.manager.memory import MemorySnapshot
 from mlx_router.manager.registry import ModelEntry
-from mlx_router.protocol.models import MemoryRequirements, ModelCard, ModelList, ModelParameters
+from mlx_router.protocol.models import MemoryRequirements, MemoryStatus, ModelCard, ModelList, ModelParameters
 
 __all__ = ["router"]
 
@@ -47,7 +47,7 @@ async def list_models(manager: ManagerDep) -> ModelList:
     ]
     return ModelList(
         data=cards,
-        memory_status={"available_gb": round(snapshot.available_bytes / 1024**3, 2), "pressure": snapshot.level},
+        memory_status=MemoryStatus(available_gb=round(snapshot.available_bytes / 1024**3, 2), pressure=snapshot.level),
     )
 
 
