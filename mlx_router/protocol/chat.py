@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from mlx_router.errors import InvalidRequest
 from mlx_router.protocol.common import OpenAIRequest, OpenAIResponse, Usage
@@ -77,8 +77,26 @@ class ToolCall(OpenAIRequest):
         return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
 
 
+def _role_rules_schema(schema: dict[str, Any]) -> None:
+    """The JSON schema states what ``_role_rules`` checks: content is required (and not null)
+    except for an assistant message with ``tool_calls`` or a ``refusal``; a tool message needs
+    ``tool_call_id``."""
+    has = {name: {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in ("content", "tool_calls", "refusal", "tool_call_id")}
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "then": {"anyOf": [has["content"], has["tool_calls"], has["refusal"]]},
+            "else": has["content"],
+        },
+        {"if": {"properties": {"role": {"const": "tool"}}}, "then": has["tool_call_id"]},
+    ]
+
+
 class ChatMessage(OpenAIRequest):
-    """A message of any role; the checks that depend on the role are in the validator."""
+    """A message of any role; the checks that depend on the role are in the validator (and,
+    for the OpenAPI document, in ``_role_rules_schema``)."""
+
+    model_config = ConfigDict(json_schema_extra=_role_rules_schema)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None

@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from mlx_router.api.deps import ServiceDep
 from mlx_router.api.disconnect import unless_disconnected
+from mlx_router.api.errors import error_responses
 from mlx_router.api.sse import stream_response
 from mlx_router.api.vision import attach_images, warnings_header
 from mlx_router.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
@@ -19,6 +20,7 @@ router = APIRouter(tags=["Chat"])
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletionResponse,
+    responses=error_responses(400, 401, 404, 413, 429, 500, 503, 504, 507),
     summary="Create a chat completion (streaming with stream: true)",
 )
 async def create_chat_completion(

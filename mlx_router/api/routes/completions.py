@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from mlx_router.api.deps import ServiceDep
 from mlx_router.api.disconnect import unless_disconnected
+from mlx_router.api.errors import error_responses
 from mlx_router.api.sse import stream_response
 from mlx_router.protocol.completions import CompletionRequest, CompletionResponse
 
@@ -18,6 +19,7 @@ router = APIRouter(tags=["Completions"])
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
+    responses=error_responses(400, 401, 404, 413, 429, 500, 503, 504, 507),
     summary="Create a text completion from a raw prompt (streaming with stream: true)",
 )
 async def create_completion(
