@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from mlx_router import __version__
-from mlx_router.api.generation import GenerationService
+from mlx_router.api.serving.runner import Runner
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.metrics.history import BUCKET_SECONDS
 from mlx_router.metrics.registry import RouterMetrics
@@ -14,10 +14,10 @@ from mlx_router.metrics.registry import RouterMetrics
 __all__ = ["status_report"]
 
 
-def status_report(manager: MLXModelManager, service: GenerationService, metrics: RouterMetrics) -> dict[str, Any]:
+def status_report(manager: MLXModelManager, runner: Runner, metrics: RouterMetrics) -> dict[str, Any]:
     """Models and their states, memory against the budget, pressure, request and token counts
     per 10 seconds, and the recent errors (newest first)."""
-    ready, reason = (False, "the server is shutting down") if service.draining else manager.is_ready()
+    ready, reason = (False, "the server is shutting down") if runner.draining else manager.is_ready()
     snapshot = manager.monitor.snapshot()
     stats = manager.model_stats()  # reads each model's config once per poll
     models = manager.admin_status(stats)
@@ -38,7 +38,7 @@ def status_report(manager: MLXModelManager, service: GenerationService, metrics:
         },
         "cache_size": manager.settings.defaults.cache_size,
         "models": models,
-        "requests": {"total": service.requests_total, "failed": service.requests_failed, "running": service.running},
+        "requests": {"total": runner.requests_total, "failed": runner.requests_failed, "running": runner.running},
         "history": {"bucket_seconds": BUCKET_SECONDS, "buckets": metrics.history.snapshot()},
         "errors": metrics.errors.snapshot()[::-1],
     }

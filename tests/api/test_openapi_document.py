@@ -3,7 +3,6 @@ envelope (never FastAPI's 422), and a message's schema says which roles need con
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import jsonschema
