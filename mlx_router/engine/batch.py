@@ -1,8 +1,9 @@
 """Continuous batching: every active sequence of a model shares each decode step.
 
 Built on mlx-lm's ``BatchGenerator`` (chunked prefill interleaved with decoding, per-sequence
-samplers, logits processors, max_tokens and stop tokens) and ``LRUPromptCache`` (the prefix
-cache: KV snapshots in a token trie, bounded in entries and bytes). This module adds what a
+samplers, logits processors, max_tokens and stop tokens) and on the block prefix cache of
+:mod:`mlx_router.engine.prefix_cache` (mlx-lm's ``LRUPromptCache`` for models whose KV cannot
+be cut into blocks). This module adds what a
 server needs on top: admission (tokenize, bound by the context, look up the prefix cache),
 per-sequence text (streaming detokenizer, stop strings that are never half-sent), logprobs,
 cancellation, and one list of chunks per step for the worker to send.
@@ -17,10 +18,11 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache
+from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
 from mlx_router.engine.constrain import ConstraintGroup, ConstraintProcessor, TrackingSampler
 from mlx_router.engine.lm import LMEngine, logits_processors, make_sampler
+from mlx_router.engine.prefix_cache import DiskTier, PrefixCache, blockable
 from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationRequest, TokenLogprob
 
 __all__ = ["BatchScheduler", "canonicalize_messages"]
@@ -135,11 +137,7 @@ class BatchScheduler:
         self.engine = engine
         engine.grammar_cache_size = options.grammar_cache_entries
         self.options = options
-        self.prefix_cache = (
-            LRUPromptCache(max_size=options.prefix_cache_entries, max_bytes=options.prefix_cache_bytes)
-            if options.prefix_cache_bytes > 0
-            else None
-        )
+        self.prefix_cache = _prefix_cache(engine, options)
         self._sequences: dict[int, _Sequence] = {}
         self._uids: dict[str, int] = {}
         self._constrained: dict[int, ConstraintProcessor] = {}
@@ -174,10 +172,13 @@ class BatchScheduler:
                 self._group = ConstraintGroup()
             self._group.add(constraint)
             sampler = TrackingSampler(sampler, constraint)
-        cache, rest = None, prompt_ids
-        if self.prefix_cache is not None:
+        cache, cached = None, 0
+        if isinstance(self.prefix_cache, PrefixCache):
+            cache, cached = self.prefix_cache.fetch(prompt_ids)
+        elif self.prefix_cache is not None:
             cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt_ids)
-        cached = len(prompt_ids) - len(rest)
+            cached = len(prompt_ids) - len(rest)
+        rest = prompt_ids[cached:]
         (uid,) = self._generator.insert(
             [rest],
             max_tokens=[max_tokens],
@@ -269,9 +270,48 @@ class BatchScheduler:
         """Keep a finished sequence's KV for requests that share its prefix."""
         if self.prefix_cache is None or not tokens or cache is None:
             return
-        self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
         active = self._generator.prompt_cache_nbytes
+        if isinstance(self.prefix_cache, PrefixCache):
+            self.prefix_cache.insert(tokens, cache)
+            self.prefix_cache.trim_to(self.options.prefix_cache_bytes - active)
+            return
+        self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
         self.prefix_cache.trim_to(n_bytes=self.options.prefix_cache_bytes - active)
+
+    def idle_work(self) -> bool:
+        """One piece of work for a moment without sequences (one block written to the disk
+        tier); False when there is none."""
+        disk = self.prefix_cache.disk if isinstance(self.prefix_cache, PrefixCache) else None
+        return disk is not None and disk.write_one()
+
+    def close(self, seconds: float = 3.0) -> None:
+        """Before the process exits: write what the disk tier still has pending."""
+        if isinstance(self.prefix_cache, PrefixCache) and self.prefix_cache.disk is not None:
+            self.prefix_cache.disk.flush(seconds)
+
+
+def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUPromptCache | None:
+    """Blocks for full-attention models (with a disk tier when configured), mlx-lm's cache of
+    whole sequences for the others, nothing when the budget is 0."""
+    if options.prefix_cache_bytes <= 0:
+        return None
+    layers = make_prompt_cache(engine.model)
+    if not blockable(layers):
+        return LRUPromptCache(max_size=options.prefix_cache_entries, max_bytes=options.prefix_cache_bytes)
+    disk = None
+    if options.prefix_cache_directory and options.prefix_cache_disk_bytes > 0 and engine.model_path:
+        try:
+            disk = DiskTier(
+                options.prefix_cache_directory,
+                engine.model_path,
+                options.prefix_cache_block_tokens,
+                options.prefix_cache_disk_bytes,
+            )
+        except OSError as exc:
+            logger.warning("prefix cache: no disk tier (%s)", exc)
+    return PrefixCache(
+        layers=len(layers), block_tokens=options.prefix_cache_block_tokens, max_bytes=options.prefix_cache_bytes, disk=disk
+    )
 
 
 def _with_messages(request: GenerationRequest, messages: tuple[dict[str, Any], ...]) -> GenerationRequest:

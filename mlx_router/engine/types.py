@@ -191,5 +191,12 @@ class BatchOptions:
     prefix_cache_bytes: int = 1 << 30
     """Bytes of KV kept for reuse across requests (0 turns the prefix cache off)."""
     prefix_cache_entries: int = 64
+    """Cached sequences kept, for models whose KV cannot be cut into blocks (sliding windows)."""
+    prefix_cache_block_tokens: int = 64
+    """Tokens per cached block: the shortest prefix that is reused, and the reuse granularity."""
+    prefix_cache_directory: str | None = None
+    """Folder of the disk tier of the prefix cache (None: no disk tier)."""
+    prefix_cache_disk_bytes: int = 0
+    """Bytes of KV blocks the disk tier keeps for this model (0: no disk tier)."""
     grammar_cache_entries: int = 64
     """Compiled output grammars (response_format schemas, forced tool calls) kept for reuse."""

@@ -100,8 +100,11 @@ class _Worker:
     def loop(self, scheduler: Any) -> None:
         from mlx_router.engine.lm import RequestRejected, classify_exception
 
+        idle_work = getattr(scheduler, "idle_work", None)
         while True:
             block = not scheduler.active
+            if block and idle_work is not None and self.inbox.empty() and idle_work():
+                continue  # idle: one piece of background work, then look at the inbox again
             while True:
                 try:
                     msg = self.inbox.get(block=block)
@@ -110,6 +113,8 @@ class _Worker:
                 block = False
                 kind = msg[0]
                 if kind == "shutdown":
+                    if hasattr(scheduler, "close"):
+                        scheduler.close()
                     return
                 if kind == "cancel":
                     generated = scheduler.cancel(msg[1])
