@@ -146,6 +146,11 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     """Per generated token in this chunk, when the request asked for logprobs."""
 
+    def fields(self) -> tuple[Any, ...]:
+        """The fields in order, as a plain tuple: what the worker sends (``GenerationChunk(*t)``
+        rebuilds it)."""
+        return (self.request_id, self.text, self.completion_tokens, self.prompt_tokens, self.finish_reason, self.logprobs)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadInfo:

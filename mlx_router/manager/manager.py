@@ -79,7 +79,7 @@ class _Resident:
 class ManagerEvent:
     """Something that happened to a model, for listeners such as metrics."""
 
-    kind: Literal["loaded", "load_failed", "evicted", "worker_exit", "retired"]
+    kind: Literal["loaded", "load_failed", "evicted", "worker_exit", "retired", "cancelled"]
     """``retired``: a model that a configuration reload removed or changed has finished its
     requests and is unloaded."""
     model_id: str
@@ -87,6 +87,8 @@ class ManagerEvent:
     """Wall time of the load (``loaded``, ``load_failed``)."""
     reason: str = ""
     """``evicted``: ``room`` (made room for another model) or ``pressure`` (memory pressure)."""
+    tokens: int = 0
+    """``cancelled``: tokens the worker generated after the client went away."""
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,11 @@ class MLXModelManager:
         if spare is not None and spare.alive:
             spare.adopt(options, on_exit)
             self._start_spare()
-            return spare
-        return WorkerClient(options, on_exit=on_exit, blas_library=self._blas)
+            client = spare
+        else:
+            client = WorkerClient(options, on_exit=on_exit, blas_library=self._blas)
+        client.on_cancelled = lambda model_id, tokens: self._emit(ManagerEvent("cancelled", model_id, tokens=tokens))
+        return client
 
     def _start_spare(self) -> None:
         """Start a spare worker process (MLX imported, no model) in the background."""
@@ -492,6 +497,9 @@ class MLXModelManager:
                 else config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
             ),
             prefix_cache_entries=defaults.prefix_cache_entries,
+            prefix_cache_block_tokens=defaults.prefix_cache_block_tokens,
+            prefix_cache_directory=str(Path(defaults.prefix_cache_directory).expanduser()),
+            prefix_cache_disk_bytes=0 if entry.supports_vision else defaults.prefix_cache_disk_bytes,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
 
