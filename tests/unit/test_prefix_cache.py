@@ -156,7 +156,7 @@ def test_disk_tier_is_bounded_in_bytes_and_skips_damaged_files(tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> LMEngine:
-    from tests.fixtures.tiny_models import make_tiny_llm
+    from mlx_router.fabricate import make_tiny_llm
 
     path = make_tiny_llm(tmp_path_factory.mktemp("models") / "tiny")
     return LMEngine.load(str(path), context_length=None, chat_template=None)
