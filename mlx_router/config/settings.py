@@ -203,6 +203,11 @@ class Defaults(_Section):
     prefill_step_size: int = Field(
         2048, ge=16, le=65536, description="Prompt tokens per prefill step; decoding continues between steps."
     )
+    prefill_buckets: bool | None = Field(
+        None, description="Pad prompt chunks to about 30 fixed lengths (at most a quarter is padding) and prepare "
+        "them while the model is idle after its load, so new prompt lengths cost no kernel preparation; null: on "
+        "a CUDA GPU only."
+    )
     prefix_cache_bytes: int = Field(
         1 << 30, ge=0, description="Bytes of KV kept per model for reuse across requests (0: off)."
     )

@@ -193,6 +193,11 @@ class BatchOptions:
     """Prompts prefilled together."""
     prefill_step_size: int = 2048
     """Prompt tokens per prefill step (decoding of the others continues between steps)."""
+    prefill_buckets: bool | None = None
+    """Pad prefill chunks to a few fixed widths, so kernels prepared for one shape serve the next
+    prompts (None: on a CUDA GPU only)."""
+    prefill_warmup: bool = True
+    """With padded widths: prepare every width while the worker is idle after the load."""
     prefix_cache_bytes: int = 1 << 30
     """Bytes of KV kept for reuse across requests (0 turns the prefix cache off)."""
     prefix_cache_entries: int = 64

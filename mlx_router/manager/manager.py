@@ -491,6 +491,7 @@ class MLXModelManager:
             max_batch_size=config.max_batch_size or defaults.max_batch_size,
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
+            prefill_buckets=defaults.prefill_buckets,
             prefix_cache_bytes=(
                 0  # vision models keep no prefix cache (a prompt's KV depends on its images)
                 if entry.supports_vision

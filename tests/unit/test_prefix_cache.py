@@ -11,7 +11,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from mlx_router.engine.batch import BatchScheduler
+from mlx_router.engine.batch import BatchScheduler, prefill_width, prefill_widths
 from mlx_router.engine.lm import LMEngine
 from mlx_router.engine.prefix_cache import DiskTier, PrefixCache, block_digests, model_identity
 from mlx_router.engine.types import BatchOptions, GenerationParams, GenerationRequest
@@ -188,3 +188,26 @@ def test_scheduler_output_is_the_same_with_a_cached_prefix(engine: LMEngine, tmp
     restarted = BatchScheduler(engine, options)
     again, hit_after_restart = generate(restarted, "d", prompt)
     assert hit_after_restart == hit and again == cold
+
+
+def test_prefill_widths_are_few_and_waste_at_most_a_quarter() -> None:
+    widths = prefill_widths(2048)
+    assert widths[:5] == [16, 20, 24, 28, 32] and widths[-1] == 2048 and len(widths) <= 32
+    for n in range(1, 2049):
+        width = prefill_width(n, 2048)
+        assert width in widths and n <= width and (n <= 16 or width <= n * 1.25)
+    assert prefill_width(3000, 2048) == 3000  # a chunk longer than the limit is never padded
+    assert prefill_width(500, 300) == 500 and prefill_width(290, 300) == 300
+
+
+def test_padded_prefill_gives_the_same_output_with_and_without_a_cached_prefix(engine: LMEngine) -> None:
+    plain = BatchScheduler(engine, BatchOptions(prefix_cache_bytes=0, prefill_buckets=False))
+    padded = BatchScheduler(engine, BatchOptions(prefill_buckets=True, prefill_warmup=True, prefix_cache_block_tokens=16))
+    assert padded.buckets and not plain.buckets
+    while padded.idle_work():  # the idle worker prepares every width first (no chunk, nothing cached)
+        pass
+    assert not padded.active and padded.prefix_cache is not None and len(padded.prefix_cache) == 0
+    for i, prompt in enumerate(["Hi.", "Tell me about the sea and the ships on it. " * 5, "Name three colours of the sky."]):
+        want = generate(plain, f"p{i}", prompt)[0]
+        assert generate(padded, f"q{i}", prompt) == (want, 0)
+        assert generate(padded, f"r{i}", prompt)[0] == want  # now from the prefix cache when long enough
