@@ -146,7 +146,9 @@ def router_server(run: Run) -> Server:
         from helper_tools.bench.models import make_model
         from helper_tools.bench.scenarios import OTHER_MODEL
 
-        config["models"] = {OTHER_MODEL: {"path": str(make_model("tiny", args.cache_dir, args.phase_timeout))}}
+        config["models"] = {OTHER_MODEL: {"path": str(make_model("tiny", args.cache_dir, args.phase_timeout))},
+                            # --make writes configs of 8192 positions; the session needs more.
+                            model_path.name: {"context_length": max(8192, 2 * args.session_tokens)}}
     config_path = run.work / "router-config.json"
     config_path.write_text(json.dumps(config, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_ROUTER_") and k != "MLX_MODEL_DIR"}
