@@ -31,6 +31,7 @@ import time
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "mlx-router-kv-1"
 """Changes whenever the way blocks are named or stored changes; part of every name."""
+ROOT = FORMAT.encode()
+"""The parent of every sequence's first block."""
+SIBLINGS_SCANNED = 32
+"""Most recent blocks after a matched prefix compared token by token for a partial last block."""
 
 
 def blockable(cache: Sequence[Any]) -> bool:
@@ -53,7 +58,7 @@ def blockable(cache: Sequence[Any]) -> bool:
 def block_digests(tokens: Sequence[int], block_tokens: int, count: int) -> list[bytes]:
     """Names of the first ``count`` blocks of ``tokens``: each hashes its tokens and its parent's name."""
     digests: list[bytes] = []
-    parent = FORMAT.encode()
+    parent = ROOT
     for j in range(count):
         h = hashlib.blake2b(parent, digest_size=16)
         h.update(array("q", tokens[j * block_tokens : (j + 1) * block_tokens]).tobytes())
@@ -69,6 +74,9 @@ class _Block:
     keys: list[mx.array]
     values: list[mx.array]
     nbytes: int
+    parent: bytes = ROOT
+    """The name of the block before it (set when it enters memory)."""
+    tokens: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, keys: list[mx.array], values: list[mx.array]) -> _Block:
@@ -216,6 +224,8 @@ class PrefixCache:
         self.disk = disk
         self._blocks: OrderedDict[bytes, _Block] = OrderedDict()
         """In memory, least recently used first."""
+        self._children: dict[bytes, dict[bytes, _Block]] = {}
+        """The blocks in memory after each block, oldest first (for a partial last block)."""
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -223,63 +233,94 @@ class PrefixCache:
 
     def fetch(self, tokens: Sequence[int]) -> tuple[list[KVCache] | None, int]:
         """A fresh cache holding the longest cached prefix of ``tokens`` (leaving at least one
-        token to prefill), and its length; (None, 0) without one."""
-        count = (len(tokens) - 1) // self.block_tokens
+        token to prefill), and its length; (None, 0) without one.
+
+        Whole blocks first; after at least one, the start of a block that follows the last one
+        in memory (one of the :data:`SIBLINGS_SCANNED` most recent) when its first tokens are
+        the prompt's next ones, so that a prompt sent again is reused to its last token."""
+        size = self.block_tokens
+        count = (len(tokens) - 1) // size
         if count == 0:
             return None, 0
         found: list[_Block] = []
-        digests = block_digests(tokens, self.block_tokens, count)
-        for digest in digests:
+        digests = block_digests(tokens, size, count)
+        parent = ROOT
+        for j, digest in enumerate(digests):
             block = self._blocks.get(digest)
             if block is None and self.disk is not None and digest in self.disk:
                 block = self.disk.load(digest, self.layers)
                 if block is not None:
-                    self._add(digest, block)
+                    self._add(digest, block, parent, tuple(tokens[j * size : (j + 1) * size]))
             if block is None:
                 break
             found.append(block)
+            parent = digest
         if not found:
             return None, 0
         self._touch(digests[: len(found)])
+        cached = len(found) * size
+        tail, partial = self._partial(parent, tokens[cached : len(tokens) - 1])
+        pieces = [(b, size) for b in found] + ([(tail, partial)] if tail is not None else [])
         cache = []
         for i in range(self.layers):
             c = KVCache()
-            c.keys = mx.concatenate([b.keys[i] for b in found], axis=2)
-            c.values = mx.concatenate([b.values[i] for b in found], axis=2)
-            c.offset = len(found) * self.block_tokens
+            c.keys = mx.concatenate([b.keys[i][..., :n, :] for b, n in pieces], axis=2)
+            c.values = mx.concatenate([b.values[i][..., :n, :] for b, n in pieces], axis=2)
+            c.offset = cached + partial
             cache.append(c)
         self._bound(self.max_bytes)
-        return cache, len(found) * self.block_tokens
+        return cache, cached + partial
+
+    def _partial(self, parent: bytes, rest: Sequence[int]) -> tuple[_Block | None, int]:
+        """The recent child of ``parent`` sharing the most leading tokens with ``rest``, and how many."""
+        best, shared = None, 0
+        children = self._children.get(parent) or {}
+        for block in islice(reversed(children.values()), SIBLINGS_SCANNED):
+            n = 0
+            for a, b in zip(block.tokens, rest):
+                if a != b:
+                    break
+                n += 1
+            if n > shared:
+                best, shared = block, n
+        return best, shared
 
     def insert(self, tokens: Sequence[int], cache: Sequence[Any]) -> None:
         """Keep the blocks of a finished sequence (``tokens``: every token its KV covers)."""
         if len(cache) != self.layers or not blockable(cache) or cache[0].keys is None:
             return
+        size = self.block_tokens
         covered = min(len(tokens), min(c.offset for c in cache))
-        digests = block_digests(tokens, self.block_tokens, covered // self.block_tokens)
-        new: list[tuple[bytes, _Block]] = []
-        for j, digest in enumerate(digests):
+        digests = block_digests(tokens, size, covered // size)
+        spans = [(d, j * size, (j + 1) * size, digests[j - 1] if j else ROOT) for j, d in enumerate(digests)]
+        if covered % size and digests:  # the last, partial block: in memory only, found by its tokens
+            tail = array("q", tokens[len(digests) * size : covered]).tobytes()
+            partial = hashlib.blake2b(digests[-1] + b"partial" + tail, digest_size=16).digest()
+            spans.append((partial, len(digests) * size, covered, digests[-1]))
+        new: list[tuple[bytes, _Block, bytes, tuple[int, ...]]] = []
+        for digest, start, end, parent in spans:
             if digest in self._blocks:
                 continue
-            start, end = j * self.block_tokens, (j + 1) * self.block_tokens
             keys = [mx.contiguous(c.keys[..., start:end, :]) for c in cache]
             values = [mx.contiguous(c.values[..., start:end, :]) for c in cache]
-            new.append((digest, _Block.of(keys, values)))
+            new.append((digest, _Block.of(keys, values), parent, tuple(tokens[start:end])))
         if new:
-            mx.eval([b.keys + b.values for _, b in new])
-        for digest, block in new:
-            self._add(digest, block)
-            if self.disk is not None:
+            mx.eval([b.keys + b.values for _, b, _, _ in new])
+        for digest, block, parent, block_tokens in new:
+            self._add(digest, block, parent, block_tokens)
+            if self.disk is not None and len(block_tokens) == size:
                 self.disk.queue(digest, block, self.max_bytes)
-        self._touch(digests)
+        self._touch([d for d, *_ in spans])
         self._bound(self.max_bytes)
 
     def trim_to(self, n_bytes: int) -> None:
         """Evict least recently used blocks until at most ``n_bytes`` stay in memory."""
         self._bound(max(0, n_bytes))
 
-    def _add(self, digest: bytes, block: _Block) -> None:
+    def _add(self, digest: bytes, block: _Block, parent: bytes, tokens: tuple[int, ...]) -> None:
+        block.parent, block.tokens = parent, tokens
         self._blocks[digest] = block
+        self._children.setdefault(parent, {})[digest] = block
         self.nbytes += block.nbytes
 
     def _touch(self, digests: list[bytes]) -> None:
@@ -289,5 +330,10 @@ class PrefixCache:
 
     def _bound(self, n_bytes: int) -> None:
         while self.nbytes > n_bytes and self._blocks:
-            _, block = self._blocks.popitem(last=False)
+            digest, block = self._blocks.popitem(last=False)
             self.nbytes -= block.nbytes
+            siblings = self._children.get(block.parent)
+            if siblings is not None:
+                siblings.pop(digest, None)
+                if not siblings:
+                    del self._children[block.parent]
