@@ -26,11 +26,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from mlx_router import __version__
 from mlx_router.config.settings import ConfigError, Settings
-from mlx_router.engine.client import EngineFailure
+from mlx_router.engine.client import EngineFailure, WorkerClient
 from mlx_router.engine.protocol import ClientFactory, Engine
 from mlx_router.engine.types import BatchOptions, LoadInfo, WorkerOptions
 from mlx_router.errors import (
@@ -408,6 +409,10 @@ class MLXModelManager:
             )
             path = await self.supply.materialize(entry, self.settings.model_dir)
             client = self.supply.engine(replace(signature, model_path=str(path)), self._on_worker_exit)
+            if isinstance(client, WorkerClient):  # a test's fake engine counts nothing
+                client.on_cancelled = lambda model_id, tokens: self._emit(
+                    ManagerEvent("cancelled", model_id, tokens=tokens)
+                )
             info = await client.start(self.settings.server.worker_start_timeout)
         except EngineFailure as exc:
             self._emit(ManagerEvent("load_failed", entry.id, time.perf_counter() - load_started))
@@ -462,8 +467,12 @@ class MLXModelManager:
             max_batch_size=view.max_batch_size,
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
+            prefill_buckets=defaults.prefill_buckets,
             prefix_cache_bytes=view.prefix_cache_bytes,
             prefix_cache_entries=defaults.prefix_cache_entries,
+            prefix_cache_block_tokens=defaults.prefix_cache_block_tokens,
+            prefix_cache_directory=str(Path(defaults.prefix_cache_directory).expanduser()),
+            prefix_cache_disk_bytes=0 if entry.supports_vision else defaults.prefix_cache_disk_bytes,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
 
