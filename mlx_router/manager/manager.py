@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
+from mlx_router.engine.distributed import GroupClient
 from mlx_router.engine.types import BatchOptions, LoadInfo, WorkerOptions
 from mlx_router.errors import (
     Conflict,
@@ -194,6 +195,8 @@ class MLXModelManager:
     def _default_client(self, options: WorkerOptions, on_exit: Callable[..., None]) -> WorkerClient:
         """A worker for a model load: the waiting spare when there is one (then a new spare
         starts in the background), else a new process."""
+        if options.distributed is not None:  # a group of ranks, launched by mlx.launch
+            return GroupClient(options, on_exit=on_exit, blas_library=self._blas)
         spare, self._spare = self._spare, None
         if spare is not None and spare.alive:
             spare.adopt(options, on_exit)
@@ -477,6 +480,7 @@ class MLXModelManager:
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
+            distributed=entry.config.distributed.to_options() if entry.config.distributed else None,
         )
 
     def batch_options(self, entry: ModelEntry) -> BatchOptions:
