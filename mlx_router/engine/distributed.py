@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import re
@@ -37,7 +38,15 @@ from mlx_router.engine.client import EngineFailure, WorkerClient, _child_environ
 from mlx_router.engine.types import DistributedOptions, EngineError, LoadInfo
 from mlx_router.errors import redact_paths
 
-__all__ = ["GroupClient", "GroupLaunchError", "launch_command", "is_local_host"]
+__all__ = [
+    "GroupClient",
+    "GroupLaunchError",
+    "describe_group",
+    "host_shares",
+    "is_local_host",
+    "launch_command",
+    "this_machine_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -346,3 +355,50 @@ def _accept(listener: Listener) -> Any:
         return listener.accept()
     except (OSError, EOFError):  # closed because the launch failed, or a wrong key
         return None
+
+
+@functools.cache
+def this_machine_names() -> frozenset[str]:
+    """Host names and addresses that mean this machine (for the per-host memory budget)."""
+    names = {LOCAL_HOST, "localhost", "::1", socket.gethostname()}
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            names.add(str(info[4][0]))
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def host_shares(options: DistributedOptions, total_bytes: int, load_info: LoadInfo | None = None) -> dict[str, int]:
+    """Bytes the group takes on each host: every rank's measured share of the weights once
+    loaded (else an equal share of ``total_bytes``), plus its share of what the weights do not
+    account for (KV, prefix cache)."""
+    n = len(options.hosts)
+    shares: dict[str, int] = {}
+    measured = {r.rank: r.weight_bytes for r in load_info.ranks} if load_info is not None and load_info.ranks else {}
+    weights = sum(measured.values())
+    for rank, host in enumerate(options.hosts):
+        if measured:
+            share = measured.get(rank, 0) + max(0, total_bytes - weights) // n
+        else:
+            share = total_bytes // n
+        shares[host] = shares.get(host, 0) + share
+    return shares
+
+
+def describe_group(options: DistributedOptions, load_info: LoadInfo | None) -> dict[str, Any]:
+    """The group as ``/v1/models`` and the status page show it: backend, strategy, hosts and,
+    once loaded, each rank's host, process and memory."""
+    ranks = []
+    for info in load_info.ranks if load_info is not None else ():
+        ranks.append(
+            {
+                "rank": info.rank,
+                "host": info.host,
+                "hostname": info.hostname,
+                "pid": info.pid,
+                "weight_gb": round(info.weight_bytes / 1024**3, 3),
+                "backend": info.backend,
+            }
+        )
+    return {"backend": options.backend, "strategy": options.strategy, "hosts": list(options.hosts), "ranks": ranks}

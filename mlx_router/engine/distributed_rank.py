@@ -50,7 +50,7 @@ from mlx_router.engine.worker import _reader, _Worker, describe_exception
 
 __all__ = ["GroupChannel", "main"]
 
-IDLE_POLL_SECONDS = 0.1
+IDLE_POLL_SECONDS = 1.0
 """How long rank 0 waits for the router's next message while nothing runs (the other ranks wait
 in the plan broadcast meanwhile, so this is also the group's idle heartbeat)."""
 
@@ -234,6 +234,13 @@ class GroupRank(_Worker):
                 return messages
 
     def loop(self, scheduler: Any) -> None:
+        try:
+            self._run_plans(scheduler)
+        except Exception as exc:  # a failed step or a lost peer: the ranks can no longer agree
+            self._group_failed(exc)
+            os._exit(1)
+
+    def _run_plans(self, scheduler: Any) -> None:
         while True:
             messages = self._take_messages(block=not scheduler.active) if self.rank == 0 else None
             self.watchdog.busy_since = time.monotonic()
@@ -246,19 +253,27 @@ class GroupRank(_Worker):
             self.watchdog.busy_since = None
 
     def step(self, scheduler: Any) -> None:
-        """One step of the group. A failure ends the group: the ranks could no longer agree on
-        the batch. Rank 0 first fails the requests in flight with the reason."""
-        from mlx_router.engine.lm import classify_exception
-
-        try:
-            chunks = scheduler.step()
-        except Exception as exc:
-            print(f"[mlx-router] rank {self.rank}: step failed: {describe_exception(exc)}", file=sys.stderr, flush=True)
-            for request_id in scheduler.fail_all():
-                self.send(("error", classify_exception(exc, request_id)))
-            os._exit(1)
+        """One step of the group; a failure is the group's (see :meth:`loop`)."""
+        chunks = scheduler.step()
         if chunks:
             self.send(("step", chunks))
+
+    def _group_failed(self, exc: BaseException) -> None:
+        """Fail the requests in flight with the reason (rank 0), and say it on standard error
+        (the router logs the ranks' output)."""
+        from mlx_router.engine.lm import classify_exception
+
+        reason = f"rank {self.rank}: {describe_exception(exc)}"
+        print(f"[mlx-router] the group stops: {reason}", file=sys.stderr, flush=True)
+        out_of_memory = classify_exception(exc, None).kind == "out_of_memory"
+        try:
+            for request_id in list(self.requests):
+                if out_of_memory:
+                    self.send(("error", classify_exception(exc, request_id)))
+                else:
+                    self.send(("error", EngineError("worker_crashed", f"the model's group stopped ({reason})", request_id)))
+        except OSError:
+            pass
 
 
 def _with_seed(msg: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient, openblas_library
-from mlx_router.engine.distributed import GroupClient
+from mlx_router.engine.distributed import GroupClient, describe_group, host_shares, this_machine_names
 from mlx_router.engine.types import BatchOptions, LoadInfo, WorkerOptions
 from mlx_router.errors import (
     Conflict,
@@ -513,12 +513,52 @@ class MLXModelManager:
 
     def cost_bytes(self, entry: ModelEntry) -> int:
         """What a model takes resident: its weights (as MLX measured them once loaded, else the
-        weight files) plus its KV allowance (one context's KV, capped, and its prefix cache)."""
+        weight files) plus its KV allowance (one context's KV, capped, and its prefix cache).
+        For a model served by a group: the part on this machine's ranks (the budget is per host)."""
+        shares = self.group_costs(entry)
+        if shares is not None:
+            local = this_machine_names()
+            return sum(cost for host, cost in shares.items() if host in local)
+        return self._total_cost(entry)
+
+    def _total_cost(self, entry: ModelEntry) -> int:
         resident = self._resident.get(entry.id)
         weights = resident.load_info.weight_bytes if resident else entry.weight_bytes
         if entry.config.required_memory_gb:
             weights = int(entry.config.required_memory_gb * GB)
         return weights + kv_allowance_bytes(entry, self.settings.defaults, self.batch_options(entry).prefix_cache_bytes)
+
+    def group_costs(self, entry: ModelEntry) -> dict[str, int] | None:
+        """Bytes per host of a model served by a group (None for a one-process model)."""
+        if entry.config.distributed is None:
+            return None
+        resident = self._resident.get(entry.id)
+        options = resident.signature.distributed if resident else None
+        options = options or entry.config.distributed.to_options()
+        return host_shares(options, self._total_cost(entry), resident.load_info if resident else None)
+
+    def _check_other_hosts(self, entry: ModelEntry) -> None:
+        """A group's ranks on other machines must fit each host's budget next to the groups
+        already there (only groups use other hosts, and they are never evicted for another host)."""
+        shares = self.group_costs(entry)
+        if not shares:
+            return
+        local = this_machine_names()
+        for host, need in shares.items():
+            if host in local:
+                continue
+            holders = {
+                mid: costs[host]
+                for mid, r in self._resident.items()
+                if mid != entry.id and (costs := self.group_costs(r.entry)) and host in costs
+            }
+            if need + sum(holders.values()) > self.budget_bytes:
+                held = ", ".join(sorted(holders)) or "none"
+                raise InsufficientMemory(
+                    f"Model {entry.id!r} needs {need / GB:.2f} GB on host {host}, whose budget of "
+                    f"{self.budget_bytes / GB:.2f} GB is held by {held}. Unload one of them or raise "
+                    "defaults.memory_budget_gb."
+                )
 
     def _residents(self, exclude: str) -> list[Resident]:
         """The policy's view: resident models and loads in progress (which count as busy, and as
@@ -542,6 +582,7 @@ class MLXModelManager:
         If the target could not fit even with every unpinned model gone: 507, nothing unloaded.
         Loads queue on the lock in arrival order."""
         async with self._room_lock:
+            self._check_other_hosts(entry)
             level = self.monitor.snapshot().level
             if level in ("high", "critical"):
                 await self._unload_idle(f"memory pressure is {level}")
@@ -697,6 +738,7 @@ class MLXModelManager:
                     "pid": getattr(resident.client, "pid", None) if resident else None,
                     "retiring": stats.id in self._retiring,
                     "served": stats.id in self.entries,
+                    "distributed": self.group_info(stats.id),
                 }
             )
         return rows
@@ -853,6 +895,7 @@ class MLXModelManager:
         return {
             "state": state.value,
             "failure_reason": self.failures.get(entry.id),
+            "distributed": self.group_info(entry.id),
             "memory_requirements": {
                 "required_gb": required_gb,
                 "weight_bytes": measured,
@@ -866,6 +909,15 @@ class MLXModelManager:
                 "context_length": resident.load_info.context_length if resident else entry.config.context_length,
             },
         }
+
+    def group_info(self, model_id: str) -> dict[str, Any] | None:
+        """Backend, strategy, hosts and (once loaded) ranks of a model served by a group."""
+        resident = self._resident.get(model_id)
+        entry = resident.entry if resident is not None else self.entries.get(model_id)
+        if entry is None or entry.config.distributed is None:
+            return None
+        options = (resident.signature.distributed if resident else None) or entry.config.distributed.to_options()
+        return describe_group(options, resident.load_info if resident else None)
 
     def health(self) -> dict[str, Any]:
         snapshot = self.monitor.snapshot()

@@ -16,6 +16,9 @@ class ModelCard(OpenAIResponse):
     owned_by: str = "mlx-router"
     state: str
     failure_reason: str | None = None
+    distributed: dict[str, Any] | None = None
+    """For a model served by a group of ranks: backend, strategy, hosts, and each rank (host,
+    pid, memory) once loaded."""
     memory_requirements: dict[str, Any]
     parameters: dict[str, Any]
 
