@@ -205,7 +205,12 @@ class _Launcher:
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            pass
+            return
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            try:
+                self.popen.stdin.close()
+            except OSError:  # the launcher is gone: its end of the pipe may be broken
+                pass
 
     def kill(self) -> None:
         self.signal_group(signal.SIGKILL)
@@ -219,6 +224,10 @@ class _Launcher:
     def _read(self, stream: IO[bytes] | None, level: int) -> None:
         if stream is None:
             return
+        with stream:
+            self._read_lines(stream, level)
+
+    def _read_lines(self, stream: IO[bytes], level: int) -> None:
         for raw in iter(stream.readline, b""):
             line = _ANSI.sub("", raw.decode(errors="replace")).rstrip()
             if not line:
