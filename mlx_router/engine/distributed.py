@@ -94,7 +94,8 @@ def launch_command(options: DistributedOptions, connect: str, port: int | None) 
     if options.hostfile:
         cmd += ["--hostfile", options.hostfile]
     else:
-        cmd += ["--hosts", ",".join(options.hosts)]
+        hosts, repeat = _repeated(options.hosts)
+        cmd += ["--hosts", ",".join(hosts)] + (["-n", str(repeat)] if repeat > 1 else [])
     if port is not None:
         cmd += ["--nccl-port" if options.backend == "nccl" else "--starting-port", str(port)]
     if options.cwd:
@@ -104,6 +105,17 @@ def launch_command(options: DistributedOptions, connect: str, port: int | None) 
     for key, value in env.items():
         cmd += ["--env", f"{key}={value}"]
     return [*cmd, "--", *rank_command(options, connect)]
+
+
+def _repeated(hosts: tuple[str, ...]) -> tuple[list[str], int]:
+    """``a,a,b,b`` as ``(["a", "b"], 2)``: mlx.launch's ``-n`` form, which for NCCL also gives
+    the ranks of one host their own GPU (``CUDA_VISIBLE_DEVICES`` = rank modulo ``-n``)."""
+    for repeat in range(len(hosts), 1, -1):
+        if len(hosts) % repeat == 0:
+            distinct = list(hosts[::repeat])
+            if all(hosts[i] == distinct[i // repeat] for i in range(len(hosts))):
+                return distinct, repeat
+    return list(hosts), 1
 
 
 def _port_free(port: int) -> bool:

@@ -114,6 +114,10 @@ def test_launch_command_is_mlx_launch_around_one_rank(tmp_path: Path) -> None:
         "--step-timeout",
         "120.0",
     ]
+    gpus = launch_command(DistributedOptions(hosts=("127.0.0.1",) * 2, backend="nccl"), "x:1", 5000)
+    assert gpus[gpus.index("--hosts") : gpus.index("--hosts") + 4] == ["--hosts", "127.0.0.1", "-n", "2"]
+    mixed = launch_command(DistributedOptions(hosts=("10.0.0.1", "10.0.0.2", "10.0.0.1")), "x:1", 5000)
+    assert mixed[mixed.index("--hosts") + 1] == "10.0.0.1,10.0.0.2,10.0.0.1" and "-n" not in mixed
     nccl = launch_command(DistributedOptions(hosts=("10.0.0.1",) * 2, backend="nccl", hostfile="/h.json"), "x:1", 5000)
     assert "--nccl-port" in nccl and "--hostfile" in nccl and "--hosts" not in nccl
 
