@@ -102,7 +102,9 @@ class ModelConfig(_Section):
         None, description="Cap on max_tokens per memory-pressure level (normal/moderate/high/critical)."
     )
     distributed: DistributedConfig | None = Field(
-        None, description="Serve this model by a group of ranks on several hosts or GPUs (see the README)."
+        None,
+        description="Serve this model by a group of ranks on several hosts or GPUs: hosts or hostfile, backend, strategy, … "
+        "(README, One model on several machines).",
     )
 
     @field_validator("chat_template")

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -88,6 +89,13 @@ def rank_command(options: DistributedOptions, connect: str) -> list[str]:
     ]
 
 
+def rank_environment(options: DistributedOptions) -> dict[str, str]:
+    """Variables every rank gets: the configured ones, and PYTHONPATH to this checkout unless set."""
+    env = dict(options.env)
+    env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    return env
+
+
 def launch_command(options: DistributedOptions, connect: str, port: int | None) -> list[str]:
     """The ``mlx.launch`` command line that starts the group."""
     cmd = [sys.executable, "-c", _LAUNCHER, "--backend", options.backend]
@@ -100,9 +108,7 @@ def launch_command(options: DistributedOptions, connect: str, port: int | None) 
         cmd += ["--nccl-port" if options.backend == "nccl" else "--starting-port", str(port)]
     if options.cwd:
         cmd += ["--cwd", options.cwd]
-    env = dict(options.env)
-    env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # where mlx_router lives here
-    for key, value in env.items():
+    for key, value in rank_environment(options).items():
         cmd += ["--env", f"{key}={value}"]
     return [*cmd, "--", *rank_command(options, connect)]
 
@@ -163,7 +169,7 @@ def check_hosts(options: DistributedOptions) -> None:
             "-o",
             f"ConnectTimeout={max(1, int(options.connect_timeout))}",
             host,
-            f"{python} -c 'import mlx.core, mlx_router.engine.distributed_rank'",
+            _probe_script(options),
         ]
         try:
             done = subprocess.run(probe, capture_output=True, text=True, timeout=options.connect_timeout + 30)
@@ -178,6 +184,15 @@ def check_hosts(options: DistributedOptions) -> None:
             raise GroupLaunchError(f"host {host}: no Python at {python} (distributed.python)")
         if done.returncode != 0:
             raise GroupLaunchError(f"host {host}: {python} cannot run a rank: {last or f'exit code {done.returncode}'}")
+
+
+def _probe_script(options: DistributedOptions) -> str:
+    """What the ssh check runs on a host: the rank's imports, in the rank's directory and
+    environment."""
+    env = " ".join(shlex.quote(f"{k}={v}") for k, v in rank_environment(options).items())
+    imports = shlex.quote("import mlx.core, mlx_router.engine.distributed_rank")
+    script = f"env {env} {shlex.quote(python_of(options))} -c {imports}"
+    return f"cd {shlex.quote(options.cwd)} && {script}" if options.cwd else script
 
 
 def _last_line(text: str) -> str:
