@@ -585,28 +585,35 @@ class MLXModelManager:
         options = options or entry.config.distributed.to_options()
         return host_shares(options, self._total_cost(entry), resident.load_info if resident else None)
 
-    def _check_other_hosts(self, entry: ModelEntry) -> None:
+    async def _room_on_other_hosts(self, entry: ModelEntry) -> None:
         """A group's ranks on other machines must fit each host's budget next to the groups
-        already there (only groups use other hosts, and they are never evicted for another host)."""
+        already there (only groups use other hosts): idle, unpinned ones there are unloaded, least
+        recently used first; if busy or pinned ones stand in the way, 507 naming the host."""
         shares = self.group_costs(entry)
-        if not shares:
-            return
         local = this_machine_names()
-        for host, need in shares.items():
-            if host in local:
-                continue
-            holders = {
-                mid: costs[host]
-                for mid, r in self._resident.items()
-                if mid != entry.id and (costs := self.group_costs(r.entry)) and host in costs
-            }
-            if need + sum(holders.values()) > self.budget_bytes:
-                held = ", ".join(sorted(holders)) or "none"
-                raise InsufficientMemory(
-                    f"Model {entry.id!r} needs {need / GB:.2f} GB on host {host}, whose budget of "
-                    f"{self.budget_bytes / GB:.2f} GB is held by {held}. Unload one of them or raise "
-                    "defaults.memory_budget_gb."
+        for host, need in (shares or {}).items():
+            while host not in local:
+                holders = {
+                    mid: costs[host]
+                    for mid, r in self._resident.items()
+                    if mid != entry.id and (costs := self.group_costs(r.entry)) and host in costs
+                }
+                if need + sum(holders.values()) <= self.budget_bytes:
+                    break
+                idle = sorted(
+                    (self._resident[mid].last_used, mid)
+                    for mid in holders
+                    if not self._resident[mid].in_flight and mid not in self.pinned
                 )
+                if not idle:
+                    held = f"is held by {', '.join(sorted(holders))}" if holders else "is smaller"
+                    raise InsufficientMemory(
+                        f"Model {entry.id!r} needs {need / GB:.2f} GB on host {host}, whose budget of "
+                        f"{self.budget_bytes / GB:.2f} GB {held}. Unload or unpin a model there, or raise "
+                        "defaults.memory_budget_gb."
+                    )
+                await self.unload(idle[0][1], reason=f"making room on {host} for {entry.id}")
+                self._emit(ManagerEvent("evicted", idle[0][1], reason="room"))
 
     def _residents(self, exclude: str) -> list[Resident]:
         """The policy's view: resident models and loads in progress (which count as busy, and as
@@ -630,7 +637,7 @@ class MLXModelManager:
         If the target could not fit even with every unpinned model gone: 507, nothing unloaded.
         Loads queue on the lock in arrival order."""
         async with self._room_lock:
-            self._check_other_hosts(entry)
+            await self._room_on_other_hosts(entry)
             level = self.monitor.snapshot().level
             if level in ("high", "critical"):
                 await self._unload_idle(f"memory pressure is {level}")

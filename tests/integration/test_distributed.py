@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.fixtures.tiny_models import make_tiny_llm
+from mlx_router.fabricate import make_tiny_llm
 from tests.integration.conftest import NO_SPECIAL, BackgroundStream, RunningServer, start_server, wait_until
 from tests.openai_schemas import validate
 
