@@ -172,7 +172,7 @@ def check_hosts(options: DistributedOptions) -> None:
             _probe_script(options),
         ]
         try:
-            done = subprocess.run(probe, capture_output=True, text=True, timeout=options.connect_timeout + 30)
+            done = subprocess.run(probe, capture_output=True, text=True, timeout=options.connect_timeout + 30, check=False)
         except subprocess.TimeoutExpired:
             raise GroupLaunchError(f"host {host}: no answer over ssh within {options.connect_timeout:.0f} s") from None
         except FileNotFoundError:
@@ -329,8 +329,13 @@ class GroupClient(WorkerClient):
         cmd = launch_command(group, f"{host}:{listen_port}", port)
         env = {"LD_PRELOAD": self.blas_library} if self.blas_library else {}
         with _child_environment(env):
-            popen = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            popen = await asyncio.to_thread(
+                subprocess.Popen,
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
         self._process = _Launcher(popen, self.options.model_id, group.hosts)
         assert popen.stdin is not None

@@ -78,18 +78,18 @@ class GroupChannel:
 
     def _share(self, obj: Any, root: int) -> Any:
         import mlx.core as mx
+        import numpy as np
 
         data = pickle.dumps(obj) if self.rank == root else b""
-        size = mx.distributed.all_sum(mx.array(len(data), dtype=mx.int32), group=self.group).item()
-        if size == 0:
-            return None
+        size = mx.distributed.all_sum(mx.array(len(data), dtype=mx.int32), group=self.group)
+        mx.eval(size)  # on every rank, the root included, in the same order
         if self.rank == root:
-            buffer = mx.array(memoryview(data), dtype=mx.uint8)
+            buffer = mx.array(np.frombuffer(data, dtype=np.uint8))
         else:
-            buffer = mx.zeros(size, dtype=mx.uint8)
+            buffer = mx.zeros((int(np.asarray(size)),), dtype=mx.uint8)
         total = mx.distributed.all_sum(buffer, group=self.group)
-        mx.eval(total)
-        return obj if self.rank == root else pickle.loads(bytes(memoryview(total)))
+        mx.eval(total)  # every rank takes part, the root included
+        return obj if self.rank == root else pickle.loads(np.asarray(total).tobytes())
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
@@ -191,7 +191,7 @@ class GroupRank(_Worker):
                 chat_template=self.options.chat_template,
                 loader=self._load_shard,
             )
-        except Exception as exc:  # reported by rank 0 for the whole group
+        except Exception as exc:  # noqa: BLE001 (any load failure is reported by rank 0 for the whole group)
             failure = (classify_exception(exc, None).kind, describe_exception(exc))
         hosts = self.options.distributed.hosts if self.options.distributed else ()
         me = RankInfo(
@@ -205,8 +205,8 @@ class GroupRank(_Worker):
         reports: list[tuple[RankInfo, tuple[str, str] | None]] = self.channel.gather((me, failure))
         failed = [(info, fail) for info, fail in reports if fail is not None]
         if failed:
-            info, (kind, message) = failed[0]  # type: ignore[misc]
-            self.send(("load_failed", kind, f"rank {info.rank} on {info.host or info.hostname}: {message}"))
+            culprit, (kind, message) = failed[0]
+            self.send(("load_failed", kind, f"rank {culprit.rank} on {culprit.host or culprit.hostname}: {message}"))
             return
         scheduler = BatchScheduler(engine, self.options.batch)
         ranks = tuple(info for info, _ in reports)
@@ -236,7 +236,7 @@ class GroupRank(_Worker):
     def loop(self, scheduler: Any) -> None:
         try:
             self._run_plans(scheduler)
-        except Exception as exc:  # a failed step or a lost peer: the ranks can no longer agree
+        except Exception as exc:  # noqa: BLE001 (a failed step or a lost peer: the ranks can no longer agree)
             self._group_failed(exc)
             os._exit(1)
 

@@ -41,7 +41,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[3]
 LAUNCH = "import sys; from mlx._distributed_utils.launch import main; sys.argv[0] = 'mlx.launch'; main()"
-WORDS = "the quick brown fox jumps over the lazy dog while a small server answers many people at once".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "small", "server", "answers", "many", "people", "at", "once"]
 
 
 def free_port() -> int:
