@@ -53,7 +53,7 @@ def group_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
             "models": {
                 "tq-pipe": {"path": "tq", "supports_tools": True, "distributed": {**group, "strategy": "pipeline"}},
                 "tl": {"path": "tl"},
-                "tl-tensor": {"path": "tl", "distributed": {**group, "strategy": "tensor"}},
+                "tl-tensor": {"path": "tl", "distributed": {**group, "strategy": "tensor", "step_timeout": 8}},
             },
         },
     )
@@ -217,10 +217,33 @@ def test_killed_rank_fails_the_stream_leaves_no_process_and_restarts(group_serve
     assert {r["pid"] for r in fresh}.isdisjoint(pids)
 
 
+def test_a_silent_rank_stops_the_group_after_step_timeout(group_server: RunningServer) -> None:
+    """A stopped process answers nothing and closes nothing, like a host whose cable was pulled."""
+    _chat(group_server, "tl-tensor", max_tokens=2)
+    with group_server.client() as http:
+        ranks = http.get("/v1/models/tl-tensor").json()["distributed"]["ranks"]
+    stream = BackgroundStream(
+        group_server, {"model": "tl-tensor", "messages": MESSAGES, "max_tokens": 5000, "stream": True, "logit_bias": NO_SPECIAL}
+    )
+    assert stream.producing.wait(60)
+    os.kill(ranks[1]["pid"], signal.SIGSTOP)
+    stream.join(60)
+    assert not stream.running
+    assert stream.events[-1] == "[DONE]"
+    error = json.loads(stream.events[-2])["error"]
+    assert error["code"] == "worker_crashed"
+    assert "no answer from the group for" in error["message"]
+    assert wait_until(lambda: not any(_alive(r["pid"]) for r in ranks), timeout=15)
+    with group_server.client() as http:
+        card = http.get("/v1/models/tl-tensor").json()
+    assert card["state"] == "failed" and "rank 0 on 127.0.0.1 exited with code 3" in card["failure_reason"]
+
+
 BROKEN = {
     "missing-python": ({"python": "/nonexistent/bin/python3"}, "host 127.0.0.1: no Python at"),
     "unreachable-host": ({"hosts": ["127.0.0.1", "192.0.2.1"], "connect_timeout": 1}, "host 192.0.2.1"),
     "busy-port": ({}, "is busy (distributed.port)"),
+    "no-pipeline": ({}, "rank 0 on 127.0.0.1: ValueError: The model does not support pipelining"),
 }
 
 
@@ -229,12 +252,13 @@ def broken_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     """Groups that cannot start: no Python there, a host that does not answer, a busy port."""
     tmp = tmp_path_factory.mktemp("broken-groups")
     make_tiny_llm(tmp / "models" / "tq", model_type="qwen2", num_layers=2)
+    make_tiny_llm(tmp / "models" / "tl", model_type="llama", num_layers=2)  # llama has no pipeline
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = {"busy-port": {"port": busy.getsockname()[1]}}
         models = {
-            name: {"path": "tq", "distributed": {"hosts": TWO_RANKS, "strategy": "pipeline", **group, **port.get(name, {})}}
+            name: {"path": "tl" if name == "no-pipeline" else "tq", "distributed": {"hosts": TWO_RANKS, "strategy": "pipeline", **group, **port.get(name, {})}}
             for name, (group, _) in BROKEN.items()
         }
         server = start_server(
