@@ -124,6 +124,13 @@ class DistributedConfig(BaseModel):
                 )
         if needs_ips:
             raise ValueError(f"hostfile {self.hostfile}: the ring backend needs 'ips' for every host")
+        if self.hosts is not None and self.backend in ("ring", "nccl"):
+            loopback = [h for h in self.hosts if ipaddress.ip_address(h).is_loopback] if all(map(_is_ip, self.hosts)) else []
+            if loopback and len(loopback) < len(self.hosts):
+                raise ValueError(
+                    f"hosts: {loopback[0]} is reachable only from this machine; next to other hosts, list this "
+                    "machine by an address they reach"
+                )
         if self.backend == "nccl" and self.hosts is not None and not _is_ip(self.hosts[0]):
             raise ValueError(f"hosts: rank 0 of the nccl backend needs an IP address (got {self.hosts[0]!r})")
         return self

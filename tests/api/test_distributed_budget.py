@@ -8,7 +8,8 @@ from typing import Any
 from tests.fakes import assert_error, chat_body
 
 REMOTE = "10.0.0.2"
-GROUP = {"hosts": ["127.0.0.1", REMOTE], "backend": "ring", "strategy": "tensor"}
+GROUP = {"hosts": ["127.0.0.1", REMOTE], "backend": "mpi", "strategy": "tensor"}
+"""MPI: the ring backend would refuse 127.0.0.1 next to another host (the others cannot reach it)."""
 
 
 def settings_for(models_dir: Path, **models: Any) -> dict[str, Any]:

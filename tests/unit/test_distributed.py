@@ -59,6 +59,7 @@ def _hostfile(tmp_path: Path, data: Any = HOSTFILE) -> str:
         ({}, "give exactly one of 'hosts' and 'hostfile'"),
         ({"hostfile": "/nonexistent/hosts.json"}, "does not exist"),
         ({"hosts": ["127.0.0.1", "127.0.0.1"], "env": {"A-B": "1"}}, "'A-B' is not an environment variable name"),
+        ({"hosts": ["127.0.0.1", "10.0.0.2"]}, "127.0.0.1 is reachable only from this machine"),
         ({"hosts": ["127.0.0.1", "127.0.0.1"], "port": 80}, "distributed.port: Input should be greater than or equal to 1024"),
     ],
 )
