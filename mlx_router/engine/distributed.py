@@ -42,7 +42,6 @@ from mlx_router.errors import redact_paths
 __all__ = [
     "GroupClient",
     "GroupLaunchError",
-    "describe_group",
     "host_shares",
     "is_local_host",
     "launch_command",
@@ -426,20 +425,3 @@ def host_shares(options: DistributedOptions, total_bytes: int, load_info: LoadIn
         shares[host] = shares.get(host, 0) + share
     return shares
 
-
-def describe_group(options: DistributedOptions, load_info: LoadInfo | None) -> dict[str, Any]:
-    """The group as ``/v1/models`` and the status page show it: backend, strategy, hosts and,
-    once loaded, each rank's host, process and memory."""
-    ranks = []
-    for info in load_info.ranks if load_info is not None else ():
-        ranks.append(
-            {
-                "rank": info.rank,
-                "host": info.host,
-                "hostname": info.hostname,
-                "pid": info.pid,
-                "weight_gb": round(info.weight_bytes / 1024**3, 3),
-                "backend": info.backend,
-            }
-        )
-    return {"backend": options.backend, "strategy": options.strategy, "hosts": list(options.hosts), "ranks": ranks}

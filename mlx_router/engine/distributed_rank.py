@@ -150,8 +150,8 @@ class GroupRank(_Worker):
             self.requests.add(msg[1].request_id)
         elif msg[0] == "error" and msg[1].request_id:
             self.requests.discard(msg[1].request_id)
-        elif msg[0] == "step":
-            self.requests.difference_update(c.request_id for c in msg[1] if c.finish_reason is not None)
+        elif msg[0] == "step":  # chunks as field tuples: (request_id, text, completion, prompt, finish, logprobs)
+            self.requests.difference_update(fields[0] for fields in msg[1] if fields[4] is not None)
         super().send(msg)
 
     def _stalled(self, seconds: float) -> None:
@@ -256,7 +256,7 @@ class GroupRank(_Worker):
         """One step of the group; a failure is the group's (see :meth:`loop`)."""
         chunks = scheduler.step()
         if chunks:
-            self.send(("step", chunks))
+            self.send(("step", [c.fields() for c in chunks]))
 
     def _group_failed(self, exc: BaseException) -> None:
         """Fail the requests in flight with the reason (rank 0), and say it on standard error
