@@ -72,7 +72,7 @@ class _Worker:
                 scheduler.run_to_end(
                     GenerationRequest("warmup", GenerationParams(max_tokens=self.options.warmup_tokens), prompt="Hello")
                 )
-        except Exception as exc:  # any load failure is reported, never raised past here
+        except Exception as exc:  # noqa: BLE001 (any load failure is reported, never raised past here)
             kind = classify_exception(exc, None).kind
             self.send(("load_failed", kind, describe_exception(exc)))
             return
