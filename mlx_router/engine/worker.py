@@ -79,7 +79,9 @@ class _Worker:
         except Exception as exc:  # any load failure is reported, never raised past here
             kind = classify_exception(exc, None).kind
             detail = redact_paths(str(exc).splitlines()[0][:300]) if str(exc) else ""
-            self.send(("load_failed", kind, f"{exc.__class__.__name__}: {detail}".rstrip(": ")))
+            # The class name is for the log; the message reaches clients, who need no internals.
+            self.log(logging.ERROR, f"load failed: {exc.__class__.__name__}: {detail}")
+            self.send(("load_failed", kind, detail or "the model files could not be loaded"))
             return
         self.send(("ready", engine.load_info))
         self.loop(scheduler)
