@@ -49,6 +49,8 @@ class _Worker:
         self.options = options
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.send_lock = threading.Lock()
+        self.wasted_tokens = 0
+        """Tokens generated for requests cancelled before they finished (their clients left)."""
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self.send_lock:
@@ -116,7 +118,9 @@ class _Worker:
                 if kind == "cancel":
                     generated = scheduler.cancel(msg[1])
                     if generated is not None:
-                        self.log(logging.INFO, f"request {msg[1]} cancelled after {generated} generated tokens")
+                        self.wasted_tokens += generated
+                        self.log(logging.INFO, f"request {msg[1]} cancelled after {generated} generated tokens "
+                                 f"({self.wasted_tokens} wasted since the load)")
                 elif kind == "generate":
                     request = msg[1]
                     try:
