@@ -26,14 +26,14 @@ from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.fixtures.tiny_models import make_tiny_llm  # noqa: E402
+from mlx_router.fabricate import make_tiny_llm  # noqa: E402
 
 # A manual script (sends an image or PDF to a running server), not a test module.
 collect_ignore = ["test_vision_model.py"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Tiny random-weight models (tests/fixtures/tiny_models.py)
+# Tiny random-weight models (mlx_router/fabricate)
 # ---------------------------------------------------------------------------------------------
 
 TINY_MODEL_NAME = "tiny-llama"

@@ -3,7 +3,7 @@
 Nothing here generates text: :class:`FakeWorkerClient` replays the strings of a
 :class:`FakeEngineScript` as if they were decode steps, so the HTTP layer, the manager's
 lifecycle and the stream writers can be tested fast and deterministically. Tests that need a
-real model use the tiny models of ``tests/fixtures`` through the real ``WorkerClient``.
+real model use the tiny models of ``mlx_router.fabricate`` through the real ``WorkerClient``.
 
     factory = fake_client_factory(FakeEngineScript(chunks=("Hi", "!"), prompt_tokens=5))
     manager = MLXModelManager(settings, client_factory=factory)

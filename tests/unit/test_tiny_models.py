@@ -12,7 +12,7 @@ import pytest
 from mlx_lm import load, stream_generate
 from mlx_lm.sample_utils import make_sampler
 
-from tests.fixtures.tiny_models import EOS_TOKEN, SPECIAL_TOKENS, make_tiny_llm
+from mlx_router.fabricate import EOS_TOKEN, SPECIAL_TOKENS, make_tiny_llm
 
 GREEDY = make_sampler(temp=0.0)
 
