@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ip", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 8800)")
     parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="default max_tokens per request")
-    parser.add_argument("--timeout", type=float, help="seconds a request may run")
+    parser.add_argument("--timeout", type=float, help="seconds a non-streaming request may run, then it returns what it generated (streams have no wall-clock limit)")
     parser.add_argument("--debug", action="store_true", default=None, help="debug logging")
     parser.add_argument("--model", help="model to preload and pin (defaults.model)")
     parser.add_argument("--model-dir", dest="model_dir", help="model directory (overrides MLX_MODEL_DIR)")

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def error_response(error: RouterError) -> JSONResponse:
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers or None)
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.response_headers())
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:

@@ -73,11 +73,14 @@ from mlx_router.text.constraints import json_grammar, schema_depth, validate_gra
 from mlx_router.text.reasoning import HarmonySplitter, ReasoningSplitter, make_splitter
 from mlx_router.text.tools import ParsedCall, ToolCallStream, make_format
 
-__all__ = ["GenerationService", "Job", "SYSTEM_FINGERPRINT", "engine_error"]
+__all__ = ["GenerationService", "Job", "STOPPED_HEADER", "SYSTEM_FINGERPRINT", "engine_error"]
 
 logger = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
+STOPPED_HEADER = "X-MLX-Router-Stopped"
+"""Set to ``timeout`` on a non-streaming answer that ``defaults.timeout`` cut short (its
+unfinished choices say ``finish_reason: "length"``)."""
 T = TypeVar("T")
 
 Event = tuple[int, Admission | GenerationChunk | None]
@@ -122,6 +125,12 @@ class Job:
     """The tools offered (OpenAI shape); their calls are read from the output."""
     parallel_tool_calls: bool = True
     """False keeps only the first call of an answer."""
+    timed_out: bool = False
+    """Set when ``defaults.timeout`` ended the job: unfinished choices end with ``length``."""
+
+    def headers(self) -> dict[str, str]:
+        """Response headers saying how the job ended, when a limit ended it."""
+        return {STOPPED_HEADER: "timeout"} if self.timed_out else {}
 
     def splitter(self, admission: Admission) -> Splitter | None:
         """A reasoning splitter (chat only) when the model's ``reasoning_response`` asks for one;
@@ -207,6 +216,16 @@ class GenerationService:
 
     def _job(self, kind: Literal["chat", "completion"], req: SamplingRequest, entry: ModelEntry,
              requests: list[GenerationRequest], prompt_of: list[int], echo: list[str] | None = None) -> Job:
+        limit = self.manager.queue_limit(entry)
+        if len(requests) > limit:
+            prompts = len(set(prompt_of))
+            asked = f"{prompts} prompts × n {req.n or 1}" if prompts > 1 else f"n {req.n or 1}"
+            raise InvalidRequest(
+                f"This request needs {len(requests)} sequences ({asked}), more than model {entry.id!r} can ever "
+                f"hold at once: {limit} (max_batch_size + max_queue). Ask for fewer choices or prompts.",
+                param="n",
+                code="too_many_sequences",
+            )
         return Job(
             kind=kind,
             entry=entry,
@@ -324,8 +343,9 @@ class GenerationService:
     # ------------------------------------------------------------------ running
 
     async def _events(self, job: Job) -> AsyncIterator[Event]:
-        """(choice, Admission | chunk) for every choice, under the request timeout."""
-        deadline = time.monotonic() + self.settings.defaults.timeout
+        """(choice, Admission | chunk) for every choice. A non-streaming job runs under
+        ``defaults.timeout``; a stream has no wall-clock limit (its client ends it by leaving)."""
+        deadline = None if job.stream else time.monotonic() + self.settings.defaults.timeout
         self.requests_total += 1
         try:
             async for event in self._generate(job, deadline):
@@ -334,7 +354,10 @@ class GenerationService:
             self.requests_failed += 1
             raise
 
-    async def _generate(self, job: Job, deadline: float) -> AsyncIterator[Event]:
+    async def _generate(self, job: Job, deadline: float | None) -> AsyncIterator[Event]:
+        """Merge the choices' events. At the deadline, a job whose choices were all admitted
+        ends each unfinished choice with ``length`` (what was generated is kept and
+        ``job.timed_out`` says why); one still waiting for an admission is a 504."""
         observe = self.metrics.generation(job.entry.id)  # token counts and latencies, per yielded item
         async with self.manager.acquire(job.entry.id, len(job.requests)) as lm:
             queue: asyncio.Queue[tuple[int, Admission | GenerationChunk | BaseException | None]] = asyncio.Queue()
@@ -351,6 +374,8 @@ class GenerationService:
 
             tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(job.requests)]
             running = len(tasks)
+            admitted: dict[int, Admission] = {}
+            last: dict[int, GenerationChunk] = {}
             self._queues.add(queue)
             try:
                 while running:
@@ -358,25 +383,35 @@ class GenerationService:
                         index, item = queue.get_nowait()
                     except asyncio.QueueEmpty:
                         # asyncio.timeout, unlike wait_for, creates no task per wait (hot path).
-                        now = time.monotonic()
+                        wait = job.keepalive if deadline is None else min(deadline - time.monotonic(), job.keepalive)
                         try:
-                            async with asyncio.timeout(min(deadline - now, job.keepalive)):
+                            async with asyncio.timeout(wait):
                                 index, item = await queue.get()
                         except TimeoutError:
-                            if time.monotonic() >= deadline:
+                            if deadline is None or time.monotonic() < deadline:
+                                yield KEEPALIVE, None  # still working: streams send a keep-alive
+                                continue
+                            if len(admitted) < len(job.requests):
                                 raise
-                            yield KEEPALIVE, None  # still working: streams send a keep-alive
-                            continue
+                            job.timed_out = True
+                            for index, chunk in _cut_short(job, admitted, last):
+                                yield index, chunk
+                            return
                     if item is None:
                         running -= 1
                     elif isinstance(item, BaseException):
                         raise item
                     else:
+                        if isinstance(item, Admission):
+                            admitted[index] = item
+                        else:
+                            last[index] = item
                         observe(index, item)
                         yield index, item
             except asyncio.TimeoutError:
                 raise GenerationTimeout(
-                    f"Generation stopped after {self.settings.defaults.timeout:g} s (defaults.timeout)."
+                    f"No output within {self.settings.defaults.timeout:g} s (defaults.timeout): the request "
+                    "was still waiting to start."
                 ) from None
             except EngineFailure as exc:
                 raise engine_error(exc.error, "messages" if job.kind == "chat" else "prompt") from None
@@ -433,7 +468,7 @@ class GenerationService:
             calls: list[ParsedCall] = []
             reader = job.tool_stream(admission)
             if reader is not None:
-                content, calls = _feed(reader, content, final=True)
+                content, calls = _read_calls(reader, content, final=True)
                 calls = calls[:1] if not job.parallel_tool_calls else calls
             message = ResponseMessage(
                 content=(content or None) if calls else content,
@@ -448,7 +483,7 @@ class GenerationService:
                     finish_reason=_finish(last[index].finish_reason, bool(calls)),  # type: ignore[arg-type]
                 )
             )
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [choice.finish_reason for choice in choices])
         return _envelope(ChatCompletionResponse, "chatcmpl", job)(choices, run.usage(job, last))
 
     async def chat_stream(self, job: Job) -> AsyncIterator[ChatCompletionChunk | None]:
@@ -465,6 +500,7 @@ class GenerationService:
         readers = [job.tool_stream(a) for a in run.admissions]
         called = [0] * len(run.admissions)
         last: dict[int, GenerationChunk] = {}
+        finishes: dict[int, str] = {}
         async for index, item in run.events:
             if item is None:
                 yield None  # keep-alive
@@ -479,7 +515,7 @@ class GenerationService:
             calls: list[ParsedCall] = []
             reader = readers[index]
             if reader is not None:
-                content, calls = _feed(reader, content, final=final)
+                content, calls = _read_calls(reader, content, final=final)
             shown_reasoning = job.reasoning_out(reasoning)
             logprobs = _chat_logprobs(list(item.logprobs)) if item.logprobs else None
             if content or shown_reasoning or logprobs:
@@ -492,9 +528,9 @@ class GenerationService:
                     yield chunk([ChunkChoice(index=index, delta=delta)])
                 called[index] += 1
             if final:
-                finish = _finish(item.finish_reason, bool(called[index]))
+                finish = finishes[index] = _finish(item.finish_reason, bool(called[index]))
                 yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])  # type: ignore[arg-type]
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [finishes[i] for i in sorted(finishes)])
         if job.include_usage:
             yield chunk([], run.usage(job, last))
 
@@ -512,7 +548,7 @@ class GenerationService:
             )
             for index in range(len(job.requests))
         ]
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [choice.finish_reason or "" for choice in choices])
         return _envelope(CompletionResponse, "cmpl", job)(choices, run.usage(job, last))
 
     async def completion_stream(self, job: Job) -> AsyncIterator[CompletionResponse | None]:
@@ -538,23 +574,25 @@ class GenerationService:
             finish = _finish(item.finish_reason) if item.finish_reason is not None else None
             if item.text or logprobs or finish:
                 yield chunk([CompletionChoice(text=item.text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
-        self._log_done(job, run, last)
+        self._log_done(job, run, last, [_finish(last[i].finish_reason) for i in sorted(last)])
         if job.include_usage:
             yield chunk([], run.usage(job, last))
 
     # ------------------------------------------------------------------ logging
 
-    def _log_done(self, job: Job, run: _Run, last: dict[int, GenerationChunk]) -> None:
+    def _log_done(self, job: Job, run: _Run, last: dict[int, GenerationChunk], finishes: list[str]) -> None:
+        """One line per finished job; ``finishes`` are the finish reasons as returned."""
         seconds = time.perf_counter() - run.started
         counts = run.usage(job, last)
         generated = counts.completion_tokens
         logger.info(
-            "model=%s choices=%d prompt_tokens=%d completion_tokens=%d finish=%s %.2fs %.1f tok/s",
+            "model=%s choices=%d prompt_tokens=%d completion_tokens=%d finish=%s%s %.2fs %.1f tok/s",
             job.entry.id,
             len(job.requests),
             counts.prompt_tokens,
             generated,
-            ",".join(str(last[i].finish_reason) for i in sorted(last)),
+            ",".join(finishes),
+            " (defaults.timeout)" if job.timed_out else "",
             seconds,
             generated / seconds if seconds > 0 else 0.0,
         )
@@ -609,6 +647,26 @@ async def _collect(
     return ["".join(parts) for parts in texts], tokens, last
 
 
+def _cut_short(
+    job: Job, admitted: dict[int, Admission], last: dict[int, GenerationChunk]
+) -> list[tuple[int, GenerationChunk]]:
+    """A closing ``length`` chunk for every choice that has not finished."""
+    return [
+        (
+            index,
+            GenerationChunk(
+                request_id=request.request_id,
+                text="",
+                completion_tokens=last[index].completion_tokens if index in last else 0,
+                prompt_tokens=admitted[index].prompt_tokens,
+                finish_reason="length",
+            ),
+        )
+        for index, request in enumerate(job.requests)
+        if index not in last or last[index].finish_reason is None
+    ]
+
+
 async def _replay(early: list[Event], events: AsyncIterator[Event]) -> AsyncIterator[Event]:
     try:
         for event in early:
@@ -628,6 +686,17 @@ def _feed(reader: Splitter | ToolCallStream, text: str, *, final: bool) -> tuple
         more_first, more_second = reader.flush()
         first, second = first + more_first, second + more_second
     return first, second
+
+
+def _read_calls(reader: ToolCallStream, text: str, *, final: bool) -> tuple[str, list[ParsedCall]]:
+    """(content, calls) of a piece of answer text. At the end, a call that a length limit cut
+    off after complete calls is dropped: its markup is no answer, and the calls stand."""
+    content, calls = reader.feed(text)
+    if final:
+        cut = reader.in_call and bool(reader.calls)
+        more_content, more_calls = reader.flush()
+        content, calls = content + ("" if cut and not more_calls else more_content), calls + more_calls
+    return content, calls
 
 
 def _chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:

@@ -72,6 +72,7 @@ async def _send_error(send: Send, error: RouterError, request_id: str) -> None:
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
     ]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.response_headers().items()]
     if isinstance(error, AuthenticationFailed):
         headers.append((b"www-authenticate", b'Bearer realm="mlx-router"'))
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
@@ -210,7 +211,7 @@ def _draining(scope: Scope, open_paths: frozenset[str]) -> RouterError | None:
     app = scope.get("app")
     service = getattr(getattr(app, "state", None), "generation", None)
     if service is not None and service.draining and scope.get("path") not in open_paths:
-        return ServiceUnavailable("The server is shutting down.", code="shutting_down", headers={"Retry-After": "5"})
+        return ServiceUnavailable("The server is shutting down.", code="shutting_down")
     return None
 
 

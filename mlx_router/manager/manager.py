@@ -2,7 +2,8 @@
 
 Each model is UNLOADED → LOADING → READY → UNLOADING, or FAILED with a reason. Loads are
 single-flight (concurrent first requests share one load). A model with requests in flight or
-pinned is never unloaded to make room; ``defaults.cache_size`` bounds how many are resident.
+pinned is never unloaded to make room; the memory budget (and ``defaults.cache_size`` when set)
+bounds how many are resident; the default model is kept resident while room allows.
 All MLX work, GGUF imports included, happens in child processes.
 """
 
@@ -34,13 +35,16 @@ from mlx_router.errors import (
     ServiceUnavailable,
     redact_paths,
 )
+from mlx_router.manager.aliases import Aliases
 from mlx_router.manager.memory import MemorySnapshot, ResourceMonitor, memory_budget_bytes
+from mlx_router.manager.model_settings import ResolvedModelSettings, resolve_model_settings
 from mlx_router.manager.policy import Resident, plan_eviction
 from mlx_router.manager.registry import (
     EMBEDDED_MODEL_ID,
     IMPORT_DIR_NAME,
     ModelEntry,
     build_registry,
+    directory_signature,
     kv_allowance_bytes,
 )
 from mlx_router.metrics.context import note_model
@@ -153,6 +157,10 @@ class MLXModelManager:
         self._spare: WorkerClient | None = None
         self._closing = False
         self.entries: dict[str, ModelEntry] = {}
+        self.aliases = Aliases.from_config(settings.aliases)
+        self._views: dict[str, tuple[ModelEntry, ResolvedModelSettings]] = {}
+        """Each entry's resolved settings, built on first use (new entries, new views)."""
+        """Other names for served models (``aliases``), checked against the registry at start."""
         self.states: dict[str, ModelState] = {}
         self.failures: dict[str, str] = {}
         self.pinned: set[str] = set()
@@ -165,13 +173,17 @@ class MLXModelManager:
         self._draining: set[str] = set()
         """Resident models giving way to a waiting load: new requests for them wait their turn."""
         self._scanned_at = 0.0
+        self._scanned_signature: tuple[tuple[str, int, bool], ...] = ()
         self._reserved: dict[str, int] = {}
         """Cost of loads in progress, counted against the budget until they finish."""
         self.budget_bytes = memory_budget_bytes(settings.defaults)
         self._demand: dict[str, int] = {}
         """Sequences per model running or waiting (loading included), for backpressure."""
         self.default_model: str | None = settings.defaults.model
-        """Preloaded and pinned; the embedded model takes this role when it is the fallback."""
+        """Preloaded and kept: evicted only after every other idle model (and restarted at once
+        after a crash); the embedded model takes this role when it is the fallback."""
+        self.started = False
+        """:meth:`start` has finished (the default model's first load included)."""
         self.started_at = time.time()
         self.worker_restarts = 0
         self.loads = 0
@@ -224,6 +236,7 @@ class MLXModelManager:
         Loaded models stay known even if their folder went away meanwhile, unless
         ``keep_resident`` is false (a configuration reload that removed them)."""
         self._scanned_at = time.monotonic()
+        self._scanned_signature = directory_signature(self.settings.model_dir)
         entries = build_registry(self.settings.models, self.settings.model_dir)
         kept = {m: self.entries[m] for m in self._resident if m in self.entries} if keep_resident else {}
         self.entries = {**kept, **entries}
@@ -247,25 +260,31 @@ class MLXModelManager:
                     f"{', '.join(sorted(self.entries)) or 'none'}. Fix defaults.model or add the model "
                     f"under models / the model directory."
                 )
-            self.pinned.add(default)
-        self.pinned.update(mid for mid, e in self.entries.items() if e.config.pin)
+        self.aliases.check(self.entries)
+        self.pinned.update(mid for mid, e in self.entries.items() if self.model_settings(e).pin)
         preload = [default] if default else []
-        preload += [mid for mid, e in sorted(self.entries.items()) if (e.config.pin or e.config.preload) and mid != default]
+        preload += [mid for mid, e in sorted(self.entries.items()) if self._preloads(e) and mid != default]
         for model_id in preload:
             try:
                 async with self.acquire(model_id):
                     pass
             except RouterError as exc:
-                # Serve the other models; /health says 503 with the reason until the default loads.
+                # Serve the other models; the next request for this one tries again.
                 logger.error("Preloading %s failed: %s", model_id, exc.message)
+        self.started = True
         self._start_spare()
         self._start_expiry()
+
+    def _preloads(self, entry: ModelEntry) -> bool:
+        """Loaded at start (and when a reload sets it): pinned or ``preload``."""
+        view = self.model_settings(entry)
+        return view.pin or view.preload
 
     def _start_expiry(self) -> None:
         """Run the keep-alive loop once some model has a keep-alive (at start or after a reload)."""
         if self._expiry is not None or self._closing:
             return
-        if self.settings.defaults.keep_alive or any(e.config.keep_alive for e in self.entries.values()):
+        if any(self.model_settings(e).keep_alive for e in self.entries.values()) or self.settings.defaults.keep_alive:
             self._expiry = self._spawn(self._expire_idle_loop())
 
     def _spawn(self, work: Any) -> asyncio.Task[Any]:
@@ -275,21 +294,30 @@ class MLXModelManager:
         task.add_done_callback(self._background.discard)
         return task
 
+    def model_settings(self, entry: ModelEntry) -> ResolvedModelSettings:
+        """The entry's settings with ``defaults`` applied, resolved once per entry (a reload or a
+        rescan builds new entries, whose views are resolved against the settings of then)."""
+        cached = self._views.get(entry.id)
+        if cached is None or cached[0] is not entry:
+            cached = (entry, resolve_model_settings(entry, self.settings.defaults, self.budget_bytes))
+            self._views[entry.id] = cached
+        return cached[1]
+
     def keep_alive(self, model_id: str) -> float:
         """Seconds this model may stay idle before it is unloaded (0: no limit)."""
-        entry = self.entries.get(model_id)
-        own = entry.config.keep_alive if entry is not None else None
-        return own if own is not None else self.settings.defaults.keep_alive
+        resident = self._resident.get(model_id)
+        entry = resident.entry if resident is not None else self.entries.get(model_id)
+        return self.model_settings(entry).keep_alive if entry is not None else self.settings.defaults.keep_alive
 
     async def _expire_idle_loop(self) -> None:
-        """Unload idle, unpinned models whose keep-alive has run out."""
+        """Unload idle models whose keep-alive has run out (not pinned ones, not the default model)."""
         while True:
             limits = [self.keep_alive(mid) for mid in self._resident] or [self.settings.defaults.keep_alive]
             await asyncio.sleep(max(0.2, min((t for t in limits if t > 0), default=5.0) / 4))
             now = time.monotonic()
             for model_id, resident in list(self._resident.items()):
                 ttl = self.keep_alive(model_id)
-                if ttl and not resident.in_flight and model_id not in self.pinned and now - resident.last_used >= ttl:
+                if ttl and not resident.in_flight and not self._kept(model_id) and now - resident.last_used >= ttl:
                     await self.unload(model_id, reason=f"idle for {ttl:g} s (keep_alive)")
 
     async def _import_embedded(self) -> None:
@@ -313,8 +341,19 @@ class MLXModelManager:
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
             return Path(await loop.run_in_executor(pool, _import_gguf_job, str(src), str(dst), dequantize))
 
+    def refresh_listing(self) -> None:
+        """Rescan the model directory for a listing when its top level changed (one ``stat`` per
+        entry: a folder added, removed or filled in) or ``defaults.rescan_interval`` seconds have
+        passed since the last scan, so ``GET /v1/models`` shows what is there now."""
+        if (
+            time.monotonic() - self._scanned_at >= self.settings.defaults.rescan_interval
+            or directory_signature(self.settings.model_dir) != self._scanned_signature
+        ):
+            self.refresh_registry()
+
     def resolve(self, model_id: str) -> ModelEntry:
-        """The entry for a requested id; unknown ids are a 404 that touches nothing.
+        """The entry for a requested id or alias (``aliases``); unknown ids are a 404 that
+        touches nothing.
 
         An unknown id rescans the model directory first (at most every
         ``defaults.rescan_interval`` seconds), so new folders appear without a restart."""
@@ -323,16 +362,30 @@ class MLXModelManager:
                 f"Invalid model id: ids are names from GET /v1/models (at most {MAX_MODEL_ID} characters, no paths).",
                 param="model",
             )
-        entry = self.entries.get(model_id)
+        entry = self._lookup(model_id)
         if entry is None and time.monotonic() - self._scanned_at >= self.settings.defaults.rescan_interval:
             self.refresh_registry()
-            entry = self.entries.get(model_id)
+            entry = self._lookup(model_id)
         if entry is None:
             available = ", ".join(sorted(self.entries)) or "none"
+            alias = self.aliases.match(model_id)
+            if alias is not None:
+                raise ModelNotFound(
+                    f"The model {model_id!r} is an alias (aliases.{alias[0]}) of {alias[1]!r}, which is not served "
+                    f"now. Available models: {available}.",
+                    param="model",
+                )
             raise ModelNotFound(
                 f"The model {model_id!r} does not exist. Available models: {available}.", param="model"
             )
         note_model(entry.id)
+        return entry
+
+    def _lookup(self, model_id: str) -> ModelEntry | None:
+        """A served id first, else the model an alias names."""
+        entry = self.entries.get(model_id)
+        if entry is None and (alias := self.aliases.match(model_id)) is not None:
+            entry = self.entries.get(alias[1])
         return entry
 
     # ---------------------------------------------------------------- residency
@@ -386,7 +439,7 @@ class MLXModelManager:
             if remaining <= 0:
                 raise ServiceUnavailable(
                     f"Waited {self.settings.defaults.swap_wait:g} s (defaults.swap_wait) for {what}; the models "
-                    "it needs stayed busy. Retry shortly, or raise defaults.cache_size / memory_budget_gb.",
+                    "it needs stayed busy. Retry shortly, or raise defaults.memory_budget_gb (or cache_size, if set).",
                     code="model_slots_busy",
                     headers={"Retry-After": "5"},
                 )
@@ -397,10 +450,7 @@ class MLXModelManager:
 
     def queue_limit(self, entry: ModelEntry) -> int:
         """Sequences a model may have running or waiting: its batch plus its queue."""
-        defaults, config = self.settings.defaults, entry.config
-        batch = config.max_batch_size or defaults.max_batch_size
-        queue = config.max_queue if config.max_queue is not None else defaults.max_queue
-        return batch + queue
+        return self.model_settings(entry).queue_limit
 
     async def _ensure_loaded(self, entry: ModelEntry) -> _Resident:
         """Single-flight: the load runs as its own task; every caller awaits it shielded, so a
@@ -469,11 +519,12 @@ class MLXModelManager:
     def load_signature(self, entry: ModelEntry) -> WorkerOptions:
         """The options a worker is started with (``model_path``: the entry's own path, before a
         GGUF import): when a reload changes them, the model reloads."""
+        view = self.model_settings(entry)
         return WorkerOptions(
             model_id=entry.id,
             model_path=str(entry.path),
-            context_length=entry.config.context_length,
-            chat_template=entry.config.chat_template,
+            context_length=view.context_length,
+            chat_template=None if view.chat_template == "auto" else view.chat_template,
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
@@ -481,16 +532,12 @@ class MLXModelManager:
 
     def batch_options(self, entry: ModelEntry) -> BatchOptions:
         """Batch limits of a model: its own settings over the defaults."""
-        defaults, config = self.settings.defaults, entry.config
+        defaults, view = self.settings.defaults, self.model_settings(entry)
         return BatchOptions(
-            max_batch_size=config.max_batch_size or defaults.max_batch_size,
+            max_batch_size=view.max_batch_size,
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
-            prefix_cache_bytes=(
-                0  # vision models keep no prefix cache (a prompt's KV depends on its images)
-                if entry.supports_vision
-                else config.prefix_cache_bytes if config.prefix_cache_bytes is not None else defaults.prefix_cache_bytes
-            ),
+            prefix_cache_bytes=view.prefix_cache_bytes,
             prefix_cache_entries=defaults.prefix_cache_entries,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
@@ -511,16 +558,17 @@ class MLXModelManager:
         """What a model takes resident: its weights (as MLX measured them once loaded, else the
         weight files) plus its KV allowance (one context's KV, capped, and its prefix cache)."""
         resident = self._resident.get(entry.id)
+        view = self.model_settings(entry)
         weights = resident.load_info.weight_bytes if resident else entry.weight_bytes
-        if entry.config.required_memory_gb:
-            weights = int(entry.config.required_memory_gb * GB)
-        return weights + kv_allowance_bytes(entry, self.settings.defaults, self.batch_options(entry).prefix_cache_bytes)
+        if view.required_memory_bytes is not None:
+            weights = view.required_memory_bytes
+        return weights + kv_allowance_bytes(entry, self.settings.defaults, view.prefix_cache_bytes)
 
     def _residents(self, exclude: str) -> list[Resident]:
         """The policy's view: resident models and loads in progress (which count as busy, and as
         pinned when their model is)."""
         return [
-            Resident(mid, self.cost_bytes(r.entry), r.last_used, r.in_flight, mid in self.pinned)
+            Resident(mid, self.cost_bytes(r.entry), r.last_used, r.in_flight, mid in self.pinned, mid == self.default_model)
             for mid, r in self._resident.items()
         ] + [
             Resident(mid, cost, time.monotonic(), 1, mid in self.pinned)  # a pinned load stays pinned
@@ -605,15 +653,25 @@ class MLXModelManager:
         self._notify_room()
 
     def _on_worker_exit(self, client: Any, reason: str) -> None:
-        """A worker died: its requests already got errors; pinned models come back at once."""
+        """A worker died: its requests already got errors; pinned models and the default model
+        come back at once."""
         for model_id, resident in list(self._resident.items()):
             if resident.client is client:
                 del self._resident[model_id]
                 self.worker_restarts += 1
                 self._fail(model_id, reason)
                 self._emit(ManagerEvent("worker_exit", model_id))
-                if model_id in self.pinned and model_id in self.entries:
+                if self._restarts_at_once(model_id):
                     self._spawn(self._reload_pinned(model_id))
+
+    def _kept(self, model_id: str) -> bool:
+        """Pinned models and the default model: loaded at start, again at once when lost (a crash,
+        a reload that changed them), and never unloaded for being idle (``keep_alive``). Only the
+        pinned ones are also never evicted to make room."""
+        return model_id in self.pinned or model_id == self.default_model
+
+    def _restarts_at_once(self, model_id: str) -> bool:
+        return self._kept(model_id) and model_id in self.entries and not self._closing
 
     async def _reload_pinned(self, model_id: str) -> None:
         try:
@@ -711,6 +769,8 @@ class MLXModelManager:
         applied) when the default model would no longer be served.
         """
         entries = build_registry(settings.models, settings.model_dir)
+        aliases = Aliases.from_config(settings.aliases)
+        aliases.check(entries)
         default = self.default_model
         if default and default not in entries:
             raise ConfigError(
@@ -720,6 +780,7 @@ class MLXModelManager:
         old = self.entries
         loading_signatures = {mid: self.load_signature(old[mid]) for mid in self._loading if mid in old}
         self.settings = settings
+        self.aliases = aliases
         self.monitor.defaults = settings.defaults
         self.budget_bytes = memory_budget_bytes(settings.defaults)
         self.refresh_registry(keep_resident=False)
@@ -734,9 +795,7 @@ class MLXModelManager:
                 self.failures.pop(mid, None)
         config_pins = {mid for mid, e in old.items() if e.config.pin}
         self.pinned -= config_pins | set(removed)
-        self.pinned |= {mid for mid, e in self.entries.items() if e.config.pin}
-        if default:
-            self.pinned.add(default)
+        self.pinned |= {mid for mid, e in self.entries.items() if self.model_settings(e).pin}
         stale = {
             mid
             for mid in set(self._resident) | set(loading_signatures)
@@ -753,7 +812,7 @@ class MLXModelManager:
                 self._spawn(self._retire(mid))
         wanted = [
             mid for mid, e in sorted(self.entries.items())
-            if (e.config.pin or e.config.preload) and mid not in self._resident and mid not in self._retiring
+            if self._preloads(e) and mid not in self._resident and mid not in self._retiring
             and mid not in self._loading and (mid not in old or not (old[mid].config.pin or old[mid].config.preload))
         ]
         for mid in wanted:
@@ -789,7 +848,7 @@ class MLXModelManager:
                 self.failures.pop(model_id, None)
             self._notify_room()
         self._emit(ManagerEvent("retired", model_id))
-        if model_id in self.pinned and model_id in self.entries and not self._closing:
+        if self._restarts_at_once(model_id):
             self._spawn(self._load_quietly(model_id))
 
     async def _load_quietly(self, model_id: str) -> None:
@@ -813,28 +872,34 @@ class MLXModelManager:
     # ---------------------------------------------------------------- reporting
 
     def is_ready(self) -> tuple[bool, str]:
-        """Whether the server can serve requests now, and why not."""
+        """Whether the server can serve requests, and why not: it has started, serves some model
+        that fits the memory budget, and not every model's last load failed. Which models are
+        resident does not matter: any servable model loads on request."""
+        if not self.started:
+            default = self.default_model
+            return False, f"starting: the default model {default} is loading" if default else "starting"
         if not self.entries:
             return False, "no models are available"
-        default = self.default_model
-        if default and self.states.get(default) != ModelState.READY:
-            state = self.states.get(default, ModelState.UNLOADED).value
-            reason = self.failures.get(default)
-            return False, f"default model {default} is {state}" + (f": {reason}" if reason else "")
+        if not any(self.cost_bytes(entry) <= self.budget_bytes for entry in self.entries.values()):
+            return False, f"no model fits the memory budget of {self.budget_bytes / GB:.2f} GB (defaults.memory_budget_gb)"
+        if all(self.states.get(mid) == ModelState.FAILED for mid in self.entries):
+            failures = "; ".join(f"{mid} failed: {self.failures.get(mid, 'unknown reason')}" for mid in sorted(self.entries)[:3])
+            return False, f"every model's last load failed ({failures}); the next request for a model tries again"
         return True, "ok"
 
     def max_tokens_cap(self, entry: ModelEntry) -> int | None:
         """The per-model cap for the current memory-pressure level, if the model has caps (the
         memory is read only then: this runs for every request)."""
-        caps = entry.config.memory_pressure_max_tokens
-        return caps.get(self.monitor.snapshot().level) if caps else None
+        view = self.model_settings(entry)
+        return view.max_tokens_cap(self.monitor.snapshot().level) if view.memory_pressure_max_tokens else None
 
     def model_info(self, entry: ModelEntry, snapshot: MemorySnapshot | None = None) -> dict[str, Any]:
         """The old project's ``memory_requirements`` and ``parameters`` plus state (``snapshot``:
         one memory reading shared by a whole listing)."""
         resident = self._resident.get(entry.id)
         measured = resident.load_info.weight_bytes if resident else entry.weight_bytes
-        required_gb = entry.config.required_memory_gb or round(measured / GB, 3)
+        view = self.model_settings(entry)
+        required_gb = round(measured / GB, 3) if view.required_memory_gb is None else view.required_memory_gb
         snapshot = snapshot or self.monitor.snapshot()
         budget_gb = snapshot.available_bytes / GB * self.settings.defaults.safety_margin
         can_load = resident is not None or required_gb <= budget_gb
@@ -845,7 +910,6 @@ class MLXModelManager:
         else:
             reason = f"Needs {required_gb:.2f} GB, {budget_gb:.2f} GB usable now"
         state = self.states.get(entry.id, ModelState.UNLOADED)
-        defaults = self.settings.defaults
         return {
             "state": state.value,
             "failure_reason": self.failures.get(entry.id),
@@ -857,9 +921,9 @@ class MLXModelManager:
                 "load_status_reason": reason,
             },
             "parameters": {
-                "max_tokens": entry.config.max_tokens or defaults.max_tokens,
-                "chat_template": entry.config.chat_template or "auto",
-                "context_length": resident.load_info.context_length if resident else entry.config.context_length,
+                "max_tokens": view.max_tokens,
+                "chat_template": view.chat_template,
+                "context_length": resident.load_info.context_length if resident else view.context_length,
             },
         }
 
@@ -874,6 +938,7 @@ class MLXModelManager:
                 "weight_gb": round(r.load_info.weight_bytes / GB, 3),
                 "backend": r.load_info.backend,
                 "pinned": mid in self.pinned,
+                "default": mid == self.default_model,
             }
             for mid, r in self._resident.items()
         ]

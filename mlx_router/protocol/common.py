@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from mlx_router.errors import InvalidRequest
 
 __all__ = [
     "ErrorBody",
@@ -16,14 +19,17 @@ __all__ = [
     "Usage",
     "new_id",
     "now",
+    "refuse_lone_surrogates",
     "usage",
 ]
 
 
 class OpenAIRequest(BaseModel):
-    """Base of request bodies: unknown fields are refused, never silently ignored."""
+    """Base of request bodies: unknown fields are refused, never silently ignored, and types are
+    strict JSON types as in the spec (``"stream": "yes"`` or ``"n": "2"`` is refused, not
+    coerced; an integer is accepted where a number is expected, as JSON allows)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class OpenAIResponse(BaseModel):
@@ -52,6 +58,45 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def _surrogate_at(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) in ``value`` that is not valid Unicode."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = _surrogate_at(key, where) or _surrogate_at(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _surrogate_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_lone_surrogates(body: Any) -> Any:
+    """A 400 naming the field when a request body holds a lone UTF-16 surrogate (JSON lets
+    ``"\\ud800"`` through, but no tokenizer can encode it). For request bodies, before their
+    validation: ``model_validator(mode="before")``."""
+    where = _surrogate_at(body, "")
+    if where is not None:
+        raise InvalidRequest(
+            f"{where or 'The request body'} holds a lone surrogate (an unpaired \\ud800-\\udfff escape); "
+            "text must be valid Unicode.",
+            param=where or None,
+            code="invalid_value",
+        )
+    return body
 
 
 def new_id(prefix: str) -> str:

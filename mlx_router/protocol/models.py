@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from mlx_router.protocol.common import OpenAIResponse
 
 __all__ = ["ModelCard", "ModelList"]
@@ -18,6 +20,12 @@ class ModelCard(OpenAIResponse):
     failure_reason: str | None = None
     memory_requirements: dict[str, Any]
     parameters: dict[str, Any]
+    aliases: list[str] = Field(
+        default_factory=list, description="Alias names and glob patterns (config.json 'aliases') that resolve to this model."
+    )
+    alias_of: str | None = Field(
+        None, description="For an alias listed as a model of its own: the served model it stands for."
+    )
 
 
 class ModelList(OpenAIResponse):

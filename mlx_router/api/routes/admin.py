@@ -25,7 +25,8 @@ async def list_models(manager: ManagerDep) -> dict[str, Any]:
 
 
 def _one(manager: Any, model_id: str) -> dict[str, Any]:
-    return next(row for row in manager.admin_status() if row["id"] == model_id)
+    served = manager.resolve(model_id).id  # an alias names its model's row
+    return next(row for row in manager.admin_status() if row["id"] == served)
 
 
 @router.post("/models/{model_id:path}/load", summary="Load a model now")

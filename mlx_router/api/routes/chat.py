@@ -28,7 +28,7 @@ async def create_chat_completion(
     headers = warnings_header(await attach_images(job, body, service.settings))
     if not job.stream:
         result = await unless_disconnected(request, service.chat_response(job))
-        response.headers.update(headers)
+        response.headers.update(headers | job.headers())
         return result
     stream = stream_response(await service.chat_stream(job), job.stream_format)
     stream.headers.update(headers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from mlx_router.api.deps import ServiceDep
@@ -21,9 +21,11 @@ router = APIRouter(tags=["Completions"])
     summary="Create a text completion from a raw prompt (streaming with stream: true)",
 )
 async def create_completion(
-    body: CompletionRequest, service: ServiceDep, request: Request
+    body: CompletionRequest, service: ServiceDep, request: Request, response: Response
 ) -> CompletionResponse | StreamingResponse:
     job = service.prepare_completion(body)
     if not job.stream:
-        return await unless_disconnected(request, service.completion_response(job))
+        result = await unless_disconnected(request, service.completion_response(job))
+        response.headers.update(job.headers())
+        return result
     return stream_response(await service.completion_stream(job), job.stream_format)

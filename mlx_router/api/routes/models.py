@@ -1,4 +1,8 @@
-"""``GET /v1/models`` and ``GET /v1/models/{id}``."""
+"""``GET /v1/models`` and ``GET /v1/models/{id}``.
+
+Exact aliases (``aliases`` in config.json) are listed as models of their own with ``alias_of``
+naming the served model, so clients that pick from the list find them; every model's card names
+the aliases and patterns that resolve to it in ``aliases``."""
 
 from __future__ import annotations
 
@@ -15,20 +19,30 @@ __all__ = ["router"]
 router = APIRouter(tags=["Models"])
 
 
-def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot | None = None) -> ModelCard:
+def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot | None = None, *, name: str | None = None) -> ModelCard:
+    """The card of a served model, or of an alias of it (``name``)."""
     created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
-    return ModelCard(id=entry.id, created=created, **manager.model_info(entry, snapshot))
+    if name is not None and name != entry.id:
+        return ModelCard(id=name, created=created, alias_of=entry.id, **manager.model_info(entry, snapshot))
+    return ModelCard(id=entry.id, created=created, aliases=manager.aliases.names_for(entry.id), **manager.model_info(entry, snapshot))
 
 
-@router.get("/v1/models", response_model=ModelList, summary="List models with their memory requirements")
+@router.get("/v1/models", response_model=ModelList, summary="List models (and exact aliases) with their memory requirements")
 async def list_models(manager: ManagerDep) -> ModelList:
+    manager.refresh_listing()
     snapshot = manager.monitor.snapshot()
+    cards = [_card(manager, entry, snapshot) for _, entry in sorted(manager.entries.items())]
+    cards += [
+        _card(manager, manager.entries[target], snapshot, name=name)
+        for name, target in sorted(manager.aliases.exact.items())
+        if target in manager.entries and name not in manager.entries
+    ]
     return ModelList(
-        data=[_card(manager, entry, snapshot) for _, entry in sorted(manager.entries.items())],
+        data=cards,
         memory_status={"available_gb": round(snapshot.available_bytes / 1024**3, 2), "pressure": snapshot.level},
     )
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard, summary="Describe one model")
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, summary="Describe one model or alias")
 async def get_model(model_id: str, manager: ManagerDep) -> ModelCard:
-    return _card(manager, manager.resolve(model_id))
+    return _card(manager, manager.resolve(model_id), name=model_id)

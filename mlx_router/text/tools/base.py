@@ -118,6 +118,11 @@ class ToolCallStream:
         self._whitespace = text[len(shown) :]
         return shown
 
+    @property
+    def in_call(self) -> bool:
+        """Inside a call region that has not closed (what is held is unfinished call markup)."""
+        return self._region is not None
+
     def flush(self) -> tuple[str, list[ParsedCall]]:
         """The end of the output: an open region is read as it is (a format without an end
         marker ends here); what cannot be read is content."""
