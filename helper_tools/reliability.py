@@ -661,7 +661,7 @@ def run_schemathesis(server: Server, hygiene: Hygiene, row: Row, label: str, loc
         binary, "run", location, "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance",
         "--max-examples", str(examples), "--workers", "1", "--request-timeout", "120",
         "--suppress-health-check", "all", "--seed", "1", "--report", "junit,har", "--report-dir", str(report),
-        "--warnings", "off", "--no-color", *extra,
+        "--warnings", "off", "--no-color", "--continue-on-failure", *extra,
     ]
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False, cwd=workdir,
