@@ -283,13 +283,21 @@ class Server:
             return []
 
     def rss(self) -> int:
-        total = 0
+        return sum(self.rss_split())
+
+    def rss_split(self) -> tuple[int, int]:
+        """Resident memory of the router process and of all its workers together."""
+        router = workers = 0
         for proc in self.tree():
             try:
-                total += proc.memory_info().rss
+                rss = proc.memory_info().rss
             except psutil.Error:
-                pass
-        return total
+                continue
+            if proc.pid == self.pid:
+                router += rss
+            else:
+                workers += rss
+        return router, workers
 
     def fds(self) -> int:
         total = 0
@@ -309,15 +317,15 @@ class Server:
                 return int(loaded["pid"]) if loaded.get("pid") else None
         return None
 
+    def metrics(self) -> str:
+        return httpx.get(f"{self.base_url}/metrics", timeout=10).text
+
     def in_flight(self, model: str) -> int:
         """Requests holding ``model`` plus sequences queued for it (waiting for its load included),
         from /metrics."""
-        metrics = httpx.get(f"{self.base_url}/metrics", timeout=10).text
-        total = 0
-        for name in ("mlx_router_model_in_flight", "mlx_router_model_queue_depth"):
-            found = re.search(rf'^{name}\{{model="{re.escape(model)}"\}} (\S+)$', metrics, re.MULTILINE)
-            total += int(float(found.group(1))) if found else 0
-        return total
+        metrics = self.metrics()
+        return int(sum(metric_value(metrics, name, model)
+                       for name in ("mlx_router_model_in_flight", "mlx_router_model_queue_depth")))
 
     def loads(self) -> int:
         return int(self.health()["loads"])
@@ -429,19 +437,34 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, interval: floa
     return None
 
 
-CANCELLED_LINE = re.compile(r"^(\S+ \S+) .*request (\S+) cancelled after (\d+) generated tokens", re.MULTILINE)
+CANCELLED_LINE = re.compile(r"^(\S+ \S+) .*request (\S+) cancelled after (\d+) generated tokens"
+                            r"(?: \((\d+) after its client went away\))?", re.MULTILINE)
+"""The router's log line for each sequence a worker dropped because its client left."""
 
 
-def cancelled_tokens(log: str) -> dict[str, tuple[int, float]]:
-    """Per worker request id: the tokens the worker says it generated before a cancellation, and
-    when the router logged it (Unix time)."""
-    return {m.group(2): (int(m.group(3)), _log_time(m.group(1))) for m in CANCELLED_LINE.finditer(log)}
+@dataclass(frozen=True)
+class Cancelled:
+    """What a worker reported of one cancelled sequence."""
+
+    generated: int
+    after_close: int | None
+    """Tokens generated after the last one the router passed on (the worker's own count)."""
+    logged_at: float
+    """When the router logged it (Unix time)."""
 
 
-def wasted_counter(log: str, model: str) -> int | None:
-    """The last value of ``model``'s worker counter of tokens generated for cancelled requests."""
-    found = re.findall(rf"\[{re.escape(model)}\] request \S+ cancelled after \d+ generated tokens \((\d+) wasted", log)
-    return int(found[-1]) if found else None
+def cancelled_sequences(log: str) -> dict[str, Cancelled]:
+    """Per worker request id, from the router's log."""
+    return {
+        m.group(2): Cancelled(int(m.group(3)), int(m.group(4)) if m.group(4) else None, _log_time(m.group(1)))
+        for m in CANCELLED_LINE.finditer(log)
+    }
+
+
+def metric_value(metrics: str, name: str, model: str) -> float:
+    """One per-model sample of the Prometheus text ``metrics`` (0 when absent)."""
+    found = re.search(rf'^{name}\{{model="{re.escape(model)}"\}} (\S+)$', metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def _log_time(stamp: str) -> float:
@@ -451,11 +474,8 @@ def _log_time(stamp: str) -> float:
 
 def mean_step_seconds(metrics: str, model: str) -> float:
     """Mean inter-token latency of ``model`` from /metrics (one decode step)."""
-    def value(name: str) -> float:
-        found = re.search(rf'^{name}\{{model="{re.escape(model)}"\}} (\S+)$', metrics, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-    count = value("mlx_router_inter_token_latency_seconds_count")
-    return value("mlx_router_inter_token_latency_seconds_sum") / count if count else 0.0
+    count = metric_value(metrics, "mlx_router_inter_token_latency_seconds_count", model)
+    return metric_value(metrics, "mlx_router_inter_token_latency_seconds_sum", model) / count if count else 0.0
 
 
 # ----------------------------------------------------------------------------------- malformed
@@ -592,7 +612,7 @@ async def check_malformed(server: Server, hygiene: Hygiene, requests: int, concu
     statuses: dict[int, int] = {}
     accepted: set[str] = set()
     slowest: dict[str, float] = {}
-    rss_before = server.rss()
+    rss_before = server.rss_split()
     index = 0
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -617,7 +637,7 @@ async def check_malformed(server: Server, hygiene: Hygiene, requests: int, concu
 
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    rss_after = server.rss()
+    rss_after = server.rss_split()
     kinds = {kind.split(" = ")[0] for kind, *_ in corpus}
     row.figures = {
         "kinds": str(len(kinds)),
@@ -627,7 +647,9 @@ async def check_malformed(server: Server, hygiene: Hygiene, requests: int, concu
         "p50 / p99 / max latency": f"{percentile(latencies, 0.5) * 1000:.1f} / {percentile(latencies, 0.99) * 1000:.1f}"
                                    f" / {max(latencies) * 1000:.0f} ms",
         "slowest kinds": ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sorted(slowest.items(), key=lambda kv: -kv[1])[:3]),
-        "RSS before → after": f"{mb(rss_before)} → {mb(rss_after)}",
+        "RSS before → after (router + workers)": f"{mb(sum(rss_before))} → {mb(sum(rss_after))} "
+                                                 f"({mb(rss_before[0])} + {mb(rss_before[1])} → "
+                                                 f"{mb(rss_after[0])} + {mb(rss_after[1])})",
         "accepted (2xx)": ", ".join(sorted(accepted)) or "none",
     }
     for kind in sorted(accepted):
@@ -778,23 +800,24 @@ async def check_disconnects(server: Server, hygiene: Hygiene, rounds: int) -> Ro
                     row.fail(f"{state}: the stream holding {model}'s slot was affected ({kept.completion_tokens} tokens)")
             holders.clear()
             await asyncio.sleep(0.3)
-            cancelled = cancelled_tokens(server.log()[log_before:])
-            wasted[state] = wasted.get(state, 0) + sum(count for count, _ in cancelled.values())
+            cancelled = cancelled_sequences(server.log()[log_before:])
+            wasted[state] = wasted.get(state, 0) + sum(c.generated for c in cancelled.values())
             if cancelled:
-                late = max(0.0, max(t for _, t in cancelled.values()) - left_wall)
+                late = max(0.0, max(c.logged_at for c in cancelled.values()) - left_wall)
                 worker_ms.setdefault(state, []).append(late * 1000)
                 if late > SLOW_RELEASE:
                     row.fail(f"{state}: the worker cancelled the sequence {late:.2f} s after the client left")
             for seen in left_streams:
-                count, _ = cancelled.get(f"{seen.request_id}-0", (None, 0.0))
-                if count is None:
+                found = cancelled.get(f"{seen.request_id}-0")
+                if found is None:
                     row.fail(f"{state}: the worker reported no cancellation of {seen.request_id}")
-                else:
-                    after_leaving.append(count - seen.content_chunks)
-                    # Tokens already sent but unread when the client closed count here too, so the
-                    # bound is loose; the figure shows the real value next to the step time.
-                    if count - seen.content_chunks > LATE_TOKENS:
-                        row.fail(f"{state}: the worker generated {count - seen.content_chunks} tokens after the client left")
+                    continue
+                # The worker's own count when it gives one; else what the client did not read
+                # (which counts tokens sent but unread when it closed: a looser bound).
+                late = found.after_close if found.after_close is not None else found.generated - seen.content_chunks
+                after_leaving.append(late)
+                if late > LATE_TOKENS:
+                    row.fail(f"{state}: the worker generated {late} tokens after the client left")
             left_streams.clear()
 
     async def decoding(client: httpx.AsyncClient) -> None:
@@ -840,13 +863,14 @@ async def check_disconnects(server: Server, hygiene: Hygiene, rounds: int) -> Ro
             await one(f"during a model load ({'streaming' if stream else 'non-streaming'})", target,
                       lambda client, body=body, target=target: leave_during_load(client, body, target))
             await after_load(target)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
-        step = mean_step_seconds((await client.get("/metrics")).text, "tiny-a")
+    metrics = await asyncio.to_thread(server.metrics)
+    step = mean_step_seconds(metrics, "tiny-a")
     for state, times in freed.items():
         cancel = f"worker cancelled within {max(worker_ms[state]):.0f} ms, " if state in worker_ms else ""
         row.figures[state] = f"router released it within {max(times):.0f} ms, {cancel}tokens wasted {wasted.get(state, 0)}"
     row.figures["mean decode step (tiny-a)"] = f"{step * 1000:.1f} ms"
-    row.figures["tiny-a worker's wasted-token counter"] = str(wasted_counter(server.log(), "tiny-a"))
+    row.figures["tokens after the client left (workers' counter, /metrics)"] = ", ".join(
+        f"{model} {metric_value(metrics, 'mlx_router_tokens_after_cancel_total', model):.0f}" for model in SERVED)
     if after_leaving:
         row.figures["tokens generated after a stream left (max)"] = str(max(after_leaving))
     return row
