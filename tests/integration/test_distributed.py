@@ -243,7 +243,7 @@ BROKEN = {
     "missing-python": ({"python": "/nonexistent/bin/python3"}, "host 127.0.0.1: no Python at"),
     "unreachable-host": ({"hosts": ["192.0.2.1", "192.0.2.1"], "connect_timeout": 1}, "host 192.0.2.1 is unreachable over ssh"),
     "busy-port": ({}, "is busy (distributed.port)"),
-    "no-pipeline": ({}, "rank 0 on 127.0.0.1: ValueError: The model does not support pipelining"),
+    "no-pipeline": ({}, "rank 0 on 127.0.0.1: The model does not support pipelining"),
 }
 
 
