@@ -218,3 +218,24 @@ async def test_reload_applies_embedding_limits_and_model_keys(make_app: Any, tmp
     assert_error(await app.client.post(EMB, json={"model": MODEL, "input": ["a", "b"]}), 400, param="input")
     assert (await app.client.post(EMB, json={"model": MODEL, "input": "a"})).status_code == 200
     assert app.factory.clients[-1].embedding_requests[-1].pooling == "last"
+
+
+async def test_drain_waits_for_a_running_embedding_then_ends_it(make_app: Any) -> None:
+    """A drain counts embedding requests as running jobs: it waits for them, and at its deadline
+    ends the rest with 503 shutting_down (the worker's request is cancelled)."""
+    import asyncio
+
+    app = await make_app(script=FakeEngineScript(admission_delay=0.3))
+    runner = app.app.state.runner
+    quick = asyncio.ensure_future(app.client.post(EMB, json={"model": MODEL, "input": "x"}))
+    await asyncio.sleep(0.1)
+    assert runner.running == 1
+    await runner.drain(5.0)  # waits for it
+    assert (await quick).status_code == 200
+    app.factory.script.admission_delay = 5.0
+    runner.drain_state.draining = False
+    slow = asyncio.ensure_future(app.client.post(EMB, json={"model": MODEL, "input": "x"}))
+    await asyncio.sleep(0.1)
+    await runner.drain(0.2)
+    assert_error(await slow, 503, code="shutting_down")
+    assert len(app.factory.clients[0].cancellations) == 1
