@@ -125,9 +125,11 @@ class ModelEntry:
     @property
     def supports_embeddings(self) -> bool:
         """``supports_embeddings`` from config.json, else: embedding and text models do (pooled
-        hidden states), vision models do not."""
+        hidden states); vision models and models served by a group of ranks do not."""
         if self.config.supports_embeddings is not None:
             return self.config.supports_embeddings
+        if self.config.distributed is not None:
+            return False
         return self.is_embedding_model or not self.supports_vision
 
     @property
