@@ -298,6 +298,9 @@ class Defaults(_Section):
     embedding_max_input_tokens: int = Field(
         8192, ge=1, le=1_048_576, description="Most tokens per embedding input (the model's context bounds it too)."
     )
+    embedding_max_request_tokens: int = Field(
+        300_000, ge=1, le=100_000_000, description="Most tokens of all inputs of one embedding request together."
+    )
     embedding_batch_tokens: int = Field(
         8192,
         ge=16,

@@ -334,6 +334,12 @@ class EmbeddingQueue:
                     "OpenAIEmbeddings: check_embedding_ctx_length=False)"
                 )
             ids.append(row)
+        total = sum(len(row) for row in ids)
+        if total > request.max_total_tokens:
+            raise EmbeddingRejected(
+                f"the inputs have {total} tokens together; at most {request.max_total_tokens} are allowed per request "
+                "(defaults.embedding_max_request_tokens). Split them into several requests"
+            )
         if request.dimensions is not None:
             width = embedder.dimensions
             if request.dimensions > width:

@@ -276,6 +276,8 @@ class EmbeddingRequest:
     """Longest input in tokens; the model's context bounds it too. Longer: invalid_request."""
     batch_tokens: int
     """Padded tokens (rows x longest row) per forward pass."""
+    max_total_tokens: int = 1 << 62
+    """Most tokens of all inputs together. More: invalid_request."""
     pooling: Literal["mean", "last", "cls"] | None = None
     """How hidden states become one vector; None: the model's own (see ``engine/embed.py``)."""
     dimensions: int | None = None

@@ -239,3 +239,12 @@ async def test_drain_waits_for_a_running_embedding_then_ends_it(make_app: Any) -
     await runner.drain(0.2)
     assert_error(await slow, 503, code="shutting_down")
     assert len(app.factory.clients[0].cancellations) == 1
+
+
+async def test_total_tokens_of_a_request_are_bounded(make_app: Any) -> None:
+    app = await make_app(defaults={"embedding_max_request_tokens": 5})
+    response = await app.client.post(EMB, json={"model": MODEL, "input": [[1, 2, 3], [4, 5, 6]]})
+    assert_error(response, 400, param="input", message_contains=["6 tokens together", "defaults.embedding_max_request_tokens"])
+    assert app.factory.calls == 0
+    assert (await app.client.post(EMB, json={"model": MODEL, "input": "many words here"})).status_code == 200
+    assert app.factory.clients[0].embedding_requests[0].max_total_tokens == 5  # texts are counted in the worker

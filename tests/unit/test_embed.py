@@ -242,3 +242,10 @@ def test_other_architectures_pool_their_hidden_states(tmp_path: Path, model_type
         alone = np.stack([vectors(run(embedder, request((text,), pooling=pooling))["r"])[0] for text in TEXTS])
         assert together.shape == (len(TEXTS), 64)
         assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_total_tokens_of_a_request_are_bounded(lm: LMEmbedder) -> None:
+    queue = EmbeddingQueue(lm)
+    with pytest.raises(EmbeddingRejected, match="58 tokens together; at most 40"):
+        queue.add(EmbeddingRequest("r", TEXTS[:3], max_input_tokens=8192, batch_tokens=8192, max_total_tokens=40))
+    assert not queue.active

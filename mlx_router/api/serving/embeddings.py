@@ -71,6 +71,13 @@ def prepare_embeddings(runner: Runner, req: CreateEmbeddingRequest) -> Embedding
             "(defaults.embedding_max_inputs). Split it into several requests.",
             param="input",
         )
+    ids = sum(len(item) for item in inputs if not isinstance(item, str))
+    if ids > defaults.embedding_max_request_tokens:
+        raise InvalidRequest(
+            f"The inputs have {ids} tokens together; at most {defaults.embedding_max_request_tokens} are allowed per "
+            "request (defaults.embedding_max_request_tokens). Split them into several requests.",
+            param="input",
+        )
     for i, item in enumerate(inputs):
         if not item:
             raise InvalidRequest(f"input[{i}] is empty; every input must hold text or token ids.", param="input")
@@ -93,6 +100,7 @@ def prepare_embeddings(runner: Runner, req: CreateEmbeddingRequest) -> Embedding
         inputs=tuple(item if isinstance(item, str) else tuple(item) for item in inputs),
         max_input_tokens=defaults.embedding_max_input_tokens,
         batch_tokens=defaults.embedding_batch_tokens,
+        max_total_tokens=defaults.embedding_max_request_tokens,
         pooling=entry.config.embedding_pooling,
         dimensions=req.dimensions,
         shortening=shortening,
