@@ -19,7 +19,8 @@ Every generating endpoint works the same way; only the wire format differs. An e
    :class:`~mlx_router.engine.types.GenerationChunk` as the worker produces it (``chunk`` is
    None when nothing came for ``server.sse_keepalive_seconds``: a stream writes a keep-alive).
    A choice's last chunk has a ``finish_reason``. ``await run.collect(prefixes)`` gathers a
-   whole answer instead. ``run.usage()`` counts tokens (each prompt once), and
+   whole answer instead. Model text is read with an ``answer.AnswerReader`` per choice
+   (reasoning apart, then tool calls), and shaped with the pure converters of ``protocol/``. ``run.usage()`` counts tokens (each prompt once), and
    ``run.log_done(finishes)`` writes the job's log line with the finish reasons as returned.
 
 The runner owns what every endpoint shares: the fan-in of the choices, the time limit (a
