@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="default max_tokens per request")
     parser.add_argument("--timeout", type=float, help="seconds a non-streaming request may run, then it returns what it generated (streams have no wall-clock limit)")
     parser.add_argument("--debug", action="store_true", default=None, help="debug logging")
-    parser.add_argument("--model", help="model to preload and pin (defaults.model)")
+    parser.add_argument("--model", help="model to preload and keep resident while room allows (defaults.model)")
     parser.add_argument("--model-dir", dest="model_dir", help="model directory (overrides MLX_MODEL_DIR)")
     parser.add_argument("--api-key-file", dest="api_key_file", help="file whose first line is the API key")
     parser.add_argument("--log-file", dest="log_file", help="rotating log file (default logs/mlx_router.log)")

@@ -22,6 +22,7 @@ from mlx_router.api.routes import admin, chat, completions, health, metrics, mod
 from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
+from mlx_router.metrics.context import note_model
 from mlx_router.metrics.registry import RouterMetrics
 
 __all__ = ["create_app"]
@@ -70,8 +71,15 @@ def create_app(
     app.state.settings = settings
     app.state.manager = manager
     app.state.metrics = RouterMetrics(manager, settings)
-    app.state.runner = Runner(manager, settings, app.state.metrics)
-    reloader = ConfigReloader(reload_settings, manager, [app.state.runner, app.state])
+    runner = Runner(manager, settings, app.state.metrics)
+    app.state.runner = runner
+    manager.on_resolved.append(note_model)  # the request's metrics are labelled with the served id
+
+    def apply_settings(new: Settings) -> None:
+        app.state.settings = new
+        runner.settings = new
+
+    reloader = ConfigReloader(reload_settings, manager, [apply_settings])
     app.state.reloader = reloader
     install_error_handlers(app)
     routers = [module.router for module in (chat, completions, models, health, admin, metrics, status)]

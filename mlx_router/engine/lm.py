@@ -103,6 +103,8 @@ class LMEngine:
     """The chat template renders ``tools``; otherwise the server describes them itself."""
     grammar_cache_size: int = 64
     _grammars: Grammars | None = None
+    model_path: str = ""
+    """Where the checkpoint was read from (names the disk tier of the prefix cache)."""
 
     @classmethod
     def load(cls, model_path: str, *, context_length: int | None, chat_template: str | None) -> LMEngine:
@@ -136,6 +138,7 @@ class LMEngine:
             detect_reasoning_format(source),
             detect_tool_format(source),
             template_renders_tools(source),
+            model_path=model_path,
         )
 
     @property

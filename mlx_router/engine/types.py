@@ -146,6 +146,11 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     """Per generated token in this chunk, when the request asked for logprobs."""
 
+    def fields(self) -> tuple[Any, ...]:
+        """The fields in order, as a plain tuple: what the worker sends (``GenerationChunk(*t)``
+        rebuilds it)."""
+        return (self.request_id, self.text, self.completion_tokens, self.prompt_tokens, self.finish_reason, self.logprobs)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadInfo:
@@ -188,8 +193,20 @@ class BatchOptions:
     """Prompts prefilled together."""
     prefill_step_size: int = 2048
     """Prompt tokens per prefill step (decoding of the others continues between steps)."""
+    prefill_buckets: bool | None = None
+    """Pad prefill chunks to a few fixed widths, so kernels prepared for one shape serve the next
+    prompts (None: on a CUDA GPU only)."""
+    prefill_warmup: bool = True
+    """With padded widths: prepare every width while the worker is idle after the load."""
     prefix_cache_bytes: int = 1 << 30
     """Bytes of KV kept for reuse across requests (0 turns the prefix cache off)."""
     prefix_cache_entries: int = 64
+    """Cached sequences kept, for models whose KV cannot be cut into blocks (sliding windows)."""
+    prefix_cache_block_tokens: int = 64
+    """Tokens per cached block: the shortest prefix that is reused, and the reuse granularity."""
+    prefix_cache_directory: str | None = None
+    """Folder of the disk tier of the prefix cache (None: no disk tier)."""
+    prefix_cache_disk_bytes: int = 0
+    """Bytes of KV blocks the disk tier keeps for this model (0: no disk tier)."""
     grammar_cache_entries: int = 64
     """Compiled output grammars (response_format schemas, forced tool calls) kept for reuse."""

@@ -137,7 +137,7 @@ def _macos_pressure_level() -> str | None:
     4 critical), which accounts for compression and purgeable memory that "available" misses."""
     try:
         out = subprocess.run(
-            ["sysctl", "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True, text=True, timeout=2
+            ["sysctl", "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True, text=True, timeout=2, check=False
         ).stdout
         return _MACOS_LEVELS.get(int(out.strip()))
     except (OSError, subprocess.SubprocessError, ValueError):

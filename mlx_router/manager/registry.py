@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import cached_property
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -244,16 +244,23 @@ def _model_config(path: Path) -> dict[str, object]:
     return {**data, **text} if isinstance(text, dict) else data
 
 
+def _int(value: object) -> int:
+    """An integer from a config.json value; TypeError or ValueError when it is none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"not a number: {value!r}")
+    return int(value)
+
+
 def kv_bytes_per_token(path: Path) -> int:
     """2 (K and V) × layers × KV heads × head size × bytes per value, from the model's config.
 
     Quantized weights still keep their KV cache in 16-bit; unknown shapes give 0."""
     config = _model_config(path)
     try:
-        layers = int(config["num_hidden_layers"])  # type: ignore[arg-type]
-        heads = int(config.get("num_attention_heads") or 0)  # type: ignore[arg-type]
-        kv_heads = int(config.get("num_key_value_heads") or heads)  # type: ignore[arg-type]
-        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // max(heads, 1))  # type: ignore[arg-type]
+        layers = _int(config["num_hidden_layers"])
+        heads = _int(config.get("num_attention_heads") or 0)
+        kv_heads = _int(config.get("num_key_value_heads") or heads)
+        head_dim = _int(config.get("head_dim") or _int(config["hidden_size"]) // max(heads, 1))
     except (KeyError, TypeError, ValueError):
         return 0
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float16")
@@ -261,8 +268,14 @@ def kv_bytes_per_token(path: Path) -> int:
 
 
 def _allowance_tokens(entry: ModelEntry, defaults: Defaults) -> int:
-    """``defaults.kv_allowance_tokens``, bounded by the model's context."""
-    context = entry.config.context_length or int(_model_config(entry.path).get("max_position_embeddings") or 4096)  # type: ignore[call-overload]
+    """``defaults.kv_allowance_tokens``, bounded by the model's context (its config.json's
+    ``max_position_embeddings`` unless configured; 4096 when neither says)."""
+    context = entry.config.context_length
+    if context is None:
+        try:
+            context = _int(_model_config(entry.path).get("max_position_embeddings") or 4096)
+        except (TypeError, ValueError):
+            context = 4096
     return min(context, defaults.kv_allowance_tokens)
 
 

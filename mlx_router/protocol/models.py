@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mlx_router.protocol.common import OpenAIResponse
 
-__all__ = ["ModelCard", "ModelList"]
+__all__ = ["MemoryRequirements", "MemoryStatus", "ModelCard", "ModelList", "ModelParameters"]
+
+
+class _FromAttributes(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class MemoryRequirements(_FromAttributes):
+    required_gb: float = Field(description="Configured required_memory_gb, else the measured weights in GB.")
+    weight_bytes: int = Field(description="Weight files on disk, or MLX's active memory once loaded.")
+    measured_from: Literal["mlx_active_memory", "weight_files"]
+    can_load_now: bool = Field(description="Loaded, or its required memory fits in available memory × safety_margin.")
+    load_status_reason: str
+
+
+class ModelParameters(_FromAttributes):
+    max_tokens: int = Field(description="Default max_tokens of a request that names none.")
+    chat_template: str = Field(description="'auto' (the tokenizer's own) or a named template.")
+    context_length: int | None = Field(description="Configured, or the model's own once loaded.")
 
 
 class ModelCard(OpenAIResponse):
@@ -18,8 +36,8 @@ class ModelCard(OpenAIResponse):
     owned_by: str = "mlx-router"
     state: str
     failure_reason: str | None = None
-    memory_requirements: dict[str, Any]
-    parameters: dict[str, Any]
+    memory_requirements: MemoryRequirements
+    parameters: ModelParameters
     aliases: list[str] = Field(
         default_factory=list, description="Alias names and glob patterns (config.json 'aliases') that resolve to this model."
     )
@@ -28,7 +46,12 @@ class ModelCard(OpenAIResponse):
     )
 
 
+class MemoryStatus(_FromAttributes):
+    available_gb: float = Field(description="Memory available now (the system's; NVIDIA's own is in /v1/health).")
+    pressure: Literal["normal", "moderate", "high", "critical"]
+
+
 class ModelList(OpenAIResponse):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-    memory_status: dict[str, Any]
+    memory_status: MemoryStatus

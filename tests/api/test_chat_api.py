@@ -450,7 +450,7 @@ async def test_timeout_non_streaming_returns_what_was_generated(make_app: Any) -
     assert body["usage"]["completion_tokens"] == 2
     assert harness.factory.cancellations == [harness.factory.requests[0].request_id]
     assert harness.factory.clients[0].in_flight == 0
-    assert harness.manager.health()["loaded_models"][0]["in_flight"] == 0
+    assert harness.manager.model_stats()[0].in_flight == 0
 
 
 async def test_timeout_keeps_finished_choices_and_completions(make_app: Any) -> None:
@@ -505,7 +505,7 @@ async def test_client_disconnect_mid_stream_cancels(make_app: Any) -> None:
     assert harness.factory.cancellations == [request.request_id]
     client = harness.factory.clients[0]
     assert request.request_id not in client.completed
-    await wait_for(lambda: harness.manager.health()["loaded_models"][0]["in_flight"] == 0)
+    await wait_for(lambda: harness.manager.model_stats()[0].in_flight == 0)
     assert client.in_flight == 0
     # The worker keeps serving.
     assert (await harness.client.post(CHAT, json=chat_body(max_tokens=2))).status_code == 200

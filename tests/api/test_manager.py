@@ -219,3 +219,18 @@ async def test_health_is_503_when_no_model_fits_the_budget(make_app: Any, models
     response = await harness.client.get("/health")
     assert response.status_code == 503
     assert "memory_budget_gb" in response.json()["reason"]
+
+
+async def test_each_room_decision_is_one_plan(make_app: Any, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load that fits makes two plans (can it ever fit; what goes now), not one per check."""
+    import mlx_router.manager.residency as residency_module
+
+    harness = await make_app(**settings_for(models_dir, 4.5))
+    assert (await ask(harness, "alpha")).status_code == 200
+    assert (await ask(harness, "beta")).status_code == 200
+    plans: list[int] = []
+    real = residency_module.plan_eviction
+    monkeypatch.setattr(residency_module, "plan_eviction", lambda *a, **k: plans.append(1) or real(*a, **k))
+    assert (await ask(harness, "gamma")).status_code == 200  # alpha (least recently used) goes
+    assert len(plans) == 2
+    assert await states(harness) == {"alpha": "unloaded", "beta": "ready", "gamma": "ready"}

@@ -94,7 +94,7 @@ def _report() -> dict[str, Any]:
         },
         "prefix": {"mlx-router": {"first_ttft_s": 1.0, "second_ttft_s": 0.1, "second_over_first": 0.1,
                                   "second_cached_tokens": 2048, "second_prompt_tokens": 2070}},
-        "disconnect": {"slot_free_after_s": 0.004, "estimated_extra_tokens": 2, "worker_cpu_percent_after": 1.0},
+        "disconnect": {"slot_free_after_s": 0.004, "estimated_extra_tokens": 2, "tokens_after_close": 1, "worker_cpu_percent_after": 1.0},
         "memory": {"mlx-router": {"peak_rss_mb": 900.0, "weight_gb": 0.5}},
         "phases": {"direct": {"ok": True}, "server": {"ok": False, "error": "RuntimeError: it broke"}},
         "total_seconds": 12.5,
@@ -172,7 +172,7 @@ def test_parse_args_lists_and_phases() -> None:
     args = cli.parse_args(["--model", "/m", "--concurrency", "8, 1,8", "--only", "router,prefix", "--skip", "prefix"])
     assert args.concurrency == [1, 8]
     assert args.phases == ["router"]
-    assert cli.parse_args(["--model", "/m", "--skip", "direct,server"]).phases == ["router", "prefix", "disconnect"]
+    assert cli.parse_args(["--model", "/m", "--skip", "direct,server"]).phases == ["router", "prefix", "disconnect", "agent"]
 
 
 @pytest.mark.parametrize(

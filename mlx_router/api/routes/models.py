@@ -12,7 +12,7 @@ from mlx_router.api.deps import ManagerDep
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.manager.memory import MemorySnapshot
 from mlx_router.manager.registry import ModelEntry
-from mlx_router.protocol.models import ModelCard, ModelList
+from mlx_router.protocol.models import MemoryRequirements, MemoryStatus, ModelCard, ModelList, ModelParameters
 
 __all__ = ["router"]
 
@@ -21,10 +21,18 @@ router = APIRouter(tags=["Models"])
 
 def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot | None = None, *, name: str | None = None) -> ModelCard:
     """The card of a served model, or of an alias of it (``name``)."""
-    created = int(entry.path.stat().st_mtime) if entry.path.exists() else 0
-    if name is not None and name != entry.id:
-        return ModelCard(id=name, created=created, alias_of=entry.id, **manager.model_info(entry, snapshot))
-    return ModelCard(id=entry.id, created=created, aliases=manager.aliases.names_for(entry.id), **manager.model_info(entry, snapshot))
+    info = manager.model_info(entry, snapshot)
+    alias = name is not None and name != entry.id
+    return ModelCard(
+        id=name if name is not None and alias else entry.id,
+        created=int(entry.path.stat().st_mtime) if entry.path.exists() else 0,
+        state=info.state,
+        failure_reason=info.failure_reason,
+        memory_requirements=MemoryRequirements.model_validate(info.memory_requirements),
+        parameters=ModelParameters.model_validate(info.parameters),
+        aliases=[] if alias else manager.aliases.names_for(entry.id),
+        alias_of=entry.id if alias else None,
+    )
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List models (and exact aliases) with their memory requirements")
@@ -39,7 +47,7 @@ async def list_models(manager: ManagerDep) -> ModelList:
     ]
     return ModelList(
         data=cards,
-        memory_status={"available_gb": round(snapshot.available_bytes / 1024**3, 2), "pressure": snapshot.level},
+        memory_status=MemoryStatus(available_gb=round(snapshot.available_bytes / 1024**3, 2), pressure=snapshot.level),
     )
 
 
