@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import MODEL, assert_error, chat_body
-from tests.openai_schemas import _document, validate
+from tests.openai_schemas import schemas, validate
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -27,13 +27,9 @@ BASES: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 
 
-def _schemas() -> dict[str, Any]:
-    return _document()["components"]["schemas"]  # type: ignore[no-any-return]
-
-
 def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in schema:
-        schema = _schemas()[schema["$ref"].rsplit("/", 1)[-1]]
+        schema = schemas()[schema["$ref"].rsplit("/", 1)[-1]]
     return schema
 
 
