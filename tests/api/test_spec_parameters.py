@@ -96,10 +96,14 @@ def variants(schema: dict[str, Any]) -> list[Any]:
 
 
 def _properties(name: str) -> dict[str, Any]:
-    schema = _resolve({"$ref": name})
+    """Every property of a request schema, through its ``allOf`` parts at any depth."""
+    return _own_properties(_resolve({"$ref": name}))
+
+
+def _own_properties(schema: dict[str, Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for part in schema.get("allOf", []):
-        properties.update(_resolve(part).get("properties", {}))
+        properties.update(_own_properties(_resolve(part)))
     properties.update(schema.get("properties", {}))
     return properties
 
@@ -112,7 +116,7 @@ def cases(request: str) -> list[tuple[str, Any]]:
 def test_every_property_has_cases() -> None:
     for request in BASES:
         assert {name for name, _ in cases(request)} == set(_properties(request))
-    assert sum(len(cases(request)) for request in BASES) > 100
+    assert len(_properties("CreateChatCompletionRequest")) == 37 and len(_properties("CreateCompletionRequest")) == 18
 
 
 @pytest.mark.parametrize("request_schema", list(BASES))
