@@ -196,3 +196,34 @@ async def test_unservable_values_are_refused_by_name(harness: Any) -> None:
 async def test_names_outside_the_spec_are_unknown(harness: Any) -> None:
     response = await harness.client.post(CHAT, json=chat_body(temprature=0.5))
     assert_error(response, 400, code="unknown_parameter", param="temprature")
+
+
+def message_cases() -> list[tuple[str, dict[str, Any]]]:
+    """(schema, message) for every kind of message in the spec and every property it has, each
+    with a value per branch of its type."""
+    found = []
+    for branch in _resolve({"$ref": "ChatCompletionRequestMessage"})["oneOf"]:
+        name = branch["$ref"].rsplit("/", 1)[-1]
+        schema = _resolve(branch)
+        base = sample(schema)
+        for prop, prop_schema in schema.get("properties", {}).items():
+            found += [(f"{name}.{prop}", {**base, prop: value}) for value in variants(prop_schema)]
+        for option in _resolve(schema["properties"]["content"]).get("oneOf", []):  # each kind of content part
+            items = _resolve(_resolve(option).get("items", {}))
+            found += [(f"{name}.content[]", {**base, "content": [sample(part)]}) for part in items.get("oneOf", [])]
+    return found
+
+
+async def test_every_spec_message_field_is_known(harness: Any) -> None:
+    """Messages of every role with every field the spec gives them: served, or a 400 naming
+    the message, never an unknown parameter or a 5xx."""
+    failures: list[str] = []
+    for where, message in message_cases():
+        messages = [message] if message["role"] in ("user", "system", "developer") else [{"role": "user", "content": "q"}, message]
+        response = await harness.client.post(CHAT, json=chat_body(messages=messages))
+        if response.status_code >= 500:
+            failures.append(f"{where}: {response.status_code}")
+        elif response.status_code != 200 and assert_error(response, 400)["code"] == "unknown_parameter":
+            failures.append(f"{where}={json.dumps(message)[:80]}: unknown_parameter")
+    assert len(message_cases()) >= 40  # 6 roles, each field, each kind of content part
+    assert not failures, "\n".join(failures)
