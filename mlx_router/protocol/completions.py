@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator, model_serializer
 
@@ -49,8 +49,8 @@ class CompletionRequest(SamplingRequest):
         if isinstance(value, str):
             return [value]
         if value and isinstance(value[0], int):
-            return [list(value)]
-        return list(value)  # type: ignore[arg-type]
+            return [cast("list[int]", list(value))]  # validation makes a list of one item type
+        return [p for p in value if not isinstance(p, int)]  # a list of strings or of token lists
 
     def unsupported_features(self) -> None:
         if self.suffix:
