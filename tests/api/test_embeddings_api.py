@@ -248,3 +248,24 @@ async def test_total_tokens_of_a_request_are_bounded(make_app: Any) -> None:
     assert app.factory.calls == 0
     assert (await app.client.post(EMB, json={"model": MODEL, "input": "many words here"})).status_code == 200
     assert app.factory.clients[0].embedding_requests[0].max_total_tokens == 5  # texts are counted in the worker
+
+
+def test_every_parameter_of_the_official_request_is_known() -> None:
+    from mlx_router.protocol.embeddings import CreateEmbeddingRequest
+    from tests.openai_schemas import schemas
+
+    assert set(schemas()["CreateEmbeddingRequest"]["properties"]) == set(CreateEmbeddingRequest.model_fields)
+
+
+async def test_every_input_form_of_the_official_request_is_accepted(harness: Any) -> None:
+    """Each ``oneOf`` branch of the spec's ``input`` (string, strings, token ids, lists of them),
+    with every other parameter set."""
+    from tests.openai_schemas import schemas
+
+    examples = {"string": "This is a test.", "strings": ["a", "b"], "integer": [1, 2, 3], "array": [[1, 2], [3]]}
+    for branch in schemas()["CreateEmbeddingRequest"]["properties"]["input"]["oneOf"]:
+        items = branch.get("items", {}).get("type")
+        value = examples["string"] if branch["type"] == "string" else examples["strings" if items == "string" else items]
+        body = {"model": MODEL, "input": value, "encoding_format": "base64", "dimensions": 8, "user": "someone"}
+        response = await harness.client.post(EMB, json=body)
+        assert response.status_code == 200, (branch, response.text)

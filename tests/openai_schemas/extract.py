@@ -35,6 +35,7 @@ ROOTS = (
     "CompletionUsage",
     "CreateChatCompletionRequest",
     "CreateCompletionRequest",
+    "CreateEmbeddingRequest",
     "CreateEmbeddingResponse",
 )
 
