@@ -184,6 +184,7 @@ async def test_needs_the_api_key_and_is_counted(make_app: Any) -> None:
     assert (await app.client.post(EMB, json={"model": MODEL, "input": "x"}, headers=headers)).status_code == 200
     metrics = (await app.client.get("/metrics", headers=headers)).text
     assert f'mlx_router_embedding_requests_total{{model="{MODEL}"}} 1.0' in metrics
+    assert f'mlx_router_prompt_tokens_total{{model="{MODEL}"}} 1.0' in metrics  # the fake counts one token per word
     assert f'route="/v1/embeddings",status="200"' in metrics
 
 
