@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +98,7 @@ async def one_round(client: httpx.AsyncClient, round_no: int, tokens: int) -> di
     async def bad(i: int) -> None:
         headers, body = malformed(i)
         async with sem:
-            try:
-                response = await client.post(CHAT, content=body, headers=headers)
-            except httpx.TransportError:
-                # A pooled keep-alive connection the server closed as it was reused: counted.
-                counts["resets"] += 1
-                return
+            response = await client.post(CHAT, content=body, headers=headers)
         counts["malformed_5xx"] += response.status_code >= 500
 
     async def dropped(i: int) -> None:
@@ -119,9 +115,15 @@ async def one_round(client: httpx.AsyncClient, round_no: int, tokens: int) -> di
             text = b"".join([chunk async for chunk in response.aiter_bytes()])
         counts["stream_errors"] += response.status_code != 200 or b"[DONE]" not in text
 
-    await asyncio.gather(*(bad(i) for i in range(300)))
-    await asyncio.gather(*(dropped(i) for i in range(20)))
-    await asyncio.gather(*(stream(i) for i in range(48)))
+    async def counted(work: Awaitable[None]) -> None:
+        try:
+            await work
+        except httpx.TransportError:  # the connection closed under the request: counted, not fatal
+            counts["resets"] += 1
+
+    await asyncio.gather(*(counted(bad(i)) for i in range(300)))
+    await asyncio.gather(*(counted(dropped(i)) for i in range(20)))
+    await asyncio.gather(*(counted(stream(i)) for i in range(48)))
     return counts
 
 
