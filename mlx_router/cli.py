@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn_server = DrainingServer(config, app.state.generation, server.drain_timeout)
+    uvicorn_server = DrainingServer(config, app.state.runner, server.drain_timeout)
     try:
         uvicorn_server.run(sockets=[listener])
     except ConfigError as exc:

@@ -8,8 +8,10 @@ One run, one model, the same prompts for all three systems:
   router      mlx-router (``python main.py``), driven by the same clients
   prefix      a repeated ~2k-token system prompt: TTFT of the first and second request
               (mlx-router; mlx_lm.server too when its phase runs)
-  disconnect  mlx-router: a client closes its stream; time until the slot is free and an
-              estimate of the tokens generated after the close
+  disconnect  mlx-router: a client closes its stream; the tokens generated after the close (as
+              the worker counts them), the time until the slot is free
+  agent       mlx-router: an agent session of 8 turns on a --session-tokens system prompt,
+              another model used in between and a server restart; each turn's TTFT
 
 Every phase is optional (``--only`` / ``--skip``); a failing phase is recorded in the JSON and the
 run goes on. Output: a table on stdout and, with ``--json``, every raw number.
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "round with the median aggregate tok/s is reported, all are in the JSON (default: 1)")
     p.add_argument("--prefix-tokens", type=positive, default=2048,
                    help="shared system prompt of the prefix test (default: 2048)")
+    p.add_argument("--session-tokens", type=positive, default=16384,
+                   help="system prompt of the agent session (default: 16384)")
     p.add_argument("--only", type=parse_phases, help="run only these phases (comma-separated)")
     p.add_argument("--skip", type=parse_phases, default=set(), help="skip these phases (comma-separated)")
     p.add_argument("--json", type=Path, help="write every raw number here")
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": {"concurrency": args.concurrency, "prompt_tokens": args.prompt_tokens,
                                            "repeat": args.repeat,
                                            "max_tokens": args.max_tokens, "prefix_tokens": args.prefix_tokens,
+                                           "session_tokens": args.session_tokens,
                                            "phases": args.phases, "work_dir": str(work)}}
     print(f"work dir (logs, configs): {work}", flush=True)
     runs: list[Run] = []

@@ -75,9 +75,22 @@ def _disconnect(report: dict[str, Any]) -> list[str]:
     disc = report.get("disconnect") or {}
     if not disc:
         return []
-    return ["", (f"disconnect (mlx-router): slot free {fmt(disc.get('slot_free_after_s'), '.0f', 1000)} ms after "
-                 f"the close, ~{disc.get('estimated_extra_tokens')} tokens after it (estimate), worker CPU after: "
+    return ["", (f"disconnect (mlx-router): {disc.get('tokens_after_close')} tokens generated after the close "
+                 f"(counted by the worker), slot free {fmt(disc.get('slot_free_after_s'), '.0f', 1000)} ms after "
+                 f"it (estimate from that: ~{disc.get('estimated_extra_tokens')}), worker CPU after: "
                  f"{fmt(disc.get('worker_cpu_percent_after'), '.0f')}%")]
+
+
+def _agent(report: dict[str, Any]) -> list[str]:
+    agent = report.get("agent") or {}
+    if not agent:
+        return []
+    rows = [[t["turn"], t["before"], fmt(t["ttft_s"], ".0f", 1000), fmt(t["over_first"], ".1%"), t["cached_tokens"],
+             t["prompt_tokens"]] for t in agent.get("turns", [])]
+    events = ", ".join(f"{k} {v:.2f} s" for k, v in agent.items() if k.endswith("_s") and isinstance(v, float))
+    return ["", f"agent session ({agent.get('session_tokens')}-token system prompt; {events})",
+            render_table(["turn", "before it", "TTFT ms", "of turn 1", "cached tokens", "prompt tokens"], rows,
+                         left={1})]
 
 
 def _memory(report: dict[str, Any]) -> list[str]:
@@ -103,7 +116,7 @@ def _footer(report: dict[str, Any]) -> list[str]:
 
 
 SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
-    _header, _runs, _ratios, _prefix, _disconnect, _memory, _targets, _footer,
+    _header, _runs, _ratios, _prefix, _disconnect, _agent, _memory, _targets, _footer,
 )
 """The report's parts in order, each a function of the report returning its lines (none when
 it has nothing to show). A new scenario adds its section here."""

@@ -125,14 +125,30 @@ def mlx_lm_server(run: Run) -> Server:
     return Server("mlx_lm.server", cmd, port, run.mlx_env, run.work / "mlx_lm_server.log", run.work)
 
 
+PREFIX_CACHE_BYTES = 4 << 30
+"""The router's in-memory prefix cache per model: an agent session of 16k tokens keeps 0.5 GB of
+KV on Llama-3.2-1B and 2 GB on Llama-3.1-8B (the default is 1 GiB)."""
+
+
 def router_server(run: Run) -> Server:
+    """mlx-router serving the model (pinned, alone: ``cache_size`` 1), with the tiny model as a
+    second one when the agent scenario runs, and its prefix cache's disk tier in the work dir."""
     args, port, model_path = run.args, free_port(), run.model_path
-    config = {
+    config: dict[str, Any] = {
         "defaults": {"model": model_path.name, "model_directory": str(model_path.parent), "embedded_model": False,
                      "max_batch_size": max(32, *args.concurrency), "max_queue": 256, "warmup_tokens": 4,
-                     "timeout": args.request_timeout, "max_tokens": args.max_tokens, "cache_size": 1},
+                     "timeout": args.request_timeout, "max_tokens": args.max_tokens, "cache_size": 1,
+                     "prefix_cache_bytes": PREFIX_CACHE_BYTES,
+                     "prefix_cache_directory": str(run.work / "prefix-cache")},
         "server": {"port": port, "log_file": str(run.work / "router.log")},
     }
+    if "agent" in args.phases:
+        from helper_tools.bench.models import make_model
+        from helper_tools.bench.scenarios import OTHER_MODEL
+
+        config["models"] = {OTHER_MODEL: {"path": str(make_model("tiny", args.cache_dir, args.phase_timeout))},
+                            # --make writes configs of 8192 positions; the session needs more.
+                            model_path.name: {"context_length": max(8192, 2 * args.session_tokens)}}
     config_path = run.work / "router-config.json"
     config_path.write_text(json.dumps(config, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_ROUTER_") and k != "MLX_MODEL_DIR"}

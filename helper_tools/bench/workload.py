@@ -87,8 +87,12 @@ class Workload:
         """``repeat`` rounds of distinct prompts (the first round's seeds do not depend on ``repeat``)."""
         return [self.round(concurrency, n_tokens, "c" if r == 0 else f"r{r}c") for r in range(repeat)]
 
+    def system(self, n_tokens: int, seed: str) -> str:
+        """A system prompt of about ``n_tokens`` tokens."""
+        return build_text(self.encode, n_tokens, seed)
+
     def prefix_pair(self, n_tokens: int) -> list[list[dict[str, str]]]:
-        system = {"role": "system", "content": build_text(self.encode, n_tokens, "shared-prefix")}
+        system = {"role": "system", "content": self.system(n_tokens, "shared-prefix")}
         return [[system, {"role": "user", "content": q}] for q in
                 ("What is the first word above?", "How many sentences are there above?")]
 

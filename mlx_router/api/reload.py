@@ -5,7 +5,7 @@ A file that does not load or validate is rejected with the reason (logged for SI
 for the endpoint) and the running configuration stays. Otherwise the manager applies the
 models (:meth:`MLXModelManager.reload`), restart-only keys are reported and not applied
 (:func:`mlx_router.config.reload.split_reload`), and every ``on_applied`` callback gets the new
-object (the app wires the generation service and ``app.state``). Reloads run one at a time.
+object (the app wires the runner and ``app.state``). Reloads run one at a time.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ConfigReloader:
         self._load = load
         self.manager = manager
         self._on_applied = tuple(on_applied)
-        """Called with the settings that now run (the generation service, ``app.state``)."""
+        """Called with the settings that now run (the runner, ``app.state``)."""
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 

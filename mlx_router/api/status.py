@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mlx_router import __version__
-from mlx_router.api.generation import GenerationService
+from mlx_router.api.serving.runner import Runner
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.manager.reports import AdminModelRow
 from mlx_router.metrics.history import BUCKET_SECONDS
@@ -55,10 +55,10 @@ class StatusReport:
     """The recent errors, newest first (message, status, code, model, route, time)."""
 
 
-def status_report(manager: MLXModelManager, service: GenerationService, metrics: RouterMetrics) -> StatusReport:
+def status_report(manager: MLXModelManager, runner: Runner, metrics: RouterMetrics) -> StatusReport:
     """Models and their states, memory against the budget, pressure, request and token counts
     per 10 seconds, and the recent errors (newest first)."""
-    readiness = manager.readiness(draining=service.draining)
+    readiness = manager.readiness(draining=runner.draining)
     snapshot = manager.monitor.snapshot()
     stats = manager.model_stats()  # reads each model's config once per poll
     return StatusReport(
@@ -77,7 +77,7 @@ def status_report(manager: MLXModelManager, service: GenerationService, metrics:
         ),
         cache_size=manager.settings.defaults.cache_size,
         models=manager.admin_rows(stats),
-        requests=RequestActivity(service.requests_total, service.requests_failed, service.running),
+        requests=RequestActivity(runner.requests_total, runner.requests_failed, runner.running),
         history=History(BUCKET_SECONDS, metrics.history.snapshot()),
         errors=metrics.errors.snapshot()[::-1],
     )

@@ -21,6 +21,8 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mlx_router.config.distributed import DistributedConfig
+
 __all__ = [
     "CHAT_TEMPLATE_NAMES",
     "PRESSURE_LEVELS",
@@ -98,6 +100,11 @@ class ModelConfig(_Section):
     prefix_cache_bytes: int | None = Field(None, ge=0, description="Overrides defaults.prefix_cache_bytes.")
     memory_pressure_max_tokens: dict[str, int] | None = Field(
         None, description="Cap on max_tokens per memory-pressure level (normal/moderate/high/critical)."
+    )
+    distributed: DistributedConfig | None = Field(
+        None,
+        description="Serve this model by a group of ranks on several hosts or GPUs: hosts or hostfile, backend, strategy, … "
+        "(README, One model on several machines).",
     )
 
     @field_validator("chat_template")
@@ -220,13 +227,33 @@ class Defaults(_Section):
     prefill_step_size: int = Field(
         2048, ge=16, le=65536, description="Prompt tokens per prefill step; decoding continues between steps."
     )
+    prefill_buckets: bool | None = Field(
+        None, description="Pad prompt chunks to about 30 fixed lengths (at most a quarter is padding) and prepare "
+        "them while the model is idle after its load, so new prompt lengths cost no kernel preparation; null: on "
+        "a CUDA GPU only."
+    )
     prefix_cache_bytes: int | None = Field(
         None,
         ge=0,
         description="Bytes of KV kept per model for reuse across requests (0: off); null: the KV of "
         "kv_allowance_tokens tokens of that model (bounded by its context), at most 1/16 of the memory budget.",
     )
-    prefix_cache_entries: int = Field(64, ge=1, le=100_000, description="Cached prefixes kept per model.")
+    prefix_cache_entries: int = Field(
+        64, ge=1, le=100_000, description="Cached prefixes kept per model whose KV cannot be cut into blocks "
+        "(sliding-window and state-space layers)."
+    )
+    prefix_cache_block_tokens: int = Field(
+        64, ge=8, le=4096, description="Tokens per block of the prefix cache: the shortest prefix reused, and the "
+        "granularity of reuse."
+    )
+    prefix_cache_disk_bytes: int = Field(
+        10 << 30, ge=0, description="Bytes of KV blocks kept on disk per model, so that long prefixes survive an "
+        "eviction, a model swap and a restart (0: no disk tier)."
+    )
+    prefix_cache_directory: str = Field(
+        "~/.cache/mlx-router/prefix-cache", description="Where the disk tier of the prefix cache keeps its blocks "
+        "(one folder per model identity)."
+    )
     enable_function_calling: bool = Field(
         True, description="False refuses every request that carries tools."
     )
@@ -438,6 +465,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             continue
         annotation = field.annotation
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return list(model.model_fields)

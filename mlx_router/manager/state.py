@@ -21,7 +21,7 @@ class ModelState(str, Enum):
 class ManagerEvent:
     """Something that happened to a model, for listeners such as metrics."""
 
-    kind: Literal["loaded", "load_failed", "evicted", "worker_exit", "retired"]
+    kind: Literal["loaded", "load_failed", "evicted", "worker_exit", "retired", "cancelled"]
     """``retired``: a model that a configuration reload removed or changed has finished its
     requests and is unloaded."""
     model_id: str
@@ -29,3 +29,5 @@ class ManagerEvent:
     """Wall time of the load (``loaded``, ``load_failed``)."""
     reason: str = ""
     """``evicted``: ``room`` (made room for another model) or ``pressure`` (memory pressure)."""
+    tokens: int = 0
+    """``cancelled``: tokens the worker generated after the client went away."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from mlx_router.engine.types import TokenLogprob
 from mlx_router.errors import InvalidRequest
 from mlx_router.protocol.common import OpenAIRequest, OpenAIResponse, Usage
 from mlx_router.protocol.sampling import SamplingRequest
@@ -23,6 +24,9 @@ __all__ = [
     "ChatCompletionResponse",
     "ChatMessage",
     "ChatLogprobs",
+    "chat_logprobs",
+    "tool_call",
+    "tool_call_deltas",
 ]
 
 MAX_MESSAGES = 4096
@@ -77,8 +81,26 @@ class ToolCall(OpenAIRequest):
         return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
 
 
+def _role_rules_schema(schema: dict[str, Any]) -> None:
+    """The JSON schema states what ``_role_rules`` checks: content is required (and not null)
+    except for an assistant message with ``tool_calls`` or a ``refusal``; a tool message needs
+    ``tool_call_id``."""
+    has = {name: {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in ("content", "tool_calls", "refusal", "tool_call_id")}
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "then": {"anyOf": [has["content"], has["tool_calls"], has["refusal"]]},
+            "else": has["content"],
+        },
+        {"if": {"properties": {"role": {"const": "tool"}}}, "then": has["tool_call_id"]},
+    ]
+
+
 class ChatMessage(OpenAIRequest):
-    """A message of any role; the checks that depend on the role are in the validator."""
+    """A message of any role; the checks that depend on the role are in the validator (and,
+    for the OpenAPI document, in ``_role_rules_schema``)."""
+
+    model_config = ConfigDict(json_schema_extra=_role_rules_schema)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
@@ -408,3 +430,35 @@ class ChatCompletionChunk(OpenAIResponse):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+# ---------------------------------------------------------------------- converters (pure)
+
+
+def chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
+    """Generated tokens' log-probabilities in the chat shape."""
+    return ChatLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token_bytes),
+                top_logprobs=[TopLogprob(token=s, logprob=lp, bytes=list(b)) for s, b, lp in t.top],
+            )
+            for t in tokens
+        ],
+        refusal=None,
+    )
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
+    """A call of a complete answer (``arguments`` is a JSON string)."""
+    return ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+
+
+def tool_call_deltas(call_id: str, name: str, arguments: str, index: int) -> list[Delta]:
+    """A call as OpenAI streams one: id, type and name with empty arguments, then the arguments."""
+    return [
+        Delta(tool_calls=[ToolCallDelta(index=index, id=call_id, type="function", function=FunctionCallDelta(name=name, arguments=""))]),
+        Delta(tool_calls=[ToolCallDelta(index=index, function=FunctionCallDelta(arguments=arguments))]),
+    ]

@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from mlx_router import __version__
 from mlx_router.errors import InvalidRequest
 
 __all__ = [
+    "SYSTEM_FINGERPRINT",
     "ErrorBody",
     "ErrorResponse",
     "OpenAIRequest",
     "OpenAIResponse",
     "PromptTokensDetails",
     "Usage",
+    "envelope",
+    "finish_reason",
     "new_id",
     "now",
     "refuse_lone_surrogates",
     "usage",
 ]
+
+
+SYSTEM_FINGERPRINT = f"fp_mlx_router_{__version__}"
+R = TypeVar("R", bound=BaseModel)
+WireFinish = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 class OpenAIRequest(BaseModel):
@@ -115,3 +125,29 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
+
+
+def envelope(cls: type[R], prefix: str, model: str) -> Callable[..., R]:
+    """A maker of response objects of ``cls`` (or of the chunks of one stream, which share id
+    and time): ``make(choices, usage=None)``."""
+    response_id, created = new_id(prefix), now()
+
+    def make(choices: list[Any], usage: Usage | None = None) -> R:
+        return cls(
+            id=response_id,
+            created=created,
+            model=model,
+            choices=choices,
+            usage=usage,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+        )
+
+    return make
+
+
+def finish_reason(engine_reason: str | None, called: bool = False) -> WireFinish:
+    """The wire finish reason of an engine one; an answer that ended normally after calling
+    tools says ``tool_calls`` (a cancelled sequence ended normally as far as a client knows)."""
+    if engine_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"

@@ -6,9 +6,10 @@ config.json (``ModelDefaults``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mlx_router.engine.types import GenerationParams
 from mlx_router.errors import InvalidRequest
@@ -27,14 +28,16 @@ class StreamOptions(OpenAIRequest):
     server does not add the ``obfuscation`` field, whatever the value."""
 
 
-class ModelDefaults(BaseModel):
-    """Sampling defaults of one model (config.json), applied where a request is silent."""
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What one model uses where a request is silent: its settings, resolved once by the
+    manager (``ResolvedModelSettings``), handed over as plain values."""
 
     max_tokens: int
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
     max_tokens_cap: int | None = None
     """A lower cap from memory pressure, if any."""
 

@@ -380,7 +380,7 @@ async def test_unexpected_exception_is_500_without_traceback(make_app: Any) -> N
     async def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"secret detail at {harness.settings.defaults.model_directory}/x.py")
 
-    harness.app.state.generation.chat_response = explode
+    harness.app.state.runner.start = explode
     response = await harness.client.post(CHAT, json=chat_body())
     error = assert_error(response, 500, code="internal_error", leaks=leaks_of(harness))
     assert "secret detail" not in error["message"]

@@ -344,7 +344,7 @@ async def test_constrained_output_after_an_open_think_block_is_the_answer(make_a
 async def test_the_log_says_the_finish_reason_returned(make_app: Any, caplog: Any, stream: bool) -> None:
     """A forced call ends with the model's stop, but the client is told tool_calls: so is the log."""
     harness = await _app(make_app, chunks=TWO_CALLS[1:4] + ("call>",))
-    with caplog.at_level("INFO", logger="mlx_router.api.generation"):
+    with caplog.at_level("INFO", logger="mlx_router.api.serving.runner"):
         response = await harness.client.post(CHAT, json=chat_body(tools=[WEATHER], tool_choice="required", stream=stream))
     assert response.status_code == 200, response.text
     assert "tool_calls" in response.text

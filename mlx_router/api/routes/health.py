@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from mlx_router.api.deps import ManagerDep, ServiceDep
+from mlx_router.api.deps import ManagerDep, RunnerDep
 from mlx_router.manager.reports import HealthReport, Readiness, RequestCounts
 
 __all__ = ["router"]
@@ -17,12 +17,12 @@ router = APIRouter(tags=["Health"])
     summary="Readiness: 200 when the server can serve requests, 503 with the reason otherwise",
     responses={503: {"model": Readiness, "description": "Starting, draining, or no model can be served"}},
 )
-async def health(manager: ManagerDep, service: ServiceDep, response: Response) -> Readiness:
-    readiness = manager.readiness(draining=service.draining)
+async def health(manager: ManagerDep, runner: RunnerDep, response: Response) -> Readiness:
+    readiness = manager.readiness(draining=runner.draining)
     response.status_code = 200 if readiness.ready else 503
     return readiness
 
 
 @router.get("/v1/health", summary="Memory, pressure, loaded models, uptime and request counts")
-async def health_details(manager: ManagerDep, service: ServiceDep) -> HealthReport:
-    return manager.health(RequestCounts(service.requests_total, service.requests_failed))
+async def health_details(manager: ManagerDep, runner: RunnerDep) -> HealthReport:
+    return manager.health(RequestCounts(runner.requests_total, runner.requests_failed))
