@@ -186,8 +186,11 @@ class DiskTier:
         digest, block = group.popitem(last=False)
         del self._group_of[digest]
         self._pending_bytes -= block.nbytes
-        arrays = {f"k.{i}": k for i, k in enumerate(block.keys)}
-        arrays.update({f"v.{i}": v for i, v in enumerate(block.values)})
+        # Written from copies: reading an array on the host moves its pages there when the
+        # backend keeps memory in CUDA managed memory, and the block itself must stay on the GPU.
+        arrays = {f"k.{i}": k * 1 for i, k in enumerate(block.keys)}
+        arrays.update({f"v.{i}": v * 1 for i, v in enumerate(block.values)})
+        mx.eval(list(arrays.values()))
         path = self._path(digest)
         tmp = path.with_name(f"{digest.hex()}.tmp.safetensors")
         try:
