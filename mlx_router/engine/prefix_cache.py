@@ -201,6 +201,9 @@ class DiskTier:
             logger.warning("prefix cache: cannot write %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
             return True
+        finally:  # the copies' memory goes back to the system, not to buffers the model reuses
+            del arrays
+            mx.clear_cache()
         self._files[digest] = size
         self.nbytes += size
         self._bound()
