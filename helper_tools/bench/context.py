@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helper_tools.bench import REPO_ROOT
 from helper_tools.bench.models import make_model
 from helper_tools.bench.workload import Workload, eos_ids
 
@@ -47,10 +45,9 @@ def blas_preload(choice: str) -> str | None:
         return None
     if choice != "auto":
         return choice
-    sys.path.insert(0, str(REPO_ROOT))
     try:
         from mlx_router.engine.client import openblas_library
-    except ImportError:
+    except ImportError:  # the router's own dependencies are missing: nothing to match
         return None
     return openblas_library()
 

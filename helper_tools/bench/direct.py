@@ -31,10 +31,10 @@ def direct_worker(spec_path: Path, out_path: Path) -> int:
     from mlx_lm.sample_utils import make_logits_processors
 
     spec = json.loads(spec_path.read_text())
-    model, tokenizer = load(spec["model"])
+    model, tokenizer = load(spec["model"])[:2]
     bias = {int(t): -100.0 for t in spec["eos_bias"]}
     procs = make_logits_processors(logit_bias=bias) if bias else None
-    extra = {"logits_processors": procs} if procs else {}
+    extra: dict[str, Any] = {"logits_processors": procs} if procs else {}
 
     def ids(messages: list[dict[str, str]]) -> list[int]:
         out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -69,6 +69,8 @@ def _direct_single(model: Any, tokenizer: Any, prompt: list[int], max_tokens: in
     start = time.perf_counter()
     for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, **extra):
         times.append(time.perf_counter())
+    if last is None:
+        raise RuntimeError("stream_generate produced no token")
     summary = summarize_streams([{"start": start, "first": times[0], "last": times[-1], "tokens": len(times)}], start)
     summary.update(prefill_s=times[0] - start, mlx_lm_prompt_tps=last.prompt_tps,
                    mlx_lm_generation_tps=last.generation_tps, mlx_lm_generation_tokens=last.generation_tokens)
@@ -85,7 +87,7 @@ def _direct_batch(model: Any, tokenizer: Any, prompts: list[list[int]], max_toke
                          completion_batch_size=max(32, len(prompts)), **extra)
     start = time.perf_counter()
     uids = gen.insert(prompts, [max_tokens] * len(prompts))
-    streams = {uid: {"start": start, "first": None, "last": None, "tokens": 0, "error": None} for uid in uids}
+    streams: dict[int, dict[str, Any]] = {uid: {"start": start, "first": None, "last": None, "tokens": 0, "error": None} for uid in uids}
     with gen.stats() as stats:
         while responses := gen.next_generated():
             now = time.perf_counter()

@@ -10,32 +10,20 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from helper_tools.bench import SCRIPT
+from mlx_router.fabricate import LLAMA_3_1_8B, LLAMA_3_2_1B, make_random_llama, make_tiny_llm
 
 __all__ = ["KINDS", "make_model", "make_worker"]
 
 
-def _tiny(path: Path) -> None:
-    from mlx_router.fabricate import make_tiny_llm
-
-    make_tiny_llm(path, max_position_embeddings=8192)
-
-
-def _llama_1b(path: Path) -> None:
-    from mlx_router.fabricate import LLAMA_3_2_1B, make_random_llama
-
-    make_random_llama(path, LLAMA_3_2_1B)
-
-
-def _llama_8b_4bit(path: Path) -> None:
-    from mlx_router.fabricate import LLAMA_3_1_8B, make_random_llama
-
-    make_random_llama(path, LLAMA_3_1_8B, bits=4)
-
-
-KINDS: dict[str, Callable[[Path], None]] = {"tiny": _tiny, "llama-1b": _llama_1b, "llama-8b-4bit": _llama_8b_4bit}
+KINDS: dict[str, Callable[[Path], Path]] = {
+    "tiny": partial(make_tiny_llm, max_position_embeddings=8192),
+    "llama-1b": partial(make_random_llama, shape=LLAMA_3_2_1B),
+    "llama-8b-4bit": partial(make_random_llama, shape=LLAMA_3_1_8B, bits=4),
+}
 """``--make`` choices: tiny (2 layers of width 64, float32), Llama-3.2-1B in bfloat16,
 Llama-3.1-8B in 4-bit."""
 

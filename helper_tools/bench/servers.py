@@ -57,11 +57,11 @@ class TreeSampler(threading.Thread):
             self.peak_rss = max(self.peak_rss, rss)
             tick += 1
             if self.smi and tick % 5 == 0:
-                self._sample_gpu({p.pid for p in procs})
+                self._sample_gpu(self.smi, {p.pid for p in procs})
 
-    def _sample_gpu(self, pids: set[int]) -> None:
+    def _sample_gpu(self, smi: str, pids: set[int]) -> None:
         with contextlib.suppress(Exception):
-            out = subprocess.run([self.smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                                  capture_output=True, text=True, timeout=10, check=False).stdout
             used = sum(float(mb) for pid, mb in (line.split(",") for line in out.splitlines() if "," in line)
                        if int(pid) in pids)

@@ -113,13 +113,13 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         return format(v, spec) if v is not None else "-"
 
     return [
-        _target("1 stream decode >= 95% of stream_generate", decode, fmt(decode, ".1%"), decode and decode >= 0.95),
+        _target("1 stream decode >= 95% of stream_generate", decode, fmt(decode, ".1%"), decode is not None and decode >= 0.95),
         _target("1 stream TTFT <= raw prefill + 10 ms", over, f"{fmt(over and over * 1000, '+.1f')} ms",
                 over is not None and over <= 0.010),
         _target(f"{t} streams aggregate >= 80% of batch_generate", vs_batch, fmt(vs_batch, ".1%"),
-                vs_batch and vs_batch >= 0.80, note),
+                vs_batch is not None and vs_batch >= 0.80, note),
         _target(f"{t} streams aggregate >= 3x mlx_lm.server", vs_server, f"{fmt(vs_server, '.2f')}x",
-                vs_server and vs_server >= 3.0, note),
+                vs_server is not None and vs_server >= 3.0, note),
         _target(f"{t} streams: no TTFT > 3x median", spread, f"max/median {fmt(spread, '.2f')}",
                 spread is not None and spread <= 3.0, note),
         _target("repeated prefix: 2nd TTFT <= 20% of 1st", pr, fmt(pr, ".1%"), pr is not None and pr <= 0.20),

@@ -74,7 +74,7 @@ class Workload:
         self.overhead = len(self.templated([{"role": "user", "content": ""}]))
 
     def templated(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def user(self, n_tokens: int, seed: str) -> list[dict[str, str]]:

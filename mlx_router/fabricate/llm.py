@@ -22,13 +22,13 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlx_router.fabricate.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, write_json, write_tokenizer
 
 if TYPE_CHECKING:
     import mlx.core as mx
-    from mlx import nn
+    from mlx.nn.layers.base import Module
 
 __all__ = [
     "LLAMA_3_1_8B",
@@ -64,6 +64,14 @@ def _architecture_name(model_type: str) -> str:
     return "".join(part.capitalize() for part in model_type.split("_")) + "ForCausalLM"
 
 
+def _flat_parameters(model: Module) -> list[tuple[str, mx.array]]:
+    """The model's parameters as (dotted name, array) pairs, in mlx's order."""
+    from mlx.utils import tree_flatten
+
+    # tree_flatten returns a list unless it is given a dict to fill.
+    return cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters()))
+
+
 def _model_config(
     model_type: str,
     shape: LlamaShape,
@@ -94,7 +102,7 @@ def _model_config(
     }
 
 
-def _save(path: Path, model: nn.Module, config: dict[str, Any], special_ids: Mapping[str, int]) -> None:
+def _save(path: Path, model: Module, config: dict[str, Any], special_ids: Mapping[str, int]) -> None:
     """model.safetensors (+ index), config.json and generation_config.json, as mlx-lm writes them."""
     from mlx_lm.utils import save_config, save_model
 
@@ -110,7 +118,7 @@ def _save(path: Path, model: nn.Module, config: dict[str, Any], special_ids: Map
     )
 
 
-def _quantize(model: nn.Module, config: dict[str, Any], group_size: int, bits: int) -> tuple[nn.Module, dict[str, Any]]:
+def _quantize(model: Module, config: dict[str, Any], group_size: int, bits: int) -> tuple[Module, dict[str, Any]]:
     """mlx-lm's quantization (it prints a bits-per-weight line nobody here needs)."""
     from mlx_lm.utils import quantize_model
 
@@ -128,7 +136,7 @@ def _quantize(model: nn.Module, config: dict[str, Any], group_size: int, bits: i
 _LAYER_GAIN = 4.0
 
 
-def random_parameters(model: nn.Module, seed: int, hidden_size: int) -> dict[str, mx.array]:
+def random_parameters(model: Module, seed: int, hidden_size: int) -> dict[str, mx.array]:
     """Draw every parameter from a key made of ``seed`` and its name.
 
     Norm weights keep their constructed values (ones, or zeros for ``1 + w`` norms).
@@ -136,10 +144,9 @@ def random_parameters(model: nn.Module, seed: int, hidden_size: int) -> dict[str
     ``_LAYER_GAIN``. Keys derived from names mean layer 0 stays the same when layers are added.
     """
     import mlx.core as mx
-    from mlx.utils import tree_flatten
 
     params = {}
-    for name, value in tree_flatten(model.parameters()):
+    for name, value in _flat_parameters(model):
         module_name = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
         if "norm" in module_name:
             params[name] = value
@@ -243,7 +250,7 @@ def make_random_llama(
     stops early). Returns ``path``.
     """
     import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx.utils import tree_unflatten
     from mlx_lm.models import llama
 
     path = Path(path)
@@ -251,7 +258,7 @@ def make_random_llama(
     ids = write_tokenizer(path, tokenizer_vocab, max_position_embeddings)
     config = _model_config("llama", shape, max_position_embeddings=max_position_embeddings, rope_theta=500000.0,
                            dtype=dtype, special_ids=ids)
-    model = llama.Model(llama.ModelArgs.from_dict(config))  # lazy: nothing is computed before update()
+    model: Module = llama.Model(llama.ModelArgs.from_dict(config))  # lazy: nothing is computed before update()
     if bits:
         model, config = _quantize(model, config, group_size=64, bits=bits)
     mx_dtype = getattr(mx, dtype)
@@ -261,7 +268,7 @@ def make_random_llama(
     scale = 0.0045 * 16 / 2 ** (bits or 4)
     bias = -(2 ** (bits or 4) - 1) / 2 * scale
     params = []
-    for i, (name, value) in enumerate(tree_flatten(model.parameters())):
+    for i, (name, value) in enumerate(_flat_parameters(model)):
         key = mx.random.key(i)
         if value.dtype == mx.uint32:  # packed quantized values, uniform over every code
             hi, lo = (mx.random.randint(0, 1 << 16, value.shape, dtype=mx.uint32, key=k) for k in mx.random.split(key))

@@ -2,7 +2,7 @@
 the global one: tests build many apps in one process, and two routers may share a process).
 
 Counters and histograms are fed where things happen: the middleware (responses, errors), the
-generation service (one :class:`GenerationObserver` per job, called where chunks are yielded)
+runner (one :class:`GenerationObserver` per job, called where chunks are yielded)
 and manager events (loads, evictions, worker exits). State — models and their states, memory,
 in-flight requests, queues, pressure — is read from the manager by :class:`ManagerCollector`
 at scrape time, so it is never stale.

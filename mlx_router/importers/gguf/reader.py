@@ -134,7 +134,8 @@ class _Cursor:
         self.need(nbytes)
         arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos).copy()
         self.pos += nbytes
-        return arr.astype(bool).tolist() if itype == 7 else arr.tolist()
+        values: list[Any] = arr.astype(bool).tolist() if itype == 7 else arr.tolist()
+        return values
 
 
 def read_gguf_header(path: str | Path) -> GGUFHeader:

@@ -136,17 +136,15 @@ def _post_processor(meta: dict[str, Any], tokens: list[str], processors: Any) ->
     behaviour has to live in tokenizer.json itself.
     """
     n = len(tokens)
-    bos = _token_id(meta, "bos_token_id", n)
-    eos = _token_id(meta, "eos_token_id", n)
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
-    if not (add_bos or add_eos):
+    bos = _token_id(meta, "bos_token_id", n) if meta.get("tokenizer.ggml.add_bos_token", False) else None
+    eos = _token_id(meta, "eos_token_id", n) if meta.get("tokenizer.ggml.add_eos_token", False) else None
+    if bos is None and eos is None:
         return processors.ByteLevel(trim_offsets=False)
-    prefix = [tokens[bos]] if add_bos else []
-    suffix = [tokens[eos]] if add_eos else []
+    prefix = [tokens[bos]] if bos is not None else []
+    suffix = [tokens[eos]] if eos is not None else []
     single = [f"{t}:0" for t in prefix] + ["$A:0"] + [f"{t}:0" for t in suffix]
     pair = single + [f"{t}:1" for t in prefix] + ["$B:1"] + [f"{t}:1" for t in suffix]
-    special = {tokens[i]: i for i in ([bos] if add_bos else []) + ([eos] if add_eos else [])}
+    special = {tokens[i]: i for i in (bos, eos) if i is not None}
     return processors.TemplateProcessing(single=single, pair=pair,
                                          special_tokens=list(special.items()))
 

@@ -96,6 +96,8 @@ def load_weights(
         raw = mx.load(str(path))
     except Exception as exc:  # mlx raises RuntimeError/ValueError with terse messages
         raise GGUFImportError(f"mlx could not read {path}: {exc}") from exc
+    if not isinstance(raw, dict):  # GGUF loads as named tensors; the other shapes are for .npy files
+        raise GGUFImportError(f"mlx did not read {path} as named tensors")
     weights: dict[str, Any] = {}
     bits_by_module: dict[str, int] = {}
     rope_freqs: np.ndarray | None = None
