@@ -43,4 +43,4 @@ case $part in
       > "$out/probes-8b.txt" 2>&1
     ;;
 esac
-tail -5 "$out"/gpu-*.txt
+tail -n 5 "$out"/gpu-*.txt
