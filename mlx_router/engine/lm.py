@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,59 @@ class LMEngine:
             cached = (text, raw)
             self._pieces[token] = cached
         return cached
+
+
+SHORT_PREFILL_TOKENS = 256
+"""Prompt chunks up to this long, after cached tokens, attend through plain matrix products."""
+SHORT_PREFILL_SCORES = 1 << 27
+"""...as long as their attention scores (batch x heads x chunk x keys) stay below this many."""
+
+
+def attend_short_chunks_directly(model: Any) -> bool:
+    """Route a model's attention for short prompt chunks that follow cached tokens (a prefix-cache
+    hit, the next turn of a conversation) through matrix products instead of the fused kernel.
+
+    On the CUDA backend the fused attention of a prompt chunk builds a cuDNN graph for every new
+    (chunk, keys) shape, 70 ms to a second each, and after a cached prefix nearly every request
+    has a new one; the same attention as two matrix products and a softmax costs a few
+    milliseconds for a short chunk. Returns whether the model's module was patched (its
+    attention is mlx-lm's shared function)."""
+    from mlx_lm.models import base
+
+    module = sys.modules.get(type(model).__module__)
+    fused = getattr(module, "scaled_dot_product_attention", None)
+    if module is None or getattr(fused, "short_chunks_direct", False):
+        return module is not None
+    if fused is not base.scaled_dot_product_attention:
+        return False
+
+    def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float, mask: Any,
+                  sinks: Any = None) -> mx.array:
+        b, heads, length, dim = queries.shape
+        width = keys.shape[2]
+        if (
+            not 1 < length <= SHORT_PREFILL_TOKENS
+            or width <= length
+            or b * heads * length * width > SHORT_PREFILL_SCORES
+            or sinks is not None
+            or hasattr(cache, "bits")
+        ):
+            return fused(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+        groups = heads // keys.shape[1]
+        q = (queries * scale).reshape(b, keys.shape[1], groups, length, dim)
+        scores = q @ keys[:, :, None].swapaxes(-1, -2)
+        if isinstance(mask, str):  # "causal": each query sees the cached keys and itself
+            mask = mx.arange(width - length, width)[:, None] >= mx.arange(width)[None]
+        if mask is not None:
+            if mask.ndim == 4:
+                mask = mx.expand_dims(mask, 2)
+            scores = mx.where(mask, scores, -float("inf")) if mask.dtype == mx.bool_ else scores + mask
+        probs = mx.softmax(scores, axis=-1, precise=True)
+        return (probs @ values[:, :, None]).reshape(b, heads, length, values.shape[-1])
+
+    attention.short_chunks_direct = True  # type: ignore[attr-defined]
+    module.scaled_dot_product_attention = attention
+    return True
 
 
 def classify_exception(exc: BaseException, request_id: str | None) -> EngineError:

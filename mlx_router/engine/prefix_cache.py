@@ -119,7 +119,9 @@ class DiskTier:
         for _, digest, size in sorted(found):
             self._files[digest] = size
         self.nbytes = sum(self._files.values())
-        self._pending: OrderedDict[bytes, _Block] = OrderedDict()
+        self._pending: list[OrderedDict[bytes, _Block]] = []
+        """Blocks to write, one group per finished sequence, oldest group first."""
+        self._group_of: dict[bytes, OrderedDict[bytes, _Block]] = {}
         self._pending_bytes = 0
         self._bound()
 
@@ -149,28 +151,46 @@ class DiskTier:
         self._files.move_to_end(digest)
         return _Block.of(keys, values)
 
-    def queue(self, digest: bytes, block: _Block, limit_bytes: int) -> None:
-        """Write ``block`` later (:meth:`write_one`); the oldest pending blocks give way past ``limit_bytes``."""
-        if digest in self._files or digest in self._pending:
-            return
-        self._pending[digest] = block
-        self._pending_bytes += block.nbytes
-        while self._pending_bytes > limit_bytes and self._pending:
-            _, dropped = self._pending.popitem(last=False)
-            self._pending_bytes -= dropped.nbytes
+    def queue(self, blocks: list[tuple[bytes, _Block]], limit_bytes: int) -> None:
+        """Write a finished sequence's ``blocks`` (its chain, root first) later, before those of
+        earlier sequences (:meth:`write_one`), so that the newest whole chain reaches the disk
+        first; the oldest pending groups give way past ``limit_bytes``."""
+        group: OrderedDict[bytes, _Block] = OrderedDict()
+        for digest, block in blocks:
+            if digest in self._files:
+                continue
+            earlier = self._group_of.get(digest)
+            if earlier is not None:
+                self._pending_bytes -= earlier.pop(digest).nbytes
+            group[digest] = block
+            self._group_of[digest] = group
+            self._pending_bytes += block.nbytes
+        if group:
+            self._pending.append(group)
+        while self._pending_bytes > limit_bytes and len(self._pending) > 1:
+            for digest, block in self._pending.pop(0).items():
+                self._pending_bytes -= block.nbytes
+                del self._group_of[digest]
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return sum(len(group) for group in self._pending)
 
     def write_one(self) -> bool:
-        """Write the oldest pending block; False when nothing was pending."""
+        """Write one pending block: the newest sequence's first; False when nothing was pending."""
+        while self._pending and not self._pending[-1]:
+            self._pending.pop()
         if not self._pending:
             return False
-        digest, block = self._pending.popitem(last=False)
+        group = self._pending[-1]
+        digest, block = group.popitem(last=False)
+        del self._group_of[digest]
         self._pending_bytes -= block.nbytes
-        arrays = {f"k.{i}": k for i, k in enumerate(block.keys)}
-        arrays.update({f"v.{i}": v for i, v in enumerate(block.values)})
+        # Written from copies: reading an array on the host moves its pages there when the
+        # backend keeps memory in CUDA managed memory, and the block itself must stay on the GPU.
+        arrays = {f"k.{i}": k * 1 for i, k in enumerate(block.keys)}
+        arrays.update({f"v.{i}": v * 1 for i, v in enumerate(block.values)})
+        mx.eval(list(arrays.values()))
         path = self._path(digest)
         tmp = path.with_name(f"{digest.hex()}.tmp.safetensors")
         try:
@@ -181,6 +201,9 @@ class DiskTier:
             logger.warning("prefix cache: cannot write %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
             return True
+        finally:  # the copies' memory goes back to the system, not to buffers the model reuses
+            del arrays
+            mx.clear_cache()
         self._files[digest] = size
         self.nbytes += size
         self._bound()
@@ -308,8 +331,8 @@ class PrefixCache:
             mx.eval([b.keys + b.values for _, b, _, _ in new])
         for digest, block, parent, block_tokens in new:
             self._add(digest, block, parent, block_tokens)
-            if self.disk is not None and len(block_tokens) == size:
-                self.disk.queue(digest, block, self.max_bytes)
+        if self.disk is not None:
+            self.disk.queue([(d, self._blocks[d]) for d in digests if d in self._blocks], self.max_bytes)
         self._touch([d for d, *_ in spans])
         self._bound(self.max_bytes)
 
