@@ -49,6 +49,7 @@ def group_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
                 "embedded_model": False,
                 "max_tokens": 32,
                 "cache_size": 4,
+                "prefix_cache_block_tokens": 8,  # the tiny prompts are shorter than the default block
             },
             "models": {
                 "tq-pipe": {"path": "tq", "supports_tools": True, "distributed": {**group, "strategy": "pipeline"}},
