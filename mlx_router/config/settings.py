@@ -502,7 +502,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     ``MLX_MODEL_DIR`` overrides ``defaults.model_directory``.
     """
     out: dict[str, dict[str, Any]] = {"defaults": {}, "server": {}, "media": {}}
-    sections = {
+    sections: dict[str, tuple[str, type[BaseModel]]] = {
         "SERVER_": ("server", ServerSettings),
         "DEFAULTS_": ("defaults", Defaults),
         "MEDIA_": ("media", MediaSettings),

@@ -74,6 +74,8 @@ class _Worker:
                 )
         except Exception as exc:  # noqa: BLE001 (any load failure is reported, never raised past here)
             kind = classify_exception(exc, None).kind
+            # The class name is for the log; the message reaches clients, who need no internals.
+            self.log(logging.ERROR, f"load failed: {exc.__class__.__name__}: {describe_exception(exc)}")
             self.send(("load_failed", kind, describe_exception(exc)))
             return
         self.send(("ready", engine.load_info))
@@ -162,9 +164,10 @@ class _Worker:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``Class: first line`` of an exception, without paths, for a load failure message."""
+    """The first line of an exception, without paths or its class name (clients need no
+    internals; the log has the class), for a load failure message."""
     detail = redact_paths(str(exc).splitlines()[0][:300]) if str(exc) else ""
-    return f"{exc.__class__.__name__}: {detail}".rstrip(": ")
+    return detail or "the model files could not be loaded"
 
 
 def worker_main(conn: Connection, options: WorkerOptions | None) -> None:
