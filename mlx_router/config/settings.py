@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
