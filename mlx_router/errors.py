@@ -16,20 +16,20 @@ import math
 import re
 
 __all__ = [
-    "RouterError",
-    "InvalidRequest",
     "AuthenticationFailed",
-    "NotFound",
-    "ModelNotFound",
-    "PayloadTooLarge",
     "Conflict",
-    "Overloaded",
-    "ModelLoadFailed",
-    "ServiceUnavailable",
-    "WorkerCrashed",
     "GenerationTimeout",
     "InsufficientMemory",
     "InternalError",
+    "InvalidRequest",
+    "ModelLoadFailed",
+    "ModelNotFound",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RouterError",
+    "ServiceUnavailable",
+    "WorkerCrashed",
     "redact_paths",
 ]
 

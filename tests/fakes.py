@@ -41,10 +41,10 @@ from mlx_router.engine.types import (
 
 __all__ = [
     "CRASH_REASON",
+    "MODEL",
     "FakeClientFactory",
     "FakeEngineScript",
     "FakeWorkerClient",
-    "MODEL",
     "StreamingASGITransport",
     "chat_body",
     "fake_client_factory",
@@ -144,7 +144,7 @@ class FakeWorkerClient:
         script = self.script
         try:
             await asyncio.wait_for(asyncio.sleep(script.start_delay), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EngineFailure(
                 EngineError("internal", f"loading took longer than {timeout:.0f} s and was stopped")
             ) from None
@@ -275,7 +275,7 @@ class _AppStream(httpx.AsyncByteStream):
         self._disconnect.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task

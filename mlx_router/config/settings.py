@@ -21,6 +21,8 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mlx_router.config.distributed import DistributedConfig
+
 __all__ = [
     "CHAT_TEMPLATE_NAMES",
     "PRESSURE_LEVELS",
@@ -98,6 +100,11 @@ class ModelConfig(_Section):
     prefix_cache_bytes: int | None = Field(None, ge=0, description="Overrides defaults.prefix_cache_bytes.")
     memory_pressure_max_tokens: dict[str, int] | None = Field(
         None, description="Cap on max_tokens per memory-pressure level (normal/moderate/high/critical)."
+    )
+    distributed: DistributedConfig | None = Field(
+        None,
+        description="Serve this model by a group of ranks on several hosts or GPUs: hosts or hostfile, backend, strategy, … "
+        "(README, One model on several machines).",
     )
 
     @field_validator("chat_template")
@@ -458,6 +465,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             continue
         annotation = field.annotation
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return list(model.model_fields)
@@ -494,7 +502,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     ``MLX_MODEL_DIR`` overrides ``defaults.model_directory``.
     """
     out: dict[str, dict[str, Any]] = {"defaults": {}, "server": {}, "media": {}}
-    sections = {
+    sections: dict[str, tuple[str, type[BaseModel]]] = {
         "SERVER_": ("server", ServerSettings),
         "DEFAULTS_": ("defaults", Defaults),
         "MEDIA_": ("media", MediaSettings),

@@ -232,12 +232,7 @@ class WorkerClient:
         if process is not None:
             process.join(timeout=5)
         code = process.exitcode if process is not None else None
-        if self._closing:
-            reason = "stopped"
-        elif code is not None and code < 0:
-            reason = f"worker process was killed by signal {-code}"
-        else:
-            reason = f"worker process exited with code {code}"
+        reason = self.exit_reason_for(code)
         self.exit_reason = reason
         if self._started is not None and not self._started.done():
             self._started.set_exception(EngineFailure(EngineError("worker_crashed", f"model load failed: {reason}")))
@@ -247,6 +242,14 @@ class WorkerClient:
             stream.put_nowait(EngineError("worker_crashed", f"the model's {reason}", request_id))
         if self.on_exit is not None:
             self.on_exit(self, reason)
+
+    def exit_reason_for(self, code: int | None) -> str:
+        """Why the worker ended, from its exit code."""
+        if self._closing:
+            return "stopped"
+        if code is not None and code < 0:
+            return f"worker process was killed by signal {-code}"
+        return f"worker process exited with code {code}"
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:

@@ -9,6 +9,7 @@ __all__ = [
     "Admission",
     "BatchOptions",
     "Constraint",
+    "DistributedOptions",
     "EngineError",
     "EngineErrorKind",
     "FinishReason",
@@ -16,6 +17,7 @@ __all__ = [
     "GenerationParams",
     "GenerationRequest",
     "LoadInfo",
+    "RankInfo",
     "TokenLogprob",
     "WorkerOptions",
 ]
@@ -164,6 +166,49 @@ class LoadInfo:
     has_chat_template: bool
     backend: str
     """``cpu``, ``gpu`` (Metal or CUDA)."""
+    ranks: tuple[RankInfo, ...] = ()
+    """For a model served by a group of ranks: each rank's host and share of the weights
+    (``weight_bytes`` is then their sum)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RankInfo:
+    """One rank of a group, as it reported itself once its shard was loaded."""
+
+    rank: int
+    host: str
+    """The host name from the launch configuration (``distributed.hosts``)."""
+    hostname: str
+    """The machine's own name, as the rank's process sees it."""
+    pid: int
+    weight_bytes: int
+    """MLX active memory of this rank after loading its shard."""
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedOptions:
+    """How a model is served by a group of processes (``models.<id>.distributed``)."""
+
+    hosts: tuple[str, ...]
+    """One rank per entry, rank 0 first (from ``hosts`` or the hostfile's ``ssh`` names)."""
+    backend: Literal["ring", "jaccl", "mpi", "nccl"] = "ring"
+    strategy: Literal["pipeline", "tensor"] = "tensor"
+    hostfile: str | None = None
+    """An ``mlx.launch`` hostfile (JSON) instead of ``hosts``."""
+    python: str | None = None
+    """The Python on every host (default: the router's own)."""
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment variables for every rank."""
+    port: int | None = None
+    """ring/jaccl: first port (one per rank); nccl: the coordinator port. None: a free one."""
+    router_address: str = "127.0.0.1"
+    """The address rank 0 connects back to."""
+    step_timeout: float = 120.0
+    """A rank that waits this long on one step or on the group's next plan stops the group."""
+    connect_timeout: float = 10.0
+    """ssh connection timeout of the checks made before a launch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +226,8 @@ class WorkerOptions:
     """Batch and prefix-cache limits."""
     vision: bool = False
     """Load with mlx-vlm (a vision model) instead of mlx-lm."""
+    distributed: DistributedOptions | None = None
+    """Serve the model by a group of ranks (``mlx.launch``) instead of one process."""
 
 
 @dataclass(frozen=True, slots=True)

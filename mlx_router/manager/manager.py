@@ -32,8 +32,9 @@ from typing import Any
 from mlx_router import __version__
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.engine.client import EngineFailure, WorkerClient
+from mlx_router.engine.distributed import host_shares, this_machine_names
 from mlx_router.engine.protocol import ClientFactory, Engine
-from mlx_router.engine.types import BatchOptions, LoadInfo, WorkerOptions
+from mlx_router.engine.types import BatchOptions, DistributedOptions, LoadInfo, WorkerOptions
 from mlx_router.errors import (
     Conflict,
     InsufficientMemory,
@@ -58,12 +59,14 @@ from mlx_router.manager.reload_plan import ReloadedModels, plan_reload
 from mlx_router.manager.reports import (
     AdminModelList,
     AdminModelRow,
+    GroupReport,
     HealthReport,
     LoadedModelReport,
     MemoryRequirements,
     ModelInfo,
     ModelParameters,
     ModelStats,
+    RankReport,
     Readiness,
     RequestCounts,
 )
@@ -404,6 +407,7 @@ class MLXModelManager:
         load_started = time.perf_counter()
         signature = self.load_signature(entry)
         try:
+            await self._room_on_other_hosts(entry)
             await residency.make_room(
                 entry.id, self.cost_bytes(entry), self._room_rules(), lambda: self.monitor.snapshot().level
             )
@@ -458,6 +462,7 @@ class MLXModelManager:
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
+            distributed=entry.config.distributed.to_options() if entry.config.distributed else None,
         )
 
     def batch_options(self, entry: ModelEntry) -> BatchOptions:
@@ -478,13 +483,79 @@ class MLXModelManager:
 
     def cost_bytes(self, entry: ModelEntry) -> int:
         """What a model takes resident: its weights (as MLX measured them once loaded, else the
-        weight files) plus its KV allowance (one context's KV, capped, and its prefix cache)."""
+        weight files) plus its KV allowance (one context's KV, capped, and its prefix cache).
+        For a model served by a group: the part on this machine's ranks (the budget is per host)."""
+        shares = self.group_costs(entry)
+        if shares is not None:
+            local = this_machine_names()
+            return sum(cost for host, cost in shares.items() if host in local)
+        return self._total_cost(entry)
+
+    def _total_cost(self, entry: ModelEntry) -> int:
         resident = self.residency.resident.get(entry.id)
         view = self.model_settings(entry)
         weights = resident.load_info.weight_bytes if resident else entry.weight_bytes
         if view.required_memory_bytes is not None:
             weights = view.required_memory_bytes
         return weights + kv_allowance_bytes(entry, self.settings.defaults, view.prefix_cache_bytes)
+
+    def _group_options(self, entry: ModelEntry) -> DistributedOptions | None:
+        resident = self.residency.resident.get(entry.id)
+        if resident is not None and resident.signature.distributed is not None:
+            return resident.signature.distributed
+        return entry.config.distributed.to_options() if entry.config.distributed else None
+
+    def group_costs(self, entry: ModelEntry) -> dict[str, int] | None:
+        """Bytes per host of a model served by a group (None for a one-process model)."""
+        options = self._group_options(entry)
+        if options is None:
+            return None
+        resident = self.residency.resident.get(entry.id)
+        return host_shares(options, self._total_cost(entry), resident.load_info if resident else None)
+
+    async def _room_on_other_hosts(self, entry: ModelEntry) -> None:
+        """A group's ranks on other machines must fit each host's budget next to the groups
+        already there (only groups use other hosts): idle, unpinned ones there are unloaded, least
+        recently used first; if busy or pinned ones stand in the way, 507 naming the host."""
+        shares = self.group_costs(entry)
+        local = this_machine_names()
+        residents = self.residency.resident
+        for host, need in (shares or {}).items():
+            while host not in local:
+                holders = {
+                    mid: costs[host]
+                    for mid, r in residents.items()
+                    if mid != entry.id and (costs := self.group_costs(r.entry)) and host in costs
+                }
+                if need + sum(holders.values()) <= self.budget_bytes:
+                    break
+                idle = sorted(
+                    (residents[mid].last_used, mid) for mid in holders if not residents[mid].in_flight and mid not in self.pinned
+                )
+                if not idle:
+                    held = f"is held by {', '.join(sorted(holders))}" if holders else "is smaller"
+                    raise InsufficientMemory(
+                        f"Model {entry.id!r} needs {need / GB:.2f} GB on host {host}, whose budget of "
+                        f"{self.budget_bytes / GB:.2f} GB {held}. Unload or unpin a model there, or raise "
+                        "defaults.memory_budget_gb."
+                    )
+                await self.residency.unload(idle[0][1], reason=f"making room on {host} for {entry.id}")
+                self._emit(ManagerEvent("evicted", idle[0][1], reason="room"))
+
+    def group_info(self, model_id: str) -> GroupReport | None:
+        """Backend, strategy, hosts and (once loaded) ranks of a model served by a group."""
+        resident = self.residency.resident.get(model_id)
+        entry = resident.entry if resident is not None else self.entries.get(model_id)
+        options = self._group_options(entry) if entry is not None else None
+        if options is None:
+            return None
+        ranks = resident.load_info.ranks if resident is not None else ()
+        return GroupReport(
+            backend=options.backend,
+            strategy=options.strategy,
+            hosts=list(options.hosts),
+            ranks=[RankReport(r.rank, r.host, r.hostname, r.pid, round(r.weight_bytes / GB, 3), r.backend) for r in ranks],
+        )
 
     def _on_worker_exit(self, client: Engine, reason: str) -> None:
         """A worker died: its requests already got errors; pinned models and the default model
@@ -704,6 +775,7 @@ class MLXModelManager:
                     pid=resident.client.pid if resident else None,
                     retiring=stats.id in self.residency.retiring,
                     served=stats.id in self.entries,
+                    distributed=self.group_info(stats.id),
                 )
             )
         return rows
@@ -743,6 +815,7 @@ class MLXModelManager:
                 chat_template=view.chat_template,
                 context_length=resident.load_info.context_length if resident else view.context_length,
             ),
+            distributed=self.group_info(entry.id),
         )
 
     def health(self, requests: RequestCounts, *, draining: bool = False) -> HealthReport:

@@ -9,12 +9,14 @@ from typing import Literal
 __all__ = [
     "AdminModelList",
     "AdminModelRow",
+    "GroupReport",
     "HealthReport",
     "LoadedModelReport",
     "MemoryRequirements",
     "ModelInfo",
     "ModelParameters",
     "ModelStats",
+    "RankReport",
     "Readiness",
     "RequestCounts",
 ]
@@ -51,6 +53,30 @@ class ModelParameters:
 
 
 @dataclass(frozen=True)
+class RankReport:
+    """One rank of a model served by a group, as it reported itself once loaded."""
+
+    rank: int
+    host: str
+    """The host entry it was started for (``distributed.hosts``)."""
+    hostname: str
+    pid: int
+    weight_gb: float
+    """Its share of the weights (MLX active memory after loading)."""
+    backend: str
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """A model served by a group of ranks: how, where, and (once loaded) each rank."""
+
+    backend: str
+    strategy: str
+    hosts: list[str]
+    ranks: list[RankReport]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A model's state and memory, for ``GET /v1/models``."""
 
@@ -58,6 +84,7 @@ class ModelInfo:
     failure_reason: str | None
     memory_requirements: MemoryRequirements
     parameters: ModelParameters
+    distributed: GroupReport | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,7 @@ class AdminModelRow:
     pid: int | None
     retiring: bool
     served: bool
+    distributed: GroupReport | None = None
 
 
 @dataclass(frozen=True)

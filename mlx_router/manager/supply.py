@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from mlx_router.engine.client import WorkerClient, openblas_library
+from mlx_router.engine.distributed import GroupClient
 from mlx_router.engine.protocol import ClientFactory, Engine, ExitCallback
 from mlx_router.engine.types import WorkerOptions
 from mlx_router.manager.registry import EMBEDDED_MODEL_ID, IMPORT_DIR_NAME, ModelEntry
@@ -55,6 +56,8 @@ class WorkerSupply:
     def _worker(self, options: WorkerOptions, on_exit: ExitCallback) -> WorkerClient:
         """A worker process: the waiting spare when there is one (then a new spare starts in the
         background), else a new process."""
+        if options.distributed is not None:  # a group of ranks, started by mlx.launch
+            return GroupClient(options, on_exit=on_exit, blas_library=self.blas)
         spare, self._spare = self._spare, None
         if spare is not None and spare.alive:
             spare.adopt(options, on_exit)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator, model_serializer
 
@@ -39,7 +39,7 @@ class CompletionRequest(SamplingRequest):
                 raise ValueError("prompt must not be empty")
             if isinstance(value[0], (str, list)) and len(value) > MAX_PROMPTS:
                 raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
-            if isinstance(value[0], list) and any(not p for p in value):  # type: ignore[union-attr]
+            if isinstance(value[0], list) and any(not p for p in value):
                 raise ValueError("token prompts must not be empty")
         return value
 
@@ -49,8 +49,8 @@ class CompletionRequest(SamplingRequest):
         if isinstance(value, str):
             return [value]
         if value and isinstance(value[0], int):
-            return [list(value)]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+            return [cast("list[int]", list(value))]  # validation makes a list of one item type
+        return [p for p in value if not isinstance(p, int)]  # a list of strings or of token lists
 
     def unsupported_features(self) -> None:
         if self.suffix:

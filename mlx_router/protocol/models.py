@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlx_router.protocol.common import OpenAIResponse
 
-__all__ = ["MemoryRequirements", "MemoryStatus", "ModelCard", "ModelList", "ModelParameters"]
+__all__ = ["GroupRank", "MemoryRequirements", "MemoryStatus", "ModelCard", "ModelGroup", "ModelList", "ModelParameters"]
 
 
 class _FromAttributes(BaseModel):
@@ -29,6 +29,22 @@ class ModelParameters(_FromAttributes):
     context_length: int | None = Field(description="Configured, or the model's own once loaded.")
 
 
+class GroupRank(_FromAttributes):
+    rank: int
+    host: str = Field(description="The host entry the rank was started for (distributed.hosts).")
+    hostname: str = Field(description="The machine's own name, as the rank sees it.")
+    pid: int
+    weight_gb: float = Field(description="The rank's share of the weights (MLX active memory after loading).")
+    backend: str = Field(description="cpu or gpu.")
+
+
+class ModelGroup(_FromAttributes):
+    backend: str = Field(description="MLX distributed backend: ring, jaccl, mpi or nccl.")
+    strategy: str = Field(description="pipeline or tensor.")
+    hosts: list[str] = Field(description="One rank per entry, rank 0 first.")
+    ranks: list[GroupRank] = Field(description="Each rank once the group is loaded (empty before).")
+
+
 class ModelCard(OpenAIResponse):
     id: str
     object: Literal["model"] = "model"
@@ -36,6 +52,9 @@ class ModelCard(OpenAIResponse):
     owned_by: str = "mlx-router"
     state: str
     failure_reason: str | None = None
+    distributed: ModelGroup | None = Field(
+        None, description="For a model served by a group of ranks (models.<id>.distributed): how and where."
+    )
     memory_requirements: MemoryRequirements
     parameters: ModelParameters
     aliases: list[str] = Field(

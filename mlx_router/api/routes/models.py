@@ -12,7 +12,14 @@ from mlx_router.api.deps import ManagerDep
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.manager.memory import MemorySnapshot
 from mlx_router.manager.registry import ModelEntry
-from mlx_router.protocol.models import MemoryRequirements, MemoryStatus, ModelCard, ModelList, ModelParameters
+from mlx_router.protocol.models import (
+    MemoryRequirements,
+    MemoryStatus,
+    ModelCard,
+    ModelGroup,
+    ModelList,
+    ModelParameters,
+)
 
 __all__ = ["router"]
 
@@ -28,6 +35,7 @@ def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot 
         created=int(entry.path.stat().st_mtime) if entry.path.exists() else 0,
         state=info.state,
         failure_reason=info.failure_reason,
+        distributed=ModelGroup.model_validate(info.distributed) if info.distributed else None,
         memory_requirements=MemoryRequirements.model_validate(info.memory_requirements),
         parameters=ModelParameters.model_validate(info.parameters),
         aliases=[] if alias else manager.aliases.names_for(entry.id),
