@@ -92,7 +92,7 @@ def create_app(
         max_request_bytes=settings.server.max_request_bytes,
         metrics=app.state.metrics,
         metrics_public=settings.server.metrics_public,
-        drain=app.state.runner.drain_state,
+        drain=runner.drain_state,
         routes=[route for router in routers for route in router.routes]
         + [route for route in app.router.routes if isinstance(route, Route)],  # /docs, /openapi.json
     )

@@ -580,9 +580,6 @@ class MLXModelManager:
         async with self.acquire(model_id):
             pass
 
-    async def unload(self, model_id: str, reason: str = "requested") -> None:
-        await self.residency.unload(model_id, reason)
-
     async def unload_idle_model(self, model_id: str) -> None:
         """Unload a model on request; refused while it serves requests or is pinned."""
         model_id = self.resolve(model_id).id
