@@ -344,7 +344,8 @@ def classify_exception(exc: BaseException, request_id: str | None) -> EngineErro
         marker in text for marker in ("out of memory", "outofmemory", "resource limit", "failed to allocate")
     ):
         return EngineError("out_of_memory", "the model ran out of memory while generating", request_id)
-    return EngineError("internal", f"generation failed: {exc.__class__.__name__}", request_id)
+    # The exception class stays in the worker log: clients get no internals.
+    return EngineError("internal", "generation failed (the server log has the details)", request_id)
 
 
 def _config_context_length(config: dict[str, Any]) -> int | None:
