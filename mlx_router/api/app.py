@@ -18,7 +18,7 @@ from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
-from mlx_router.api.routes import admin, chat, completions, health, metrics, models, status
+from mlx_router.api.routes import admin, chat, completions, embeddings, health, metrics, models, status
 from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
@@ -82,7 +82,7 @@ def create_app(
     reloader = ConfigReloader(reload_settings, manager, [apply_settings])
     app.state.reloader = reloader
     install_error_handlers(app)
-    routers = [module.router for module in (chat, completions, models, health, admin, metrics, status)]
+    routers = [module.router for module in (chat, completions, embeddings, models, health, admin, metrics, status)]
     for router in routers:
         app.include_router(router)
     app.add_middleware(

@@ -463,6 +463,7 @@ class MLXModelManager:
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
+            embedding_model=entry.is_embedding_model,
             distributed=entry.config.distributed.to_options() if entry.config.distributed else None,
         )
 
@@ -801,6 +802,7 @@ class MLXModelManager:
         return ModelInfo(
             state=self.residency.state(entry.id).value,
             failure_reason=self.failures.get(entry.id),
+            capabilities=entry.capabilities,
             memory_requirements=MemoryRequirements(
                 required_gb=required_gb,
                 weight_bytes=measured,

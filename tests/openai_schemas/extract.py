@@ -35,6 +35,8 @@ ROOTS = (
     "CompletionUsage",
     "CreateChatCompletionRequest",
     "CreateCompletionRequest",
+    "CreateEmbeddingRequest",
+    "CreateEmbeddingResponse",
 )
 
 REF_PREFIX = "#/components/schemas/"
