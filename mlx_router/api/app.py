@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,10 +20,11 @@ from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.generation import GenerationService
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
-from mlx_router.api.routes import admin, chat, completions, health, metrics, models, status
+from mlx_router.api.routes import admin, chat, completions, health, messages, metrics, models, responses, status
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.metrics.registry import RouterMetrics
+from mlx_router.store.responses import ResponseStore
 
 __all__ = ["create_app"]
 
@@ -60,6 +62,7 @@ def create_app(
             if on_sighup:
                 reloader.remove_signal()
             await manager.close()
+            app.state.response_store.close()
 
     app = FastAPI(
         title="mlx-router",
@@ -71,10 +74,17 @@ def create_app(
     app.state.manager = manager
     app.state.metrics = RouterMetrics(manager, settings)
     app.state.generation = GenerationService(manager, settings, app.state.metrics)
+    app.state.response_store = ResponseStore(
+        Path(settings.server.responses_store_path).expanduser(),
+        max_responses=settings.server.responses_store_max,
+        max_age_seconds=settings.server.responses_store_max_age_hours * 3600,
+    )
     reloader = ConfigReloader(reload_settings, manager, [app.state.generation, app.state])
     app.state.reloader = reloader
     install_error_handlers(app)
-    routers = [module.router for module in (chat, completions, models, health, admin, metrics, status)]
+    routers = [
+        module.router for module in (chat, completions, messages, responses, models, health, admin, metrics, status)
+    ]
     for router in routers:
         app.include_router(router)
     app.add_middleware(
@@ -93,7 +103,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
             allow_credentials=False,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
         )
     return app

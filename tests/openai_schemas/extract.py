@@ -33,6 +33,9 @@ ROOTS = (
     "Model",
     "ErrorResponse",
     "CompletionUsage",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 )
 
 REF_PREFIX = "#/components/schemas/"

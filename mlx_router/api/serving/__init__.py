@@ -1,0 +1,1 @@
+"""One module per endpoint on top of the generation service."""

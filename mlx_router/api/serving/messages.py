@@ -1,0 +1,64 @@
+"""``POST /v1/messages`` and ``/v1/messages/count_tokens``: the Anthropic Messages API as a
+translation layer onto the generation service (see :mod:`mlx_router.protocol.anthropic`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mlx_router.api.disconnect import unless_disconnected
+from mlx_router.api.generation import GenerationService
+from mlx_router.api.serving.chat_bridge import ChatRun, count_prompt, start_chat
+from mlx_router.api.sse import NamedEvent, event_stream_response
+from mlx_router.api.vision import warnings_header
+from mlx_router.errors import RouterError
+from mlx_router.protocol.anthropic import (
+    CountTokensRequest,
+    CountTokensResponse,
+    MessageBuilder,
+    MessagesRequest,
+    anthropic_error,
+    to_chat,
+)
+
+__all__ = ["count_tokens", "create_message"]
+
+
+async def _events(service: GenerationService, started: ChatRun, builder: MessageBuilder) -> AsyncIterator[list[NamedEvent] | None]:
+    yield builder.start()  # type: ignore[misc]
+    async for found in started.pieces(service):
+        if found is None:
+            yield [("ping", {"type": "ping"})]
+            continue
+        yield [event for piece in found for event in builder.feed(piece)]  # type: ignore[misc]
+    yield builder.finish(started.output_tokens)  # type: ignore[misc]
+
+
+def _error_events(error: RouterError) -> list[NamedEvent]:
+    return [("error", anthropic_error(error))]
+
+
+async def create_message(service: GenerationService, body: MessagesRequest, request: Request) -> JSONResponse | StreamingResponse:
+    chat, warnings = to_chat(body, max_tokens_limit=service.settings.defaults.max_tokens_limit)
+    started = await start_chat(service, chat, warnings)
+    builder = MessageBuilder(body.model, started.prompt_tokens, started.cached_tokens)
+    headers = warnings_header(tuple(warnings.items))
+    if body.stream:
+        stream = event_stream_response(_events(service, started, builder), _error_events)
+        stream.headers.update(headers)
+        return stream
+
+    async def collect() -> None:
+        async for _ in _events(service, started, builder):
+            pass
+
+    await unless_disconnected(request, collect())
+    return JSONResponse(builder.message.model_dump(), headers=headers)
+
+
+async def count_tokens(service: GenerationService, body: CountTokensRequest) -> JSONResponse:
+    chat, warnings = to_chat(body, max_tokens_limit=1)
+    counted = CountTokensResponse(input_tokens=await count_prompt(service, chat))
+    return JSONResponse(counted.model_dump(), headers=warnings_header(tuple(warnings.items)))
