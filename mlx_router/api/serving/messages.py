@@ -3,6 +3,7 @@ translation layer onto the generation service (see :mod:`mlx_router.protocol.ant
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -25,6 +26,8 @@ from mlx_router.protocol.anthropic import (
 
 __all__ = ["count_tokens", "create_message"]
 
+logger = logging.getLogger(__name__)
+
 
 async def _events(service: GenerationService, started: ChatRun, builder: MessageBuilder) -> AsyncIterator[list[NamedEvent] | None]:
     yield builder.start()  # type: ignore[misc]
@@ -45,6 +48,10 @@ async def create_message(service: GenerationService, body: MessagesRequest, requ
     started = await start_chat(service, chat, warnings)
     builder = MessageBuilder(body.model, started.prompt_tokens, started.cached_tokens)
     headers = warnings_header(tuple(warnings.items))
+    logger.info(
+        "messages model=%s stream=%s prompt_tokens=%d cached_tokens=%d ignored=%s",
+        body.model, bool(body.stream), started.prompt_tokens, started.cached_tokens, "; ".join(warnings.items) or "-",
+    )
     if body.stream:
         stream = event_stream_response(_events(service, started, builder), _error_events)
         stream.headers.update(headers)

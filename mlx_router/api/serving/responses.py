@@ -4,6 +4,7 @@ service (see :mod:`mlx_router.protocol.responses`), with stored responses in SQL
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from mlx_router.protocol.responses import ResponseBuilder, ResponsesRequest, inp
 from mlx_router.store.responses import ResponseStore
 
 __all__ = ["create_response", "delete_response", "get_response", "list_input_items"]
+
+logger = logging.getLogger(__name__)
 
 
 def _missing(response_id: str, param: str | None = None) -> NotFound:
@@ -41,6 +44,10 @@ async def create_response(
     builder = ResponseBuilder(body, body.model, store=keep)
     items = input_items(body.items())
     headers = warnings_header(tuple(warnings.items))
+    logger.info(
+        "responses model=%s stream=%s prompt_tokens=%d cached_tokens=%d ignored=%s",
+        body.model, bool(body.stream), started.prompt_tokens, started.cached_tokens, "; ".join(warnings.items) or "-",
+    )
 
     async def events() -> AsyncIterator[list[NamedEvent] | None]:
         yield builder.start()  # type: ignore[misc]
