@@ -68,6 +68,7 @@ test: install-dev agent-clients
 
 lint: install-dev
 	$(BIN)/python -m ruff check mlx_router helper_tools scripts tests
+	$(BIN)/python -m mypy --strict mlx_router
 
 system-deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread poppler-utils openssl chromium chromium-driver systemd procps

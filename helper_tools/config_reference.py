@@ -16,10 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pydantic import BaseModel  # noqa: E402
-from pydantic_core import PydanticUndefined  # noqa: E402
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
-from mlx_router.config.settings import Defaults, MediaSettings, ModelConfig, ServerSettings  # noqa: E402
+from mlx_router.config.settings import Defaults, MediaSettings, ModelConfig, ServerSettings
 
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 SECTIONS: list[tuple[str, type[BaseModel]]] = [

@@ -49,7 +49,14 @@ from helper_tools._common import (
     settings_of,
 )
 from mlx_router.config.settings import ModelConfig, Settings
-from mlx_router.manager.registry import ModelEntry, discover_models, kv_allowance_bytes, kv_bytes_per_token
+from mlx_router.manager.memory import memory_budget_bytes
+from mlx_router.manager.registry import (
+    ModelEntry,
+    discover_models,
+    kv_allowance_bytes,
+    kv_bytes_per_token,
+    prefix_cache_bytes,
+)
 from mlx_router.text.reasoning import detect_reasoning_format
 
 logger = logging.getLogger(__name__)
@@ -313,7 +320,7 @@ def inspect_model(model: str, settings: Settings, model_id: str | None = None) -
         folder=folder,
         weight_bytes=weights,
         kv_bytes_per_token=kv_bytes_per_token(folder),
-        kv_allowance_bytes=kv_allowance_bytes(probe, defaults, defaults.prefix_cache_bytes),
+        kv_allowance_bytes=kv_allowance_bytes(probe, defaults, prefix_cache_bytes(probe, defaults, memory_budget_bytes(defaults))),
         context_length=context,
         template_source=source,
         family=family,

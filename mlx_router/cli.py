@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ip", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 8800)")
     parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="default max_tokens per request")
-    parser.add_argument("--timeout", type=float, help="seconds a request may run")
+    parser.add_argument("--timeout", type=float, help="seconds a non-streaming request may run, then it returns what it generated (streams have no wall-clock limit)")
     parser.add_argument("--debug", action="store_true", default=None, help="debug logging")
-    parser.add_argument("--model", help="model to preload and pin (defaults.model)")
+    parser.add_argument("--model", help="model to preload and keep resident while room allows (defaults.model)")
     parser.add_argument("--model-dir", dest="model_dir", help="model directory (overrides MLX_MODEL_DIR)")
     parser.add_argument("--api-key-file", dest="api_key_file", help="file whose first line is the API key")
     parser.add_argument("--log-file", dest="log_file", help="rotating log file (default logs/mlx_router.log)")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn_server = DrainingServer(config, app.state.generation, server.drain_timeout)
+    uvicorn_server = DrainingServer(config, app.state.runner, server.drain_timeout)
     try:
         uvicorn_server.run(sockets=[listener])
     except ConfigError as exc:

@@ -22,18 +22,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from typing import Any, Callable  # noqa: E402
+from collections.abc import Callable
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.fixtures.tiny_models import make_tiny_llm  # noqa: E402
+from mlx_router.fabricate import make_tiny_llm
 
 # A manual script (sends an image or PDF to a running server), not a test module.
 collect_ignore = ["test_vision_model.py"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Tiny random-weight models (tests/fixtures/tiny_models.py)
+# Tiny random-weight models (mlx_router/fabricate)
 # ---------------------------------------------------------------------------------------------
 
 TINY_MODEL_NAME = "tiny-llama"

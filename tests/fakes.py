@@ -3,7 +3,7 @@
 Nothing here generates text: :class:`FakeWorkerClient` replays the strings of a
 :class:`FakeEngineScript` as if they were decode steps, so the HTTP layer, the manager's
 lifecycle and the stream writers can be tested fast and deterministically. Tests that need a
-real model use the tiny models of ``tests/fixtures`` through the real ``WorkerClient``.
+real model use the tiny models of ``mlx_router.fabricate`` through the real ``WorkerClient``.
 
     factory = fake_client_factory(FakeEngineScript(chunks=("Hi", "!"), prompt_tokens=5))
     manager = MLXModelManager(settings, client_factory=factory)
@@ -41,10 +41,10 @@ from mlx_router.engine.types import (
 
 __all__ = [
     "CRASH_REASON",
+    "MODEL",
     "FakeClientFactory",
     "FakeEngineScript",
     "FakeWorkerClient",
-    "MODEL",
     "StreamingASGITransport",
     "chat_body",
     "fake_client_factory",
@@ -144,7 +144,7 @@ class FakeWorkerClient:
         script = self.script
         try:
             await asyncio.wait_for(asyncio.sleep(script.start_delay), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EngineFailure(
                 EngineError("internal", f"loading took longer than {timeout:.0f} s and was stopped")
             ) from None
@@ -275,7 +275,7 @@ class _AppStream(httpx.AsyncByteStream):
         self._disconnect.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
@@ -382,11 +382,14 @@ def assert_error(
     error_type: str | None = _UNSET,
     message_contains: Sequence[str] = (),
     leaks: Sequence[str] = (),
+    retry: bool | None = None,
 ) -> dict[str, Any]:
     """``response`` is the OpenAI error envelope with this status (and code/param/type if given).
 
     Also checks it validates against the official ``ErrorResponse`` schema, is JSON, is never
-    FastAPI's ``{"detail": ...}`` and carries no traceback or path (``leaks``: more strings).
+    FastAPI's ``{"detail": ...}`` and carries no traceback or path (``leaks``: more strings),
+    and that ``x-should-retry`` invites a retry (with ``Retry-After``) only for a transient
+    error: ``retry``, or by default 429 and 503 other than a failed model load.
     Returns the ``error`` object.
     """
     from tests.openai_schemas import validate
@@ -408,5 +411,9 @@ def assert_error(
         assert error["type"] == error_type, error
     for part in message_contains:
         assert part in error["message"], f"{part!r} not in {error['message']!r}"
+    if retry is None:
+        retry = status in (429, 503) and error["code"] != "model_load_failed"
+    assert response.headers.get("x-should-retry") == ("true" if retry else "false"), dict(response.headers)
+    assert ("retry-after" in response.headers) == retry, dict(response.headers)
     assert_no_leaks(response.text, *leaks)
     return error  # type: ignore[no-any-return]

@@ -17,12 +17,13 @@ from starlette.routing import Route
 
 from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
-from mlx_router.api.generation import GenerationService
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
 from mlx_router.api.routes import admin, chat, completions, health, messages, metrics, models, responses, status
+from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
+from mlx_router.metrics.context import note_model
 from mlx_router.metrics.registry import RouterMetrics
 from mlx_router.store.responses import ResponseStore
 
@@ -73,13 +74,20 @@ def create_app(
     app.state.settings = settings
     app.state.manager = manager
     app.state.metrics = RouterMetrics(manager, settings)
-    app.state.generation = GenerationService(manager, settings, app.state.metrics)
+    runner = Runner(manager, settings, app.state.metrics)
+    app.state.runner = runner
     app.state.response_store = ResponseStore(
         Path(settings.server.responses_store_path).expanduser(),
         max_responses=settings.server.responses_store_max,
         max_age_seconds=settings.server.responses_store_max_age_hours * 3600,
     )
-    reloader = ConfigReloader(reload_settings, manager, [app.state.generation, app.state])
+    manager.on_resolved.append(note_model)  # the request's metrics are labelled with the served id
+
+    def apply_settings(new: Settings) -> None:
+        app.state.settings = new
+        runner.settings = new
+
+    reloader = ConfigReloader(reload_settings, manager, [apply_settings])
     app.state.reloader = reloader
     install_error_handlers(app)
     routers = [
@@ -94,6 +102,7 @@ def create_app(
         max_request_bytes=settings.server.max_request_bytes,
         metrics=app.state.metrics,
         metrics_public=settings.server.metrics_public,
+        drain=app.state.runner.drain_state,
         routes=[route for router in routers for route in router.routes]
         + [route for route in app.router.routes if isinstance(route, Route)],  # /docs, /openapi.json
     )

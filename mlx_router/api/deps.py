@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from mlx_router.api.generation import GenerationService
 from mlx_router.api.reload import ConfigReloader
+from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.metrics.registry import RouterMetrics
 
-__all__ = ["ManagerDep", "MetricsDep", "ReloaderDep", "ServiceDep", "SettingsDep"]
+__all__ = ["ManagerDep", "MetricsDep", "ReloaderDep", "RunnerDep", "SettingsDep"]
 
 
 def _manager(request: Request) -> MLXModelManager:
@@ -23,8 +23,8 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _service(request: Request) -> GenerationService:
-    return request.app.state.generation  # type: ignore[no-any-return]
+def _runner(request: Request) -> Runner:
+    return request.app.state.runner  # type: ignore[no-any-return]
 
 
 def _metrics(request: Request) -> RouterMetrics:
@@ -39,4 +39,4 @@ ManagerDep = Annotated[MLXModelManager, Depends(_manager)]
 MetricsDep = Annotated[RouterMetrics, Depends(_metrics)]
 ReloaderDep = Annotated[ConfigReloader, Depends(_reloader)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-ServiceDep = Annotated[GenerationService, Depends(_service)]
+RunnerDep = Annotated[Runner, Depends(_runner)]

@@ -12,8 +12,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlx_router.errors import InternalError, InvalidRequest, NotFound, RouterError
 from mlx_router.protocol.anthropic import anthropic_error, is_anthropic_path
+from mlx_router.protocol.common import ErrorResponse
 
-__all__ = ["error_response", "install_error_handlers", "validation_error"]
+__all__ = ["ERROR_DESCRIPTIONS", "error_response", "error_responses", "install_error_handlers", "validation_error"]
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Invalid request: the body, a parameter or a value that cannot be served.",
+    401: "Missing or wrong API key.",
+    404: "Unknown model or route.",
+    413: "Request body over server.max_request_bytes.",
+    429: "The model's batch and queue are full; retry after Retry-After.",
+    500: "Internal error (no traceback or path in the body).",
+    503: "Model loading failed, worker restarting, model slots busy or the server draining.",
+    504: "A non-streaming request still waiting to start when defaults.timeout ran out.",
+    507: "The model does not fit in the memory budget, or MLX ran out of memory.",
+}
+"""What each error status means; every one carries the OpenAI error envelope."""
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +35,37 @@ logger = logging.getLogger(__name__)
 def error_response(error: RouterError, path: str = "") -> JSONResponse:
     """The error in the envelope of the API ``path`` belongs to (Anthropic's for ``/v1/messages``)."""
     body = anthropic_error(error) if is_anthropic_path(path) else error.to_dict()
-    return JSONResponse(body, status_code=error.status_code, headers=error.headers or None)
+    return JSONResponse(body, status_code=error.status_code, headers=error.response_headers())
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route: these statuses, each with the error envelope."""
+    return {status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def _describe_errors(app: FastAPI) -> None:
+    """The OpenAPI document says what the server does: validation failures are 400 with the
+    error envelope, never FastAPI's 422 ``HTTPValidationError``."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "ErrorResponse" not in components:
+            defs = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(defs.pop("$defs", {}))
+            components["ErrorResponse"] = defs
+        envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", {"description": ERROR_DESCRIPTIONS[400], "content": envelope})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
@@ -70,6 +114,8 @@ def validation_error(exc: RequestValidationError, content_type: str = "applicati
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    _describe_errors(app)
+
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
         if exc.status_code >= 500:

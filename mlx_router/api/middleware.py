@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Match
 
+from mlx_router.api.serving.runner import DrainState
 from mlx_router.errors import (
     AuthenticationFailed,
     InternalError,
@@ -73,6 +74,7 @@ async def _send_error(send: Send, error: RouterError, request_id: str, path: str
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
     ]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.response_headers().items()]
     if isinstance(error, AuthenticationFailed):
         headers.append((b"www-authenticate", b'Bearer realm="mlx-router"'))
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
@@ -92,8 +94,11 @@ class RouterMiddleware:
         metrics: RouterMetrics | None = None,
         metrics_public: bool = False,
         routes: Sequence[BaseRoute] = (),
+        drain: DrainState | None = None,
     ) -> None:
         self.app = app
+        self.drain = drain
+        """While it says draining, only the open paths answer."""
         self.api_key = api_key.encode() if api_key else None
         self.allowed_hosts = {h.lower() for h in allowed_hosts} if allowed_hosts else None
         self.max_request_bytes = max_request_bytes
@@ -115,7 +120,7 @@ class RouterMiddleware:
         error_body = bytearray()
         error: RouterError | None = None
         try:
-            error = self._check(scope) or _draining(scope, self.open_paths)
+            error = self._check(scope) or self._draining(scope)
             if error is not None:
                 status_holder["status"] = error.status_code
                 await _send_error(send, error, request_id, scope.get("path", ""))
@@ -169,6 +174,12 @@ class RouterMiddleware:
         failure = _error_fields(sent, status) if status >= 400 else record.stream_error
         self.metrics.response(_route_template(scope, self.routes), record.model, status, failure)
 
+    def _draining(self, scope: Scope) -> RouterError | None:
+        """While shutting down, only the open paths answer (/health with 503); the rest is refused."""
+        if self.drain is not None and self.drain.draining and scope.get("path") not in self.open_paths:
+            return ServiceUnavailable("The server is shutting down.", code="shutting_down")
+        return None
+
     def _check(self, scope: Scope) -> RouterError | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.allowed_hosts is not None:
@@ -206,15 +217,6 @@ class RouterMiddleware:
                 return None
             if not message.get("more_body", False):
                 return messages
-
-
-def _draining(scope: Scope, open_paths: frozenset[str]) -> RouterError | None:
-    """While shutting down, only the open paths answer (/health with 503); the rest is refused."""
-    app = scope.get("app")
-    service = getattr(getattr(app, "state", None), "generation", None)
-    if service is not None and service.draining and scope.get("path") not in open_paths:
-        return ServiceUnavailable("The server is shutting down.", code="shutting_down", headers={"Retry-After": "5"})
-    return None
 
 
 def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:

@@ -4,8 +4,8 @@ server was started with (CLI flags and ``MLX_ROUTER_*`` variables still win, as 
 A file that does not load or validate is rejected with the reason (logged for SIGHUP, a 400
 for the endpoint) and the running configuration stays. Otherwise the manager applies the
 models (:meth:`MLXModelManager.reload`), restart-only keys are reported and not applied
-(:func:`mlx_router.config.reload.split_reload`), and everything that reads settings gets the
-new object. Reloads run one at a time.
+(:func:`mlx_router.config.reload.split_reload`), and every ``on_applied`` callback gets the new
+object (the app wires the runner and ``app.state``). Reloads run one at a time.
 """
 
 from __future__ import annotations
@@ -13,31 +13,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from mlx_router.config.reload import split_reload
 from mlx_router.config.settings import ConfigError, Settings
 from mlx_router.errors import InvalidRequest, redact_paths
 from mlx_router.manager.manager import MLXModelManager
+from mlx_router.manager.reload_plan import ReloadedModels
 
-__all__ = ["ConfigReloader"]
+__all__ = ["ConfigReloader", "ReloadReport"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """The answer of ``POST /v1/admin/reload`` (keys only, never values: some are secrets)."""
+
+    models: ReloadedModels
+    applied: list[str]
+    needs_restart: list[str]
+    status: Literal["reloaded"] = "reloaded"
 
 
 class ConfigReloader:
     """Re-reads the configuration with ``load`` (None: the server was started without a file)."""
 
-    def __init__(self, load: Callable[[], Settings] | None, manager: MLXModelManager, holders: list[Any]) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Settings] | None,
+        manager: MLXModelManager,
+        on_applied: Sequence[Callable[[Settings], None]] = (),
+    ) -> None:
         self._load = load
         self.manager = manager
-        self._holders = holders
-        """Objects with a ``settings`` attribute that get the new settings (service, app.state)."""
+        self._on_applied = tuple(on_applied)
+        """Called with the settings that now run (the runner, ``app.state``)."""
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self) -> ReloadReport:
         """Apply the file now; :class:`InvalidRequest` (nothing applied) when it is invalid."""
         if self._load is None:
             raise InvalidRequest(
@@ -60,11 +77,11 @@ class ConfigReloader:
                     f"could not be read: {exc.strerror or exc.__class__.__name__}.",
                     code="invalid_config",
                 ) from None
-            for holder in self._holders:
-                holder.settings = effective
+            for apply in self._on_applied:
+                apply(effective)
         if restart:
             logger.warning("Configuration keys that need a restart were not applied: %s", ", ".join(restart))
-        return {"status": "reloaded", "models": models, "applied": applied, "needs_restart": restart}
+        return ReloadReport(models, applied, restart)
 
     async def _reload_logged(self) -> None:
         try:

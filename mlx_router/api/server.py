@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import FrameType
-from typing import Any
 
 import uvicorn
+
+from mlx_router.api.serving.runner import Runner
 
 __all__ = ["DrainingServer"]
 
@@ -19,9 +20,9 @@ class DrainingServer(uvicorn.Server):
     deadline, end the rest with an error (streams: an error event, then their end marker),
     then stop. A second signal stops at once."""
 
-    def __init__(self, config: uvicorn.Config, service: Any, drain_timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, runner: Runner, drain_timeout: float) -> None:
         super().__init__(config)
-        self.service = service
+        self.runner = runner
         self.drain_timeout = drain_timeout
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_started = False
@@ -40,6 +41,6 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         try:
-            await self.service.drain(self.drain_timeout)
+            await self.runner.drain(self.drain_timeout)
         finally:
             self.should_exit = True

@@ -2,7 +2,7 @@
 
 A chat request's ``image_url`` parts are checked when the job is prepared (a text-only model
 gets a 400 that names the models that can see), then loaded by :mod:`mlx_router.media` off the
-event loop, awaited by the chat route before generation starts. Each part becomes as many image
+event loop, awaited while the chat job is prepared, before generation starts. Each part becomes as many image
 placeholders as it produced images (one for a picture, one per rendered page for a PDF), at its
 position among the text parts; the model's processor turns each placeholder into the image's
 tokens. What the loaders had to leave out (PDF pages beyond the limit, say) reaches the client
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 from mlx_router.config.settings import Settings
@@ -23,7 +23,7 @@ from mlx_router.media import load_images
 from mlx_router.media.limits import MediaLimits
 from mlx_router.protocol.chat import ChatCompletionRequest, ImagePart, TextPart
 
-__all__ = ["WARNINGS_HEADER", "attach_images", "refuse_images", "warnings_header"]
+__all__ = ["WARNINGS_HEADER", "LoadedImages", "load_request_images", "refuse_images", "warnings_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,32 @@ def refuse_images(req: ChatCompletionRequest, entry: ModelEntry, entries: dict[s
             )
 
 
-async def attach_images(job: Any, req: ChatCompletionRequest, settings: Settings) -> tuple[str, ...]:
-    """Load the request's images and give them to each of the job's sequences, with a
-    placeholder per image where its part was. Returns the loaders' warnings."""
+@dataclass(frozen=True)
+class LoadedImages:
+    """A request's images, loaded, and where they go in its messages."""
+
+    contents: dict[int, list[dict[str, Any]]]
+    """For each message with images: its content as the template gets it (text parts and one
+    placeholder per image)."""
+    images: tuple[bytes, ...]
+    """PNG images in placeholder order."""
+    warnings: tuple[str, ...]
+    """What the loaders had to leave out."""
+
+    def messages(self, messages: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        """``messages`` (the template's dicts) with the placeholders in the image messages."""
+        return tuple(
+            {**message, "content": self.contents[i]} if i in self.contents else message
+            for i, message in enumerate(messages)
+        )
+
+
+async def load_request_images(req: ChatCompletionRequest, settings: Settings) -> LoadedImages | None:
+    """Load the request's images (None when it has none), with a placeholder per image where
+    its part was."""
     parts = _image_parts(req)
     if not parts:
-        return ()
+        return None
     urls = [(f"messages[{i}].content[{j}].image_url", part.image_url.url) for i, j, part in parts]
     low = frozenset(param for (param, _), (_, _, part) in zip(urls, parts) if part.image_url.detail == "low")
     batch = await load_images(urls, MediaLimits.from_settings(settings), low)
@@ -89,15 +109,9 @@ async def attach_images(job: Any, req: ChatCompletionRequest, settings: Settings
             else:
                 content.extend(dict(IMAGE_PLACEHOLDER) for _ in range(counts[(i, j)]))
         contents[i] = content
-    for index, request in enumerate(job.requests):
-        messages = tuple(
-            {**message, "content": contents[i]} if i in contents else message
-            for i, message in enumerate(request.messages or ())
-        )
-        job.requests[index] = replace(request, messages=messages, images=batch.images)
     for warning in batch.warnings:
         logger.info("Media warning: %s", warning)
-    return batch.warnings
+    return LoadedImages(contents, tuple(batch.images), tuple(batch.warnings))
 
 
 def warnings_header(warnings: tuple[str, ...]) -> dict[str, str]:

@@ -21,6 +21,8 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mlx_router.config.distributed import DistributedConfig
+
 __all__ = [
     "CHAT_TEMPLATE_NAMES",
     "PRESSURE_LEVELS",
@@ -99,6 +101,11 @@ class ModelConfig(_Section):
     memory_pressure_max_tokens: dict[str, int] | None = Field(
         None, description="Cap on max_tokens per memory-pressure level (normal/moderate/high/critical)."
     )
+    distributed: DistributedConfig | None = Field(
+        None,
+        description="Serve this model by a group of ranks on several hosts or GPUs: hosts or hostfile, backend, strategy, … "
+        "(README, One model on several machines).",
+    )
 
     @field_validator("chat_template")
     @classmethod
@@ -134,7 +141,11 @@ class ModelConfig(_Section):
 class Defaults(_Section):
     """Global defaults (``defaults`` in config.json)."""
 
-    model: str | None = Field(None, description="Model preloaded at start and pinned.")
+    model: str | None = Field(
+        None,
+        description="Model preloaded at start and kept resident: evicted only after every other idle model "
+        "when a load needs its room (models.<id>.pin: true never evicts it).",
+    )
     model_directory: str = Field(
         "~/models", description="Where models are discovered; MLX_MODEL_DIR overrides it."
     )
@@ -143,8 +154,18 @@ class Defaults(_Section):
         131_072, ge=1, le=1_048_576, description="Largest max_tokens a request may ask for."
     )
     max_n: int = Field(16, ge=1, le=128, description="Most choices (n) one request may ask for.")
-    timeout: float = Field(120.0, gt=0, description="Seconds a request may run before it is stopped.")
-    cache_size: int = Field(1, ge=1, le=64, description="Most models resident at once.")
+    timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a non-streaming request may run; then it returns what it generated "
+        '(finish_reason "length", header X-MLX-Router-Stopped: timeout). Streams have no wall-clock limit.',
+    )
+    cache_size: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Most models resident at once; null: no count cap, the memory budget alone decides.",
+    )
     memory_budget_gb: float | None = Field(
         None,
         gt=0,
@@ -161,7 +182,10 @@ class Defaults(_Section):
         0, ge=0, description="Seconds an idle model stays loaded (0: until evicted); pinned models stay."
     )
     rescan_interval: float = Field(
-        10.0, ge=0, description="Least seconds between model-directory rescans triggered by unknown model ids."
+        10.0,
+        ge=0,
+        description="Least seconds between model-directory rescans triggered by unknown model ids or by "
+        "GET /v1/models; a listing also rescans at once when the directory's top level changed.",
     )
     memory_threshold_gb: float = Field(
         2.0, ge=0, description="Available memory below which pressure is 'high' (half: 'critical')."
@@ -203,10 +227,33 @@ class Defaults(_Section):
     prefill_step_size: int = Field(
         2048, ge=16, le=65536, description="Prompt tokens per prefill step; decoding continues between steps."
     )
-    prefix_cache_bytes: int = Field(
-        1 << 30, ge=0, description="Bytes of KV kept per model for reuse across requests (0: off)."
+    prefill_buckets: bool | None = Field(
+        None, description="Pad prompt chunks to about 30 fixed lengths (at most a quarter is padding) and prepare "
+        "them while the model is idle after its load, so new prompt lengths cost no kernel preparation; null: on "
+        "a CUDA GPU only."
     )
-    prefix_cache_entries: int = Field(64, ge=1, le=100_000, description="Cached prefixes kept per model.")
+    prefix_cache_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Bytes of KV kept per model for reuse across requests (0: off); null: the KV of "
+        "kv_allowance_tokens tokens of that model (bounded by its context), at most 1/16 of the memory budget.",
+    )
+    prefix_cache_entries: int = Field(
+        64, ge=1, le=100_000, description="Cached prefixes kept per model whose KV cannot be cut into blocks "
+        "(sliding-window and state-space layers)."
+    )
+    prefix_cache_block_tokens: int = Field(
+        64, ge=8, le=4096, description="Tokens per block of the prefix cache: the shortest prefix reused, and the "
+        "granularity of reuse."
+    )
+    prefix_cache_disk_bytes: int = Field(
+        10 << 30, ge=0, description="Bytes of KV blocks kept on disk per model, so that long prefixes survive an "
+        "eviction, a model swap and a restart (0: no disk tier)."
+    )
+    prefix_cache_directory: str = Field(
+        "~/.cache/mlx-router/prefix-cache", description="Where the disk tier of the prefix cache keeps its blocks "
+        "(one folder per model identity)."
+    )
     enable_function_calling: bool = Field(
         True, description="False refuses every request that carries tools."
     )
@@ -369,6 +416,21 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other names for served models, for every endpoint: an exact name or a glob pattern "
+        "(claude-*) mapped to a served model id.",
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            if not name or len(name) > 256 or any(ord(c) < 32 for c in name) or name.strip() != name:
+                raise ValueError(f"{name!r} is not a usable model name (1-256 printable characters, no surrounding spaces)")
+            if not target:
+                raise ValueError(f"{name}: the target must name a served model id")
+        return value
 
     @property
     def model_dir(self) -> Path:
@@ -414,6 +476,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             continue
         annotation = field.annotation
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return list(model.model_fields)
@@ -450,7 +513,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     ``MLX_MODEL_DIR`` overrides ``defaults.model_directory``.
     """
     out: dict[str, dict[str, Any]] = {"defaults": {}, "server": {}, "media": {}}
-    sections = {
+    sections: dict[str, tuple[str, type[BaseModel]]] = {
         "SERVER_": ("server", ServerSettings),
         "DEFAULTS_": ("defaults", Defaults),
         "MEDIA_": ("media", MediaSettings),

@@ -1,8 +1,9 @@
 """Continuous batching: every active sequence of a model shares each decode step.
 
 Built on mlx-lm's ``BatchGenerator`` (chunked prefill interleaved with decoding, per-sequence
-samplers, logits processors, max_tokens and stop tokens) and ``LRUPromptCache`` (the prefix
-cache: KV snapshots in a token trie, bounded in entries and bytes). This module adds what a
+samplers, logits processors, max_tokens and stop tokens) and on the block prefix cache of
+:mod:`mlx_router.engine.prefix_cache` (mlx-lm's ``LRUPromptCache`` for models whose KV cannot
+be cut into blocks). This module adds what a
 server needs on top: admission (tokenize, bound by the context, look up the prefix cache),
 per-sequence text (streaming detokenizer, stop strings that are never half-sent), logprobs,
 cancellation, and one list of chunks per step for the worker to send.
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from dataclasses import replace
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache
+from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _right_pad_prompts
+from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
 from mlx_router.engine.constrain import ConstraintGroup, ConstraintProcessor, TrackingSampler
 from mlx_router.engine.lm import LMEngine, logits_processors, make_sampler
+from mlx_router.engine.prefix_cache import DiskTier, PrefixCache, blockable
 from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationRequest, TokenLogprob
 
 __all__ = ["BatchScheduler", "canonicalize_messages"]
@@ -128,6 +131,55 @@ class _Sequence:
         return pending[:cut], False
 
 
+def prefill_width(n: int, limit: int) -> int:
+    """The length a prefill chunk of ``n`` tokens is padded to: 16 at least, then four widths per
+    doubling (17-32 in steps of 4, 33-64 in steps of 8, ..., 1025-2048 in steps of 256), never
+    past ``limit``. At most a quarter of a chunk is padding, and a model meets about 30 prefill
+    shapes instead of one per prompt length."""
+    if n <= 16:
+        width = 16
+    else:
+        quarter = 1 << (n.bit_length() - 3)
+        width = -(-n // quarter) * quarter
+    return max(n, min(width, limit))
+
+
+def prefill_widths(limit: int) -> list[int]:
+    """Every width :func:`prefill_width` gives up to ``limit``, shortest first."""
+    return sorted({prefill_width(n, limit) for n in range(1, limit + 1)})
+
+
+class _BucketedPrompts(PromptProcessingBatch):
+    """mlx-lm's prompt batch, with each prefill chunk right-padded to a :func:`prefill_width`.
+
+    The CUDA backend prepares kernels for every new shape it meets (70-100 ms each on an H100,
+    up to a second inside a batch), so a server whose prompts all have different lengths would
+    pay that on most requests. The padding goes after the real tokens, which the causal mask
+    keeps from seeing it; the batch cache then moves it to the left, where it stays masked (the
+    same path mlx-lm takes for a batch of prompts of different lengths)."""
+
+    def prompt(self, tokens: list[list[int]]) -> None:
+        if len(self.uids) != len(tokens) or not tokens or max(len(t) for t in tokens) > self.prefill_step_size:
+            super().prompt(tokens)
+            return
+        for recorded, new in zip(self.tokens, tokens):
+            recorded += new
+        lengths = [len(t) for t in tokens]
+        width = prefill_width(max(lengths), self.prefill_step_size)
+        padding = [width - n for n in lengths]
+        inputs = _right_pad_prompts(tokens, max_length=width)
+        if max(padding) > 0:
+            for c in self.prompt_cache:
+                c.prepare(lengths=lengths, right_padding=padding)
+        self.model(inputs, cache=self.prompt_cache)
+        mx.eval([c.state for c in self.prompt_cache])
+        if max(padding) > 0:
+            for c in self.prompt_cache:
+                c.finalize()
+            mx.eval([c.state for c in self.prompt_cache])
+        mx.clear_cache()
+
+
 class BatchScheduler:
     """Admits requests into one ``BatchGenerator`` and turns each step into chunks."""
 
@@ -135,26 +187,29 @@ class BatchScheduler:
         self.engine = engine
         engine.grammar_cache_size = options.grammar_cache_entries
         self.options = options
-        self.prefix_cache = (
-            LRUPromptCache(max_size=options.prefix_cache_entries, max_bytes=options.prefix_cache_bytes)
-            if options.prefix_cache_bytes > 0
-            else None
-        )
+        self.prefix_cache = _prefix_cache(engine, options)
         self._sequences: dict[int, _Sequence] = {}
         self._uids: dict[str, int] = {}
         self._constrained: dict[int, ConstraintProcessor] = {}
         """Sequences under a grammar, by uid; their masks are computed together (``_group``)."""
         self._group: ConstraintGroup | None = None
+        self.buckets = _use_buckets(engine, options)
+        self._warm_widths = prefill_widths(options.prefill_step_size) if self.buckets and options.prefill_warmup else []
+        """Prefill widths still to prepare while the worker is idle (longest last)."""
         self._generator = self._new_generator()
 
     def _new_generator(self) -> BatchGenerator:
-        return BatchGenerator(
+        generator = BatchGenerator(
             self.engine.model,
             stop_tokens=[[t] for t in sorted(self.engine.eos_token_ids)],
             completion_batch_size=self.options.max_batch_size,
             prefill_batch_size=self.options.prefill_batch_size,
             prefill_step_size=self.options.prefill_step_size,
         )
+        if self.buckets:
+            # The prompt batch lives as long as the generator (``split`` keeps its class).
+            generator._prompt_batch.__class__ = _BucketedPrompts
+        return generator
 
     @property
     def active(self) -> int:
@@ -174,10 +229,13 @@ class BatchScheduler:
                 self._group = ConstraintGroup()
             self._group.add(constraint)
             sampler = TrackingSampler(sampler, constraint)
-        cache, rest = None, prompt_ids
-        if self.prefix_cache is not None:
+        cache, cached = None, 0
+        if isinstance(self.prefix_cache, PrefixCache):
+            cache, cached = self.prefix_cache.fetch(prompt_ids)
+        elif self.prefix_cache is not None:
             cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt_ids)
-        cached = len(prompt_ids) - len(rest)
+            cached = len(prompt_ids) - len(rest)
+        rest = prompt_ids[cached:]
         (uid,) = self._generator.insert(
             [rest],
             max_tokens=[max_tokens],
@@ -269,9 +327,66 @@ class BatchScheduler:
         """Keep a finished sequence's KV for requests that share its prefix."""
         if self.prefix_cache is None or not tokens or cache is None:
             return
-        self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
         active = self._generator.prompt_cache_nbytes
+        if isinstance(self.prefix_cache, PrefixCache):
+            self.prefix_cache.insert(tokens, cache)
+            self.prefix_cache.trim_to(self.options.prefix_cache_bytes - active)
+            return
+        self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
         self.prefix_cache.trim_to(n_bytes=self.options.prefix_cache_bytes - active)
+
+    def idle_work(self) -> bool:
+        """One piece of work for a moment without sequences: prepare the kernels of one prefill
+        width, else write one block to the disk tier. False when there is none."""
+        if self._warm_widths and not self.active:
+            self._warm(self._warm_widths.pop(0))
+            return True
+        disk = self.prefix_cache.disk if isinstance(self.prefix_cache, PrefixCache) else None
+        return disk is not None and disk.write_one()
+
+    def _warm(self, width: int) -> None:
+        """Prefill ``width`` tokens and decode one, kept nowhere (no prefix cache, no chunk)."""
+        (uid,) = self._generator.insert([[0] * (width + 1)], max_tokens=[1])
+        while not any(r.uid == uid for r in self._generator.next()[1]):
+            pass
+
+    def close(self, seconds: float = 3.0) -> None:
+        """Before the process exits: write what the disk tier still has pending."""
+        if isinstance(self.prefix_cache, PrefixCache) and self.prefix_cache.disk is not None:
+            self.prefix_cache.disk.flush(seconds)
+
+
+def _use_buckets(engine: LMEngine, options: BatchOptions) -> bool:
+    """Padded prefill widths: when configured so, else on a CUDA GPU (where each new shape
+    costs a kernel preparation), for models whose every layer keeps a plain KV cache."""
+    wanted = options.prefill_buckets
+    if wanted is None:
+        wanted = engine.load_info.backend == "gpu" and sys.platform.startswith("linux")
+    return wanted and blockable(make_prompt_cache(engine.model))
+
+
+def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUPromptCache | None:
+    """Blocks for full-attention models (with a disk tier when configured), mlx-lm's cache of
+    whole sequences for the others, nothing when the budget is 0."""
+    if options.prefix_cache_bytes <= 0:
+        return None
+    layers = make_prompt_cache(engine.model)
+    if not blockable(layers):
+        return LRUPromptCache(max_size=options.prefix_cache_entries, max_bytes=options.prefix_cache_bytes)
+    disk = None
+    if options.prefix_cache_directory and options.prefix_cache_disk_bytes > 0 and engine.model_path:
+        try:
+            disk = DiskTier(
+                options.prefix_cache_directory,
+                engine.model_path,
+                options.prefix_cache_block_tokens,
+                options.prefix_cache_disk_bytes,
+            )
+        except OSError as exc:
+            logger.warning("prefix cache: no disk tier (%s)", exc)
+    return PrefixCache(
+        layers=len(layers), block_tokens=options.prefix_cache_block_tokens, max_bytes=options.prefix_cache_bytes, disk=disk
+    )
 
 
 def _with_messages(request: GenerationRequest, messages: tuple[dict[str, Any], ...]) -> GenerationRequest:

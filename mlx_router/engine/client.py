@@ -110,6 +110,13 @@ class WorkerClient:
         self._closing = False
         self._adopted = False
         self.exit_reason: str | None = None
+        self.cancelled = 0
+        """Sequences the worker dropped after a cancel."""
+        self.tokens_after_cancel = 0
+        """Tokens those sequences generated after the router had stopped passing them on, as
+        counted by the worker."""
+        self.on_cancelled: Callable[[str, int], None] | None = None
+        """Called with the model id and that count for each cancelled sequence."""
 
     @property
     def alive(self) -> bool:
@@ -189,10 +196,10 @@ class WorkerClient:
     def _on_message(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "step":
-            for chunk in msg[1]:
-                stream = self._streams.get(chunk.request_id)
+            for fields in msg[1]:
+                stream = self._streams.get(fields[0])
                 if stream is not None:
-                    stream.put_nowait(chunk)
+                    stream.put_nowait(GenerationChunk(*fields))
         elif kind == "admitted":
             stream = self._streams.get(msg[1].request_id)
             if stream is not None:
@@ -202,6 +209,15 @@ class WorkerClient:
             stream = self._streams.get(error.request_id or "")
             if stream is not None:
                 stream.put_nowait(error)
+        elif kind == "cancelled":
+            logger.info(
+                "[%s] request %s cancelled after %d generated tokens (%d after its client went away)",
+                self.options.model_id, msg[1], msg[2], msg[3],
+            )
+            self.cancelled += 1
+            self.tokens_after_cancel += msg[3]
+            if self.on_cancelled is not None:
+                self.on_cancelled(self.options.model_id, msg[3])
         elif kind == "log":
             logger.log(msg[1], "[%s] %s", self.options.model_id, msg[2])
         elif kind == "ready":
@@ -216,12 +232,7 @@ class WorkerClient:
         if process is not None:
             process.join(timeout=5)
         code = process.exitcode if process is not None else None
-        if self._closing:
-            reason = "stopped"
-        elif code is not None and code < 0:
-            reason = f"worker process was killed by signal {-code}"
-        else:
-            reason = f"worker process exited with code {code}"
+        reason = self.exit_reason_for(code)
         self.exit_reason = reason
         if self._started is not None and not self._started.done():
             self._started.set_exception(EngineFailure(EngineError("worker_crashed", f"model load failed: {reason}")))
@@ -231,6 +242,14 @@ class WorkerClient:
             stream.put_nowait(EngineError("worker_crashed", f"the model's {reason}", request_id))
         if self.on_exit is not None:
             self.on_exit(self, reason)
+
+    def exit_reason_for(self, code: int | None) -> str:
+        """Why the worker ended, from its exit code."""
+        if self._closing:
+            return "stopped"
+        if code is not None and code < 0:
+            return f"worker process was killed by signal {-code}"
+        return f"worker process exited with code {code}"
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -243,6 +262,7 @@ class WorkerClient:
         stream: asyncio.Queue[Admission | GenerationChunk | EngineError] = asyncio.Queue()
         self._streams[request.request_id] = stream
         finished = False
+        delivered = 0
         try:
             self._send(("generate", request))
             while True:
@@ -250,8 +270,9 @@ class WorkerClient:
                 if isinstance(item, EngineError):
                     finished = True
                     raise EngineFailure(item)
-                if isinstance(item, GenerationChunk) and item.finish_reason is not None:
-                    finished = True
+                if isinstance(item, GenerationChunk):
+                    finished = item.finish_reason is not None
+                    delivered = item.completion_tokens
                 yield item
                 if finished:
                     return
@@ -259,7 +280,7 @@ class WorkerClient:
             self._streams.pop(request.request_id, None)
             if not finished and self.alive:
                 try:
-                    self._send(("cancel", request.request_id))
+                    self._send(("cancel", request.request_id, delivered))
                 except (OSError, ValueError):
                     pass
 

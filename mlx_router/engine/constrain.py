@@ -20,13 +20,17 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 import numpy as np
 
 from mlx_router.engine.types import Constraint
 from mlx_router.text.constraints import forced_format, json_grammar, tool_grammar
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 __all__ = ["ConstraintGroup", "ConstraintProcessor", "Grammars", "TrackingSampler"]
 
@@ -44,7 +48,7 @@ class Grammars:
         self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos_token_ids)
         self._hf = hf_tokenizer
         self.capacity = capacity
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache: OrderedDict[str, LLMatcher] = OrderedDict()
 
     def literal(self, text: str) -> str:
         """A marker in Lark: the special token when the tokenizer has it as one, else the text."""
@@ -62,7 +66,7 @@ class Grammars:
         grammar = tool_grammar(model_format, tools, parallel=constraint.parallel, answer_schema=answer, literal=self.literal)
         return grammar, forced_format(model_format)
 
-    def matcher(self, grammar: str) -> Any:
+    def matcher(self, grammar: str) -> LLMatcher:
         """A fresh matcher for ``grammar`` (compiled on first use). Raises ValueError if invalid."""
         template = self._cache.get(grammar)
         if template is None:
@@ -83,7 +87,7 @@ class ConstraintProcessor:
     In a :class:`ConstraintGroup` (with a :class:`TrackingSampler`), its mask is computed with the
     group's; alone, it reads the last token from the context it is given (one sync per call)."""
 
-    def __init__(self, matcher: Any, vocab_size: int, eos_token_ids: list[int]) -> None:
+    def __init__(self, matcher: LLMatcher, vocab_size: int, eos_token_ids: list[int]) -> None:
         from llguidance.numpy import allocate_token_bitmask
 
         self.matcher = matcher
@@ -106,7 +110,7 @@ class ConstraintProcessor:
             mask = self.mask
         else:
             if self._started:  # the context ends with the token drawn last step
-                self.advance(int(tokens[-1].item()))
+                self.advance(int(tokens[-1]))
             mask = self.own_mask(size)
         self._started = True
         assert mask is not None
@@ -136,7 +140,7 @@ def _eos_only(eos: list[int], size: int) -> mx.array:
 class TrackingSampler:
     """Wraps a sequence's sampler to keep the token it draws for the group's next step."""
 
-    def __init__(self, sampler: Any, processor: ConstraintProcessor) -> None:
+    def __init__(self, sampler: Callable[[mx.array], mx.array], processor: ConstraintProcessor) -> None:
         self.sampler = sampler
         self.processor = processor
 
@@ -175,10 +179,11 @@ class ConstraintGroup:
         from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask_par
 
         due = [m for m in self.members if m.mask is None or m.mask.shape[-1] != size]
-        drawn = [m for m in due if m.pending is not None]
+        drawn = [(m, m.pending) for m in due if m.pending is not None]
         if drawn:
-            tokens = mx.concatenate([m.pending.reshape(-1)[-1:] for m in drawn]).tolist()  # type: ignore[union-attr]
-            for member, token in zip(drawn, tokens):
+            # one id per member: the list of a 1-D integer array
+            tokens = cast("list[int]", mx.concatenate([p.reshape(-1)[-1:] for _, p in drawn]).tolist())
+            for (member, _), token in zip(drawn, tokens):
                 member.pending = None
                 member.advance(int(token))
         live = [m for m in due if not m.failed]

@@ -103,12 +103,25 @@ class LMEngine:
     """The chat template renders ``tools``; otherwise the server describes them itself."""
     grammar_cache_size: int = 64
     _grammars: Grammars | None = None
+    model_path: str = ""
+    """Where the checkpoint was read from (names the disk tier of the prefix cache)."""
 
     @classmethod
-    def load(cls, model_path: str, *, context_length: int | None, chat_template: str | None) -> LMEngine:
-        """Load weights and tokenizer; measure what it costs."""
+    def load(
+        cls,
+        model_path: str,
+        *,
+        context_length: int | None,
+        chat_template: str | None,
+        loader: Callable[[str], tuple[Any, Any, dict[str, Any]]] | None = None,
+    ) -> LMEngine:
+        """Load weights and tokenizer; measure what it costs. ``loader`` replaces mlx-lm's
+        ``load`` (a rank of a group loads its shard with ``sharded_load``)."""
         started = time.perf_counter()
-        model, tokenizer, config = mlx_lm_load(model_path, return_config=True)
+        if loader is None:
+            model, tokenizer, config = mlx_lm_load(model_path, return_config=True)
+        else:
+            model, tokenizer, config = loader(model_path)
         mx.eval(model.parameters())
         active = int(mx.get_active_memory())
         limit = context_length or _config_context_length(config) or DEFAULT_CONTEXT_LENGTH
@@ -136,6 +149,7 @@ class LMEngine:
             detect_reasoning_format(source),
             detect_tool_format(source),
             template_renders_tools(source),
+            model_path=model_path,
         )
 
     @property

@@ -9,6 +9,7 @@ __all__ = [
     "Admission",
     "BatchOptions",
     "Constraint",
+    "DistributedOptions",
     "EngineError",
     "EngineErrorKind",
     "FinishReason",
@@ -16,6 +17,7 @@ __all__ = [
     "GenerationParams",
     "GenerationRequest",
     "LoadInfo",
+    "RankInfo",
     "TokenLogprob",
     "WorkerOptions",
 ]
@@ -146,6 +148,11 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     """Per generated token in this chunk, when the request asked for logprobs."""
 
+    def fields(self) -> tuple[Any, ...]:
+        """The fields in order, as a plain tuple: what the worker sends (``GenerationChunk(*t)``
+        rebuilds it)."""
+        return (self.request_id, self.text, self.completion_tokens, self.prompt_tokens, self.finish_reason, self.logprobs)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadInfo:
@@ -159,6 +166,49 @@ class LoadInfo:
     has_chat_template: bool
     backend: str
     """``cpu``, ``gpu`` (Metal or CUDA)."""
+    ranks: tuple[RankInfo, ...] = ()
+    """For a model served by a group of ranks: each rank's host and share of the weights
+    (``weight_bytes`` is then their sum)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RankInfo:
+    """One rank of a group, as it reported itself once its shard was loaded."""
+
+    rank: int
+    host: str
+    """The host name from the launch configuration (``distributed.hosts``)."""
+    hostname: str
+    """The machine's own name, as the rank's process sees it."""
+    pid: int
+    weight_bytes: int
+    """MLX active memory of this rank after loading its shard."""
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedOptions:
+    """How a model is served by a group of processes (``models.<id>.distributed``)."""
+
+    hosts: tuple[str, ...]
+    """One rank per entry, rank 0 first (from ``hosts`` or the hostfile's ``ssh`` names)."""
+    backend: Literal["ring", "jaccl", "mpi", "nccl"] = "ring"
+    strategy: Literal["pipeline", "tensor"] = "tensor"
+    hostfile: str | None = None
+    """An ``mlx.launch`` hostfile (JSON) instead of ``hosts``."""
+    python: str | None = None
+    """The Python on every host (default: the router's own)."""
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment variables for every rank."""
+    port: int | None = None
+    """ring/jaccl: first port (one per rank); nccl: the coordinator port. None: a free one."""
+    router_address: str = "127.0.0.1"
+    """The address rank 0 connects back to."""
+    step_timeout: float = 120.0
+    """A rank that waits this long on one step or on the group's next plan stops the group."""
+    connect_timeout: float = 10.0
+    """ssh connection timeout of the checks made before a launch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +226,8 @@ class WorkerOptions:
     """Batch and prefix-cache limits."""
     vision: bool = False
     """Load with mlx-vlm (a vision model) instead of mlx-lm."""
+    distributed: DistributedOptions | None = None
+    """Serve the model by a group of ranks (``mlx.launch``) instead of one process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +240,20 @@ class BatchOptions:
     """Prompts prefilled together."""
     prefill_step_size: int = 2048
     """Prompt tokens per prefill step (decoding of the others continues between steps)."""
+    prefill_buckets: bool | None = None
+    """Pad prefill chunks to a few fixed widths, so kernels prepared for one shape serve the next
+    prompts (None: on a CUDA GPU only)."""
+    prefill_warmup: bool = True
+    """With padded widths: prepare every width while the worker is idle after the load."""
     prefix_cache_bytes: int = 1 << 30
     """Bytes of KV kept for reuse across requests (0 turns the prefix cache off)."""
     prefix_cache_entries: int = 64
+    """Cached sequences kept, for models whose KV cannot be cut into blocks (sliding windows)."""
+    prefix_cache_block_tokens: int = 64
+    """Tokens per cached block: the shortest prefix that is reused, and the reuse granularity."""
+    prefix_cache_directory: str | None = None
+    """Folder of the disk tier of the prefix cache (None: no disk tier)."""
+    prefix_cache_disk_bytes: int = 0
+    """Bytes of KV blocks the disk tier keeps for this model (0: no disk tier)."""
     grammar_cache_entries: int = 64
     """Compiled output grammars (response_format schemas, forced tool calls) kept for reuse."""

@@ -24,13 +24,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
-from mlx_vlm import load as mlx_vlm_load
 from mlx_vlm.generate import BatchGenerator
 from mlx_vlm.prompt_utils import apply_chat_template, get_chat_template
+from mlx_vlm.utils import load as mlx_vlm_load
 from mlx_vlm.utils import load_config, prepare_inputs, should_add_special_tokens
 from PIL import Image
 
@@ -76,6 +76,7 @@ class VLMEngine(LMEngine):
     def load_vision(cls, model_path: str, *, context_length: int | None) -> VLMEngine:
         """Load weights, processor and tokenizer; measure what it costs."""
         started = time.perf_counter()
+        processor: Any  # a transformers processor, to which mlx-vlm attaches a detokenizer
         model, processor = mlx_vlm_load(model_path)
         mx.eval(model.parameters())
         active = int(mx.get_active_memory())
@@ -130,8 +131,11 @@ class VLMEngine(LMEngine):
         family expects (image markers in place), then the model's own chat template renders it,
         with the same defaults (thinking switch, tools) as for a text model."""
         messages, kwargs = self.template_input(request)
-        formatted = apply_chat_template(
-            self.processor, self.model.config, messages, return_messages=True, num_images=len(request.images)
+        formatted = cast(  # with return_messages, the messages laid out for this model family
+            "list[dict[str, Any]]",
+            apply_chat_template(
+                self.processor, self.model.config, messages, return_messages=True, num_images=len(request.images)
+            ),
         )
         template = _processor_template(self.processor)
         if template is None and not getattr(self.tokenizer, "chat_template", None):
@@ -148,7 +152,7 @@ class VLMEngine(LMEngine):
         images = [_open_png(png) for png in request.images]
         try:
             prompt = self.render(request)
-        except Exception as exc:  # jinja and the formatters raise errors of many types
+        except Exception as exc:  # noqa: BLE001  # jinja and the formatters raise errors of many types
             raise RequestRejected(
                 "invalid_request", redact_paths(f"the chat template rejected the messages: {exc}")
             ) from None
@@ -160,7 +164,7 @@ class VLMEngine(LMEngine):
                 image_token_index=getattr(self.model.config, "image_token_index", None),
                 add_special_tokens=should_add_special_tokens(self.model_type, self.processor),
             )
-        except Exception as exc:  # the processors raise ValueError, TypeError, IndexError...
+        except Exception as exc:  # noqa: BLE001  # the processors raise ValueError, TypeError, IndexError...
             raise RequestRejected(
                 "invalid_request", redact_paths(f"the model's processor rejected the input: {exc}")
             ) from None
@@ -229,11 +233,16 @@ class VisionScheduler(BatchScheduler):
         self._pickers: dict[int, SequencePicker] = {}
         super().__init__(engine, replace(options, prefix_cache_bytes=0))
 
+    @property
+    def _batch(self) -> BatchGenerator:
+        """The batch, made by :meth:`_new_generator` (the base class types it as mlx-lm's)."""
+        return cast(BatchGenerator, self._generator)
+
     def _new_generator(self) -> Any:
         return BatchGenerator(
             self.engine.model.language_model,
             self.engine.processor,
-            stop_tokens=sorted(self.engine.eos_token_ids),
+            stop_tokens=sorted(self.engine.eos_token_ids),  # type: ignore[arg-type]  # mlx-vlm says set; takes ids
             completion_batch_size=self.options.max_batch_size,
             prefill_batch_size=self.options.prefill_batch_size,
             prefill_step_size=self.options.prefill_step_size,
@@ -252,7 +261,7 @@ class VisionScheduler(BatchScheduler):
         picker = SequencePicker(request.params, record=request.params.logprobs)
         if picker.needed:
             processors.append(picker)
-        (uid,) = self._generator.insert(
+        (uid,) = self._batch.insert(
             [prompt_ids], max_tokens=[max_tokens], prompt_kwargs=[features], logits_processors=[processors or None]
         )
         self._sequences[uid] = _Sequence(request, self.engine, prompt_ids, max_tokens)
@@ -273,7 +282,7 @@ class VisionScheduler(BatchScheduler):
             return None
         sequence = self._sequences.pop(uid, None)
         self._pickers.pop(uid, None)
-        self._generator.remove(uid)
+        self._batch.remove(uid)
         return sequence.completion_tokens if sequence is not None else None
 
     def step(self) -> list[GenerationChunk]:
@@ -281,24 +290,26 @@ class VisionScheduler(BatchScheduler):
         # mlx-vlm admits waiting prompts only once prefill_batch_size rows of the batch are free:
         # with a nearly full batch a new request would wait for several others to finish. Ask
         # for no more rows than are free, so it starts as soon as one is.
-        decoding = len(self._sequences) - len(self._generator.unprocessed_prompts)
+        decoding = len(self._sequences) - len(self._batch.unprocessed_prompts)
         free = self.options.max_batch_size - decoding
-        self._generator.prefill_batch_size = max(1, min(self.options.prefill_batch_size, free))
-        _prompt_progress, responses = self._generator.next()
+        self._batch.prefill_batch_size = max(1, min(self.options.prefill_batch_size, free))
+        _prompt_progress, responses = self._batch.next()
         chunks: list[GenerationChunk] = []
         for response in responses:
             sequence = self._sequences.get(response.uid)
             picker = self._pickers.get(response.uid)
             if sequence is None or picker is None:
                 continue
-            chunk = sequence.consume(int(response.token), picker.vector(), response.finish_reason)
+            # no vector only when the sequence asked for no logprobs, and then consume reads none
+            vector = cast(mx.array, picker.vector())
+            chunk = sequence.consume(int(response.token), vector, response.finish_reason)
             chunks.append(chunk)
             if chunk.finish_reason is None:
                 continue
             self._finish(response.uid, sequence)
             self._pickers.pop(response.uid, None)
             if response.finish_reason is None:  # a stop string ended it: the batch still holds it
-                self._generator.remove(response.uid)
+                self._batch.remove(response.uid)
         return chunks
 
     def fail_all(self) -> list[str]:

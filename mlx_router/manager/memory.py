@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar, cast
 
 import psutil
 
@@ -30,6 +30,7 @@ from mlx_router.config.settings import Defaults
 __all__ = ["LEVELS", "MemorySnapshot", "ResourceMonitor", "gpu_memory_bytes", "memory_budget_bytes", "pressure_level"]
 
 GB = 1024**3
+_T = TypeVar("_T")
 PSI_PATH = Path("/proc/pressure/memory")
 
 
@@ -102,15 +103,15 @@ class ResourceMonitor:
     def __init__(self, defaults: Defaults) -> None:
         self.defaults = defaults
         self._has_gpu = shutil.which("nvidia-smi") is not None
-        self._readings: dict[str, tuple[float, Any]] = {}
+        self._readings: dict[str, tuple[float, object]] = {}
 
-    def _cached(self, name: str, read: Callable[[], Any]) -> Any:
+    def _cached(self, name: str, read: Callable[[], _T]) -> _T:
         now = time.monotonic()
         taken = self._readings.get(name)
         if taken is None or now - taken[0] >= self.READ_INTERVAL:
             taken = (now, read())
             self._readings[name] = taken
-        return taken[1]
+        return cast(_T, taken[1])  # each name is read by one function
 
     def snapshot(self) -> MemorySnapshot:
         vm = psutil.virtual_memory()
@@ -137,7 +138,7 @@ def _macos_pressure_level() -> str | None:
     4 critical), which accounts for compression and purgeable memory that "available" misses."""
     try:
         out = subprocess.run(
-            ["sysctl", "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True, text=True, timeout=2
+            ["sysctl", "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True, text=True, timeout=2, check=False
         ).stdout
         return _MACOS_LEVELS.get(int(out.strip()))
     except (OSError, subprocess.SubprocessError, ValueError):

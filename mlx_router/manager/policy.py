@@ -1,10 +1,11 @@
 """The eviction decision, as a pure function of plain values.
 
 Given the model to load (its cost), the resident models (cost, last use, requests in flight,
-pinned), the memory budget and the most models that may be resident, decide which models to
-unload: least recently used first, never one with requests in flight, never a pinned one. If the
-target cannot fit even after every evictable model is gone, nothing is evicted and the answer
-says why (the manager then answers 507 or 503).
+pinned, kept), the memory budget and the most models that may be resident (if capped), decide
+which models to unload: least recently used first, kept models (the default model) after every
+other idle one, never one with requests in flight, never a pinned one. If the target cannot fit
+even after every evictable model is gone, nothing is evicted and the answer says why (the
+manager then answers 507 or 503).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class Resident:
     last_used: float
     in_flight: int = 0
     pinned: bool = False
+    kept: bool = False
+    """Evicted only after every other idle model (``defaults.model``): it stays while room allows,
+    but never blocks a load that could otherwise be served, as a pin would."""
 
     @property
     def evictable(self) -> bool:
@@ -46,25 +50,28 @@ def plan_eviction(
     resident: Sequence[Resident],
     *,
     budget_bytes: int,
-    max_resident: int,
+    max_resident: int | None = None,
 ) -> Decision:
-    """Least-recently-used eviction of idle, unpinned models until the target fits.
+    """Least-recently-used eviction of idle, unpinned models until the target fits (kept
+    models last).
 
     The target fits when, after the evictions, one more model keeps the count within
-    ``max_resident`` and the summed costs within ``budget_bytes``.
+    ``max_resident`` (None: no cap, the budget alone decides) and the summed costs within
+    ``budget_bytes``.
     """
+    cap = len(resident) + 1 if max_resident is None else max_resident
     if target_cost > budget_bytes:
         return Decision((), False, "memory")
     used = sum(r.cost_bytes for r in resident)
     count = len(resident)
     evict: list[str] = []
-    for model in sorted((r for r in resident if r.evictable), key=lambda r: r.last_used):
-        if count + 1 <= max_resident and used + target_cost <= budget_bytes:
+    for model in sorted((r for r in resident if r.evictable), key=lambda r: (r.kept, r.last_used)):
+        if count + 1 <= cap and used + target_cost <= budget_bytes:
             break
         evict.append(model.id)
         used -= model.cost_bytes
         count -= 1
-    if count + 1 > max_resident:
+    if count + 1 > cap:
         return Decision((), False, "slots")
     if used + target_cost > budget_bytes:
         return Decision((), False, "memory")

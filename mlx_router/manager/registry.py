@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import cached_property
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from mlx_router.config.settings import Defaults, ModelConfig
 
-__all__ = ["IMPORT_DIR_NAME", "ModelEntry", "discover_models", "kv_allowance_bytes", "kv_bytes_per_token", "weight_bytes"]
+__all__ = [
+    "IMPORT_DIR_NAME",
+    "ModelEntry",
+    "directory_signature",
+    "discover_models",
+    "kv_allowance_bytes",
+    "kv_bytes_per_token",
+    "prefix_cache_bytes",
+    "weight_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +172,24 @@ def discover_models(model_dir: Path) -> dict[str, Path]:
     return found
 
 
+def directory_signature(model_dir: Path) -> tuple[tuple[str, int, bool], ...]:
+    """The names and modification times of the model directory's direct children, and whether
+    each holds a ``config.json``: two ``stat`` calls per entry, so a listing can tell cheaply that
+    a folder was added, removed or filled in (a change deeper down, such as a Hugging Face
+    snapshot completing, waits for the periodic rescan)."""
+    try:
+        with os.scandir(model_dir) as children:
+            return tuple(
+                sorted(
+                    (child.name, child.stat().st_mtime_ns, os.path.isfile(os.path.join(child.path, "config.json")))
+                    for child in children
+                    if not child.name.startswith(".")
+                )
+            )
+    except OSError:
+        return ()
+
+
 def build_registry(models: dict[str, ModelConfig], model_dir: Path) -> dict[str, ModelEntry]:
     """Entries for configured models (which must exist) plus discovered ones."""
     entries: dict[str, ModelEntry] = {}
@@ -216,25 +244,62 @@ def _model_config(path: Path) -> dict[str, object]:
     return {**data, **text} if isinstance(text, dict) else data
 
 
+def _int(value: object) -> int:
+    """An integer from a config.json value; TypeError or ValueError when it is none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"not a number: {value!r}")
+    return int(value)
+
+
 def kv_bytes_per_token(path: Path) -> int:
     """2 (K and V) × layers × KV heads × head size × bytes per value, from the model's config.
 
     Quantized weights still keep their KV cache in 16-bit; unknown shapes give 0."""
     config = _model_config(path)
     try:
-        layers = int(config["num_hidden_layers"])  # type: ignore[arg-type]
-        heads = int(config.get("num_attention_heads") or 0)  # type: ignore[arg-type]
-        kv_heads = int(config.get("num_key_value_heads") or heads)  # type: ignore[arg-type]
-        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // max(heads, 1))  # type: ignore[arg-type]
+        layers = _int(config["num_hidden_layers"])
+        heads = _int(config.get("num_attention_heads") or 0)
+        kv_heads = _int(config.get("num_key_value_heads") or heads)
+        head_dim = _int(config.get("head_dim") or _int(config["hidden_size"]) // max(heads, 1))
     except (KeyError, TypeError, ValueError):
         return 0
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float16")
     return 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 2)
 
 
+def _allowance_tokens(entry: ModelEntry, defaults: Defaults) -> int:
+    """``defaults.kv_allowance_tokens``, bounded by the model's context (its config.json's
+    ``max_position_embeddings`` unless configured; 4096 when neither says)."""
+    context = entry.config.context_length
+    if context is None:
+        try:
+            context = _int(_model_config(entry.path).get("max_position_embeddings") or 4096)
+        except (TypeError, ValueError):
+            context = 4096
+    return min(context, defaults.kv_allowance_tokens)
+
+
+PREFIX_CACHE_BUDGET_SHARE = 16
+"""By default a model's prefix cache takes at most 1/16 of the memory budget."""
+
+
+def prefix_cache_bytes(entry: ModelEntry, defaults: Defaults, budget_bytes: int) -> int:
+    """Bytes of KV a model keeps for reuse across requests: ``models.<id>.prefix_cache_bytes``,
+    else ``defaults.prefix_cache_bytes``, else (null, the default) the KV of
+    ``kv_allowance_tokens`` tokens of this model (bounded by its context) and at most 1/16 of the
+    memory budget, so the default follows the model and the machine (a fixed 1 GiB was a
+    quarter of a small machine's budget, and a tiny model's worker grew by it). Vision models
+    keep none: a prompt's KV depends on its images."""
+    if entry.supports_vision:
+        return 0
+    if entry.config.prefix_cache_bytes is not None:
+        return entry.config.prefix_cache_bytes
+    if defaults.prefix_cache_bytes is not None:
+        return defaults.prefix_cache_bytes
+    return min(kv_bytes_per_token(entry.path) * _allowance_tokens(entry, defaults), budget_bytes // PREFIX_CACHE_BUDGET_SHARE)
+
+
 def kv_allowance_bytes(entry: ModelEntry, defaults: Defaults, prefix_cache_bytes: int) -> int:
     """Memory a model may need beyond its weights: the KV of ``defaults.kv_allowance_tokens``
     tokens (bounded by its context) plus its prefix cache."""
-    context = entry.config.context_length or int(_model_config(entry.path).get("max_position_embeddings") or 4096)  # type: ignore[call-overload]
-    tokens = min(context, defaults.kv_allowance_tokens)
-    return kv_bytes_per_token(entry.path) * tokens + prefix_cache_bytes
+    return kv_bytes_per_token(entry.path) * _allowance_tokens(entry, defaults) + prefix_cache_bytes

@@ -81,8 +81,8 @@ def _inspect(path: Path, param: str, limits: MediaLimits, deadline: float) -> di
     try:
         return pdfinfo_from_path(
             str(path),
-            poppler_path=limits.poppler_path,
-            timeout=_remaining(deadline, param, limits),
+            poppler_path=limits.poppler_path,  # type: ignore[arg-type]  # None (PATH) is pdf2image's default
+            timeout=_remaining(deadline, param, limits),  # type: ignore[arg-type]  # pdf2image says int; takes float
             first_page=1,
             last_page=limits.max_pdf_pages,
         )
@@ -140,7 +140,7 @@ def render_pdf(data: bytes, param: str, limits: MediaLimits, room: int) -> tuple
         info = _inspect(path, param, limits, deadline)
         if str(info.get("Encrypted", "no")).startswith("yes"):
             raise _encrypted(param)
-        total = int(info["Pages"])  # type: ignore[call-overload]  # pdfinfo refuses a PDF of no pages
+        total = int(str(info["Pages"]))  # an int from pdf2image; pdfinfo refuses a PDF of no pages
         count = min(total, limits.max_pdf_pages)
         if count > room:
             raise PayloadTooLarge(
@@ -154,9 +154,10 @@ def render_pdf(data: bytes, param: str, limits: MediaLimits, room: int) -> tuple
             out = folder / f"run{index}"
             out.mkdir()
             try:
-                pages = convert_from_path(
+                # pdf2image annotates its result as images; with paths_only it is the pages' paths
+                pages: list[str] = convert_from_path(  # type: ignore[assignment]
                     str(path),
-                    dpi=dpi,
+                    dpi=dpi,  # type: ignore[arg-type]  # pdf2image: int, passed to pdftoppm -r (a float)
                     output_folder=str(out),
                     first_page=first,
                     last_page=last,
@@ -164,8 +165,8 @@ def render_pdf(data: bytes, param: str, limits: MediaLimits, room: int) -> tuple
                     use_cropbox=True,  # the box pdfinfo measured
                     paths_only=True,
                     output_file="page",
-                    poppler_path=limits.poppler_path,
-                    timeout=_remaining(deadline, param, limits),
+                    poppler_path=limits.poppler_path,  # type: ignore[arg-type]  # None (PATH) is pdf2image's default
+                    timeout=_remaining(deadline, param, limits),  # type: ignore[arg-type]  # pdf2image says int; takes float
                 )
             except PDFPopplerTimeoutError:
                 raise _timed_out(param, limits) from None

@@ -2,7 +2,7 @@
 the global one: tests build many apps in one process, and two routers may share a process).
 
 Counters and histograms are fed where things happen: the middleware (responses, errors), the
-generation service (one :class:`GenerationObserver` per job, called where chunks are yielded)
+runner (one :class:`GenerationObserver` per job, called where chunks are yielded)
 and manager events (loads, evictions, worker exits). State — models and their states, memory,
 in-flight requests, queues, pressure — is read from the manager by :class:`ManagerCollector`
 at scrape time, so it is never stale.
@@ -71,6 +71,13 @@ class RouterMetrics:
         self.generated_tokens = Counter(
             "mlx_router_generated_tokens", "Tokens generated (cancelled sequences included).", ["model"], registry=r
         )
+        self.cancelled = Counter(
+            "mlx_router_cancelled_sequences", "Sequences stopped because their client went away.", ["model"], registry=r
+        )
+        self.tokens_after_cancel = Counter(
+            "mlx_router_tokens_after_cancel", "Tokens generated after a client went away, counted by the worker "
+            "(beyond the last chunk passed on to the client).", ["model"], registry=r,
+        )
         self.loads = Counter(
             "mlx_router_model_loads", "Model loads by result (ok, failed).", ["model", "result"], registry=r
         )
@@ -107,6 +114,9 @@ class RouterMetrics:
             self.evictions.labels(event.model_id, event.reason).inc()
         elif event.kind == "worker_exit":
             self.worker_restarts.labels(event.model_id).inc()
+        elif event.kind == "cancelled":
+            self.cancelled.labels(event.model_id).inc()
+            self.tokens_after_cancel.labels(event.model_id).inc(event.tokens)
 
     def generation(self, model_id: str) -> GenerationObserver:
         """Count a generation request and return the observer of its chunks."""

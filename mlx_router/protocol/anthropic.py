@@ -218,7 +218,7 @@ class MessagesRequest(_Wire):
 
 
 class CountTokensRequest(MessagesRequest):
-    max_tokens: int = Field(1, ge=1)  # type: ignore[assignment]
+    max_tokens: int = Field(1, ge=1)
     """Not part of a count request; a stand-in for the sequence that is never generated."""
 
 
@@ -345,8 +345,7 @@ def to_chat(req: MessagesRequest, *, max_tokens_limit: int) -> tuple[ChatComplet
         "model": req.model,
         "messages": messages,
         "max_tokens": min(req.max_tokens, max_tokens_limit),
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": bool(req.stream),  # non-streaming jobs keep defaults.timeout
         "streaming_format": "sse",
     }
     for name in ("temperature", "top_p", "top_k"):

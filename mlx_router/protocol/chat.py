@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from mlx_router.engine.types import TokenLogprob
 from mlx_router.errors import InvalidRequest
 from mlx_router.protocol.common import OpenAIRequest, OpenAIResponse, Usage
 from mlx_router.protocol.sampling import SamplingRequest
@@ -23,6 +24,9 @@ __all__ = [
     "ChatCompletionResponse",
     "ChatMessage",
     "ChatLogprobs",
+    "chat_logprobs",
+    "tool_call",
+    "tool_call_deltas",
 ]
 
 MAX_MESSAGES = 4096
@@ -77,8 +81,26 @@ class ToolCall(OpenAIRequest):
         return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
 
 
+def _role_rules_schema(schema: dict[str, Any]) -> None:
+    """The JSON schema states what ``_role_rules`` checks: content is required (and not null)
+    except for an assistant message with ``tool_calls`` or a ``refusal``; a tool message needs
+    ``tool_call_id``."""
+    has = {name: {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in ("content", "tool_calls", "refusal", "tool_call_id")}
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "then": {"anyOf": [has["content"], has["tool_calls"], has["refusal"]]},
+            "else": has["content"],
+        },
+        {"if": {"properties": {"role": {"const": "tool"}}}, "then": has["tool_call_id"]},
+    ]
+
+
 class ChatMessage(OpenAIRequest):
-    """A message of any role; the checks that depend on the role are in the validator."""
+    """A message of any role; the checks that depend on the role are in the validator (and,
+    for the OpenAPI document, in ``_role_rules_schema``)."""
+
+    model_config = ConfigDict(json_schema_extra=_role_rules_schema)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
@@ -183,6 +205,13 @@ class NamedToolChoice(OpenAIRequest):
     function: NamedFunction
 
 
+class PromptCacheOptions(OpenAIRequest):
+    """Hints for OpenAI's prompt cache; accepted, the prefix cache needs none."""
+
+    ttl: Literal["30m"] | None = None
+    mode: Literal["implicit", "explicit"] | None = None
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     logprobs: bool | None = None
@@ -193,8 +222,24 @@ class ChatCompletionRequest(SamplingRequest):
     response_format: ResponseFormat | None = None
     tools: list[ChatTool] | None = Field(None, max_length=4096)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     """Passed to the chat template (gpt-oss and others read it)."""
+    # Identifiers and cache hints: accepted; the prefix cache matches prompts by their tokens.
+    safety_identifier: str | None = Field(None, max_length=64)
+    prompt_cache_key: str | None = Field(None, max_length=1024)
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
+    # Known, served only in the value that asks for what this server does (see ``unsupported_features``).
+    store: bool | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    modalities: list[Literal["text", "audio"]] | None = Field(None, max_length=2)
+    verbosity: Literal["low", "medium", "high"] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
     # Extension: variables for the model's chat template, from an allow-list.
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -220,6 +265,8 @@ class ChatCompletionRequest(SamplingRequest):
 
     def unsupported_features(self) -> None:
         """Refuse what this server does not implement yet, naming the parameter."""
+        for param, message in self._unserved():
+            raise InvalidRequest(message, param=param, code="unsupported_value")
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs: true.", param="top_logprobs")
         if self.tool_choice not in (None, "none", "auto") and not self.tools:
@@ -237,6 +284,26 @@ class ChatCompletionRequest(SamplingRequest):
             raise InvalidRequest(
                 "response_format cannot be combined with a tool_choice that forces a call.", param="response_format"
             )
+
+    def _unserved(self) -> list[tuple[str, str]]:
+        """Spec parameters set to a value this server cannot honour: (parameter, message)."""
+        unserved = [
+            ("store", self.store is True, "completions are not stored (store: false is what happens)"),
+            ("service_tier", self.service_tier not in (None, "auto", "default"), 'there is one service tier ("auto" or "default")'),
+            ("modalities", "audio" in (self.modalities or ()), 'only text output exists (modalities: ["text"])'),
+            ("verbosity", self.verbosity not in (None, "medium"), 'answers are as long as the model and max_tokens make them ("medium")'),
+            ("audio", self.audio is not None, "audio output is not supported"),
+            ("prediction", self.prediction is not None, "predicted outputs are not supported"),
+            ("web_search_options", self.web_search_options is not None, "there is no web search"),
+            ("moderation", self.moderation is not None, "there is no moderation model"),
+            ("functions", self.functions is not None, "the deprecated functions are not supported; send tools"),
+            ("function_call", self.function_call is not None, "the deprecated function_call is not supported; send tool_choice"),
+        ]
+        return [
+            (param, f"{param} {json.dumps(getattr(self, param))[:80]} is not supported here: {why}.")
+            for param, refused, why in unserved
+            if refused
+        ]
 
     def offered_tools(self) -> list[ChatTool]:
         """The tools the model is told about (none for ``tool_choice: none``)."""
@@ -363,3 +430,35 @@ class ChatCompletionChunk(OpenAIResponse):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+# ---------------------------------------------------------------------- converters (pure)
+
+
+def chat_logprobs(tokens: list[TokenLogprob]) -> ChatLogprobs:
+    """Generated tokens' log-probabilities in the chat shape."""
+    return ChatLogprobs(
+        content=[
+            TokenLogprobOut(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token_bytes),
+                top_logprobs=[TopLogprob(token=s, logprob=lp, bytes=list(b)) for s, b, lp in t.top],
+            )
+            for t in tokens
+        ],
+        refusal=None,
+    )
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
+    """A call of a complete answer (``arguments`` is a JSON string)."""
+    return ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+
+
+def tool_call_deltas(call_id: str, name: str, arguments: str, index: int) -> list[Delta]:
+    """A call as OpenAI streams one: id, type and name with empty arguments, then the arguments."""
+    return [
+        Delta(tool_calls=[ToolCallDelta(index=index, id=call_id, type="function", function=FunctionCallDelta(name=name, arguments=""))]),
+        Delta(tool_calls=[ToolCallDelta(index=index, function=FunctionCallDelta(arguments=arguments))]),
+    ]

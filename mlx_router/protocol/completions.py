@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator, model_serializer
 
+from mlx_router.engine.types import TokenLogprob
 from mlx_router.errors import InvalidRequest
 from mlx_router.protocol.common import OpenAIResponse, Usage
 from mlx_router.protocol.sampling import SamplingRequest
@@ -15,6 +16,9 @@ __all__ = [
     "CompletionLogprobs",
     "CompletionRequest",
     "CompletionResponse",
+    "completion_finish",
+    "legacy_logprobs",
+    "text_length",
 ]
 
 MAX_PROMPTS = 64
@@ -35,7 +39,7 @@ class CompletionRequest(SamplingRequest):
                 raise ValueError("prompt must not be empty")
             if isinstance(value[0], (str, list)) and len(value) > MAX_PROMPTS:
                 raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
-            if isinstance(value[0], list) and any(not p for p in value):  # type: ignore[union-attr]
+            if isinstance(value[0], list) and any(not p for p in value):
                 raise ValueError("token prompts must not be empty")
         return value
 
@@ -45,8 +49,8 @@ class CompletionRequest(SamplingRequest):
         if isinstance(value, str):
             return [value]
         if value and isinstance(value[0], int):
-            return [list(value)]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+            return [cast("list[int]", list(value))]  # validation makes a list of one item type
+        return [p for p in value if not isinstance(p, int)]  # a list of strings or of token lists
 
     def unsupported_features(self) -> None:
         if self.suffix:
@@ -96,3 +100,31 @@ class CompletionResponse(OpenAIResponse):
         if data.get("usage") is None:
             data.pop("usage", None)
         return data
+
+
+# ---------------------------------------------------------------------- converters (pure)
+
+
+def legacy_logprobs(tokens: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    """Generated tokens' log-probabilities in the legacy shape; ``offset`` is where the first
+    token's text starts in the choice's text."""
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += text_length(t)
+    return CompletionLogprobs(
+        tokens=[t.token for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[{s: lp for s, _b, lp in t.top} for t in tokens],
+        text_offset=offsets,
+    )
+
+
+def text_length(token: TokenLogprob) -> int:
+    """Characters a token adds to the text (its name may be spelled ``bytes:…``)."""
+    return len(token.token_bytes.decode("utf-8", errors="replace"))
+
+
+def completion_finish(engine_reason: str | None) -> Literal["stop", "length"]:
+    """A text completion's finish reason: ``length`` when a limit ended it, else ``stop``."""
+    return "length" if engine_reason == "length" else "stop"

@@ -27,7 +27,7 @@ __all__ = ["ResponseBuilder", "ResponsesRequest", "input_items", "to_chat"]
 
 EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
 """Responses reasoning effort → the chat ``reasoning_effort`` handed to the template."""
-SUPPORTED_INCLUDES = frozenset()
+SUPPORTED_INCLUDES: frozenset[str] = frozenset()
 """``include`` values this server fills in (none yet: no encrypted reasoning, no logprobs)."""
 
 
@@ -298,8 +298,7 @@ def to_chat(
     body: dict[str, Any] = {
         "model": req.model,
         "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": bool(req.stream),  # non-streaming jobs keep defaults.timeout
         "streaming_format": "sse",
     }
     if req.max_output_tokens is not None:
@@ -429,7 +428,7 @@ class ResponseBuilder:
                 events += self._close()
                 events += self._add("reasoning", {"type": "reasoning", "id": _id("rs"), "summary": []})
                 index = len(self.output) - 1
-                part = {"type": "summary_text", "text": ""}
+                part: dict[str, Any] = {"type": "summary_text", "text": ""}
                 self.output[-1]["summary"].append(dict(part))
                 events.append(self._event("response.reasoning_summary_part.added", item_id=self.output[-1]["id"], output_index=index, summary_index=0, part=part))
             item = self.output[-1]
@@ -442,7 +441,7 @@ class ResponseBuilder:
             events += self._add("message", item)
             index = len(self.output) - 1
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            item["content"].append(dict(part, annotations=[], logprobs=[]))
+            item["content"].append(json.loads(json.dumps(part)))
             events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index, content_index=0, part=part))
         item = self.output[-1]
         item["content"][0]["text"] += piece.text

@@ -6,13 +6,14 @@ config.json (``ModelDefaults``).
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mlx_router.engine.types import GenerationParams
 from mlx_router.errors import InvalidRequest
-from mlx_router.protocol.common import OpenAIRequest
+from mlx_router.protocol.common import OpenAIRequest, refuse_lone_surrogates
 
 __all__ = ["MAX_STOP_LENGTH", "MAX_STOP_SEQUENCES", "ModelDefaults", "SamplingRequest", "StreamOptions"]
 
@@ -22,16 +23,21 @@ MAX_STOP_LENGTH = 256
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool = False
+    include_obfuscation: bool | None = None
+    """Accepted: OpenAI pads stream chunks against length side channels on the network; this
+    server does not add the ``obfuscation`` field, whatever the value."""
 
 
-class ModelDefaults(BaseModel):
-    """Sampling defaults of one model (config.json), applied where a request is silent."""
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What one model uses where a request is silent: its settings, resolved once by the
+    manager (``ResolvedModelSettings``), handed over as plain values."""
 
     max_tokens: int
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
     max_tokens_cap: int | None = None
     """A lower cap from memory pressure, if any."""
 
@@ -57,6 +63,11 @@ class SamplingRequest(OpenAIRequest):
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
     streaming_format: Literal["sse", "json_lines", "json_array"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return refuse_lone_surrogates(data)
 
     @field_validator("stop")
     @classmethod

@@ -52,6 +52,7 @@ def build_settings(models_root: Path, **overrides: Any) -> Settings:
         "defaults": {"model_directory": str(models_root), "embedded_model": False},
         "server": {"log_file": None},
         "models": {},
+        "aliases": {},
     }
     for section, values in overrides.items():
         if section not in data:

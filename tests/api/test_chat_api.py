@@ -433,38 +433,60 @@ async def test_context_length_at_admission_is_http_400(make_app: Any) -> None:
 # --------------------------------------------------------------------------- timeouts and cancellation
 
 
-async def test_timeout_non_streaming_is_504_and_cancels(make_app: Any) -> None:
-    harness = await make_app(script=FakeEngineScript(chunk_delay=5.0), defaults={"timeout": 0.2})
+async def test_timeout_non_streaming_returns_what_was_generated(make_app: Any) -> None:
+    """defaults.timeout ends a non-streaming request with its text so far, never with nothing."""
+    script = FakeEngineScript(chunks=("Hello", ",", " world", "!"), chunk_delay=0.3, first_chunk_delay=0.0)
+    harness = await make_app(script=script, defaults={"timeout": 0.45})
     started = time.monotonic()
     response = await harness.client.post(CHAT, json=chat_body())
     assert time.monotonic() - started < 2.0
-    error = assert_error(response, 504, code="timeout", error_type="timeout_error")
-    assert "defaults.timeout" in error["message"]
+    assert response.status_code == 200, response.text
+    assert response.headers["x-mlx-router-stopped"] == "timeout"
+    body = response.json()
+    validate(body, "CreateChatCompletionResponse")
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] == "Hello,"
+    assert body["usage"]["completion_tokens"] == 2
     assert harness.factory.cancellations == [harness.factory.requests[0].request_id]
     assert harness.factory.clients[0].in_flight == 0
-    assert harness.manager.health()["loaded_models"][0]["in_flight"] == 0
+    assert harness.manager.model_stats()[0].in_flight == 0
 
 
-async def test_timeout_before_admission_streaming_is_504(make_app: Any) -> None:
+async def test_timeout_keeps_finished_choices_and_completions(make_app: Any) -> None:
+    """Each unfinished choice ends with length; the text completions path does the same."""
+    harness = await make_app(script=FakeEngineScript(chunk_delay=5.0), defaults={"timeout": 0.2})
+    response = await harness.client.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "n": 2})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-mlx-router-stopped"] == "timeout"
+    body = response.json()
+    validate(body, "CreateCompletionResponse")
+    assert [(c["text"], c["finish_reason"]) for c in body["choices"]] == [("Hello", "length")] * 2
+    assert len(harness.factory.cancellations) == 2
+
+
+async def test_timeout_before_admission_is_504(make_app: Any) -> None:
+    """Nothing generated yet (the prompt was never admitted): 504, and nothing is lost."""
     harness = await make_app(script=FakeEngineScript(admission_delay=5.0), defaults={"timeout": 0.2})
-    response = await harness.client.post(CHAT, json=chat_body(stream=True))
-    assert_error(response, 504, code="timeout")
+    response = await harness.client.post(CHAT, json=chat_body())
+    error = assert_error(response, 504, code="timeout", error_type="timeout_error")
+    assert "defaults.timeout" in error["message"]
     assert len(harness.factory.cancellations) == 1
 
 
-async def test_timeout_streaming_is_error_event_and_cancels(make_app: Any) -> None:
-    harness = await make_app(script=FakeEngineScript(chunk_delay=5.0), defaults={"timeout": 0.3})
-    started = time.monotonic()
+async def test_timeout_never_cuts_a_stream(make_app: Any) -> None:
+    """A stream runs past defaults.timeout to its end (keep-alives meanwhile)."""
+    script = FakeEngineScript(chunks=("a", "b", "c"), chunk_delay=0.2)
+    harness = await make_app(script=script, defaults={"timeout": 0.1}, server={"sse_keepalive_seconds": 0.05})
     response = await harness.client.post(CHAT, json=chat_body(stream=True))
-    assert time.monotonic() - started < 2.0
     assert response.status_code == 200
+    assert "x-mlx-router-stopped" not in response.headers
     events, _ = parse_sse(response.text)
     chunks, error = split_chunks(events)
-    assert error is not None and error["error"]["code"] == "timeout"
-    validate(error, "ErrorResponse")
-    assert_chunk_stream(chunks, texts=("Hello",), finish=None)
-    assert harness.factory.cancellations == [harness.factory.requests[0].request_id]
-    assert harness.manager.health()["loaded_models"][0]["in_flight"] == 0
+    assert error is None
+    assert_chunk_stream(chunks, texts=("a", "b", "c"), finish="stop")
+    assert ": keep-alive" in response.text
+    assert harness.factory.cancellations == []
 
 
 async def test_client_disconnect_mid_stream_cancels(make_app: Any) -> None:
@@ -483,7 +505,7 @@ async def test_client_disconnect_mid_stream_cancels(make_app: Any) -> None:
     assert harness.factory.cancellations == [request.request_id]
     client = harness.factory.clients[0]
     assert request.request_id not in client.completed
-    await wait_for(lambda: harness.manager.health()["loaded_models"][0]["in_flight"] == 0)
+    await wait_for(lambda: harness.manager.model_stats()[0].in_flight == 0)
     assert client.in_flight == 0
     # The worker keeps serving.
     assert (await harness.client.post(CHAT, json=chat_body(max_tokens=2))).status_code == 200
@@ -559,3 +581,29 @@ async def test_keepalive_during_slow_first_token_end_to_end(make_app: Any) -> No
     events, _ = parse_sse(text)
     assert_chunk_stream(events, texts=CHUNKS, finish="stop")
 
+
+
+# --------------------------------------------------------------------------- backpressure
+
+
+async def test_request_that_can_never_fit_is_400_not_429(make_app: Any) -> None:
+    """More sequences than batch + queue could ever hold: no wait helps, so 400 and no load."""
+    harness = await make_app(defaults={"max_batch_size": 4, "max_queue": 2, "max_n": 16})
+    response = await harness.client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b", "c"], "n": 3})
+    error = assert_error(response, 400, code="too_many_sequences", param="n")
+    assert "9 sequences (3 prompts × n 3)" in error["message"] and "6 (max_batch_size + max_queue)" in error["message"]
+    response = await harness.client.post(CHAT, json=chat_body(n=7))
+    assert_error(response, 400, code="too_many_sequences", message_contains=["7 sequences (n 7)"])
+    assert harness.factory.calls == 0
+    assert (await harness.client.post(CHAT, json=chat_body(n=6))).status_code == 200
+
+
+async def test_queue_full_is_429_with_retry(make_app: Any) -> None:
+    """A request that would fit once others finish is refused with an invitation to retry."""
+    harness = await make_app(script=FakeEngineScript(first_chunk_delay=0.5), defaults={"max_batch_size": 1, "max_queue": 0})
+    busy = asyncio.ensure_future(harness.client.post(CHAT, json=chat_body()))
+    await wait_for(lambda: harness.factory.requests)
+    refused = await harness.client.post(CHAT, json=chat_body())
+    assert_error(refused, 429, code="queue_full", error_type="rate_limit_error")
+    assert refused.headers["retry-after"] == "1"
+    assert (await busy).status_code == 200

@@ -45,6 +45,19 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("temperature-too-high", {"json": chat_body(temperature=2.5)}, "temperature", "invalid_value"),
     ("top-p-zero", {"json": chat_body(top_p=0)}, "top_p", "invalid_value"),
     ("stream-not-bool", {"json": chat_body(stream="yes please")}, "stream", "invalid_value"),
+    # Strict JSON types: nothing that pydantic's lax mode would coerce.
+    ("stream-yes", {"json": chat_body(stream="yes")}, "stream", "invalid_value"),
+    ("stream-one", {"json": chat_body(stream=1)}, "stream", "invalid_value"),
+    ("stream-string-true", {"json": chat_body(stream="true")}, "stream", "invalid_value"),
+    ("logprobs-zero", {"json": chat_body(logprobs=0)}, "logprobs", "invalid_value"),
+    ("n-string", {"json": chat_body(n="2")}, "n", "invalid_value"),
+    ("n-bool", {"json": chat_body(n=True)}, "n", "invalid_value"),
+    ("max-tokens-whole-float", {"json": chat_body(max_tokens=5.0)}, "max_tokens", "invalid_value"),
+    ("seed-string", {"json": chat_body(seed="7")}, "seed", "invalid_value"),
+    ("temperature-numeric-string", {"json": chat_body(temperature="0.5")}, "temperature", "invalid_value"),
+    ("temperature-bool", {"json": chat_body(temperature=True)}, "temperature", "invalid_value"),
+    ("include-usage-string", {"json": chat_body(stream=True, stream_options={"include_usage": "yes"})}, "stream_options.include_usage", "invalid_value"),
+    ("parallel-tool-calls-int", {"json": chat_body(parallel_tool_calls=0)}, "parallel_tool_calls", "invalid_value"),
     ("model-not-string", {"json": chat_body(model=42)}, "model", "invalid_value"),
     ("missing-messages", {"json": {"model": MODEL}}, "messages", "missing_required_parameter"),
     (
@@ -367,7 +380,7 @@ async def test_unexpected_exception_is_500_without_traceback(make_app: Any) -> N
     async def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"secret detail at {harness.settings.defaults.model_directory}/x.py")
 
-    harness.app.state.generation.chat_response = explode
+    harness.app.state.runner.start = explode
     response = await harness.client.post(CHAT, json=chat_body())
     error = assert_error(response, 500, code="internal_error", leaks=leaks_of(harness))
     assert "secret detail" not in error["message"]
@@ -387,3 +400,41 @@ async def test_error_bodies_are_json_with_content_length(harness: Any) -> None:
     assert int(response.headers["content-length"]) == len(response.content)
     assert isinstance(response.json(), dict)
     assert httpx.codes.is_client_error(response.status_code)
+
+
+async def test_integers_are_numbers(harness: Any) -> None:
+    """JSON has one number type: an integer is a valid temperature, penalty or bias."""
+    body = chat_body(temperature=1, top_p=1, presence_penalty=0, frequency_penalty=1, logit_bias={"5": 2})
+    response = await harness.client.post(CHAT, json=body)
+    assert response.status_code == 200, response.text
+    params = harness.factory.requests[0].params
+    assert (params.temperature, params.top_p, params.frequency_penalty, params.logit_bias) == (1.0, 1.0, 1.0, {5: 2.0})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"model": MODEL, "prompt": "a\ud800b"}, "prompt"),
+        ("/v1/completions", {"model": MODEL, "prompt": ["ok", "\udfff"]}, "prompt[1]"),
+        (CHAT, chat_body(messages=[{"role": "user", "content": "x\ud83d"}]), "messages[0].content"),
+        (CHAT, chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]), "messages[0].content[0].text"),
+        (CHAT, chat_body(stop=["\udc00"]), "stop[0]"),
+        (CHAT, chat_body(metadata={"k\ud800": "v"}), "metadata.k\ud800"),
+    ],
+    ids=["completion-prompt", "completion-prompt-list", "chat-content", "chat-text-part", "stop", "metadata-key"],
+)
+async def test_lone_surrogate_is_a_clean_400(harness: Any, path: str, body: dict[str, Any], param: str) -> None:
+    """JSON lets an unpaired \\ud800 escape through; no tokenizer can encode it. A 400 naming the
+    field, never a 500 or a tokenizer's message."""
+    response = await harness.client.post(path, content=json.dumps(body).encode(), headers=JSON)
+    error = assert_error(response, 400, code="invalid_value", leaks=("TextEncodeInput", "Union["))
+    assert error["param"] == param.encode("utf-8", "backslashreplace").decode()
+    assert "lone surrogate" in error["message"]
+    assert harness.factory.calls == 0
+    await assert_still_serving(harness)
+
+
+async def test_paired_surrogates_are_fine(harness: Any) -> None:
+    response = await harness.client.post(CHAT, content=b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}', headers=JSON)
+    assert response.status_code == 200, response.text
+    assert harness.factory.requests[0].messages[0]["content"] == "\U0001f600"

@@ -184,3 +184,53 @@ async def test_memory_pressure_caps_max_tokens_per_level(make_app: Any, models_d
     assert (await harness.client.post(CHAT, json=chat_body(model="beta", max_tokens=100))).status_code == 200
     sent = {r.request_id: r.params.max_tokens for r in harness.factory.requests}
     assert sorted(sent.values()) in ([1, 100], [2, 100], [3, 100])  # alpha capped for the level, beta not
+
+
+async def test_built_in_defaults_serve_a_second_model_next_to_the_default(make_app: Any, models_dir: Path) -> None:
+    """No cache_size, the machine's own budget: the default model does not keep others out."""
+    harness = await make_app(defaults={"model_directory": str(models_dir), "model": "alpha"})
+    assert harness.settings.defaults.cache_size is None
+    assert (await states(harness))["alpha"] == "ready"
+    assert (await ask(harness, "beta")).status_code == 200
+    assert (await ask(harness, "gamma")).status_code == 200
+    assert await states(harness) == {"alpha": "ready", "beta": "ready", "gamma": "ready"}
+    assert (await harness.client.get("/health")).status_code == 200
+
+
+async def test_the_default_model_is_evicted_last(make_app: Any, models_dir: Path) -> None:
+    """Two models fit: the default model stays while an older idle model can give way, and gives
+    way itself when nothing else can."""
+    harness = await make_app(**settings_for(models_dir, 4.5, cache_size=None, model="alpha"))
+    assert (await ask(harness, "beta")).status_code == 200
+    assert (await ask(harness, "gamma")).status_code == 200  # beta goes, though alpha is older
+    assert await states(harness) == {"alpha": "ready", "beta": "unloaded", "gamma": "ready"}
+    rows = {r["id"]: r for r in (await harness.client.get("/v1/admin/models")).json()["data"]}
+    assert rows["alpha"]["pinned"] is False
+    await harness.client.post("/v1/admin/models/gamma/pin")
+    assert (await ask(harness, "beta")).status_code == 200  # only alpha can make room now
+    assert await states(harness) == {"alpha": "unloaded", "beta": "ready", "gamma": "ready"}
+    assert (await harness.client.get("/health")).status_code == 200  # ready without the default model
+    assert (await ask(harness, "alpha")).status_code == 200  # it loads again on request
+    assert (await states(harness))["alpha"] == "ready"
+
+
+async def test_health_is_503_when_no_model_fits_the_budget(make_app: Any, models_dir: Path) -> None:
+    harness = await make_app(**settings_for(models_dir, 1.5))
+    response = await harness.client.get("/health")
+    assert response.status_code == 503
+    assert "memory_budget_gb" in response.json()["reason"]
+
+
+async def test_each_room_decision_is_one_plan(make_app: Any, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load that fits makes two plans (can it ever fit; what goes now), not one per check."""
+    import mlx_router.manager.residency as residency_module
+
+    harness = await make_app(**settings_for(models_dir, 4.5))
+    assert (await ask(harness, "alpha")).status_code == 200
+    assert (await ask(harness, "beta")).status_code == 200
+    plans: list[int] = []
+    real = residency_module.plan_eviction
+    monkeypatch.setattr(residency_module, "plan_eviction", lambda *a, **k: plans.append(1) or real(*a, **k))
+    assert (await ask(harness, "gamma")).status_code == 200  # alpha (least recently used) goes
+    assert len(plans) == 2
+    assert await states(harness) == {"alpha": "unloaded", "beta": "ready", "gamma": "ready"}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import mlx_router.manager.manager as manager_module
 from mlx_router.engine.types import EngineError
+from mlx_router.fabricate import make_tiny_llm
 from tests.fakes import MODEL, FakeEngineScript, assert_error, chat_body
 from tests.openai_schemas import validate
 
@@ -68,6 +71,45 @@ async def test_list_models_weight_bytes_of_several_models(make_app: Any, make_ti
     assert data["small-one"]["memory_requirements"]["weight_bytes"] == safetensors_bytes(small)
     assert data["bigger-one"]["memory_requirements"]["weight_bytes"] == safetensors_bytes(big)
     assert safetensors_bytes(big) > safetensors_bytes(small)
+
+
+async def test_a_dropped_folder_is_listed_without_being_requested(
+    make_app: Any, make_tiny_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing is current: a folder added to (or removed from) the model directory shows at
+    the next GET /v1/models, while listings of an unchanged directory do not rescan it."""
+    first = make_tiny_model("first-one")
+    harness = await make_app(defaults={"model_directory": str(first.parent), "rescan_interval": 3600})
+    scans: list[Path] = []
+    real = manager_module.build_registry
+    monkeypatch.setattr(manager_module, "build_registry", lambda models, root: scans.append(root) or real(models, root))
+
+    async def listed() -> list[str]:
+        return [m["id"] for m in (await harness.client.get("/v1/models")).json()["data"]]
+
+    assert await listed() == ["first-one"]
+    assert await listed() == ["first-one"]
+    assert scans == []  # nothing changed: no rescan
+    second = make_tiny_model("second-one")
+    assert await listed() == ["first-one", "second-one"]
+    assert len(scans) == 1
+    shutil.rmtree(second)
+    assert await listed() == ["first-one"]
+    assert harness.factory.calls == 0
+
+
+async def test_a_folder_filled_in_late_is_listed(make_app: Any, make_tiny_model: Any, tmp_path: Path) -> None:
+    """A folder created empty and filled in afterwards (a copy in progress) is listed once complete."""
+    first = make_tiny_model("first-one")
+    source = make_tiny_llm(tmp_path / "elsewhere" / "late-one")
+    harness = await make_app(defaults={"model_directory": str(first.parent), "rescan_interval": 3600})
+    late = first.parent / "late-one"
+    late.mkdir()
+    assert [m["id"] for m in (await harness.client.get("/v1/models")).json()["data"]] == ["first-one"]
+    for item in sorted(source.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
+        item.rename(late / item.name)
+    ids = [m["id"] for m in (await harness.client.get("/v1/models")).json()["data"]]
+    assert ids == ["first-one", "late-one"]
 
 
 async def test_org_name_model_ids(make_app: Any, make_tiny_model: Any) -> None:
@@ -153,24 +195,25 @@ async def test_health_503_while_default_model_loads(make_app: Any) -> None:
     assert (await chat).status_code == 200
     assert harness.factory.calls == 1
     details = (await harness.client.get("/v1/health")).json()
-    assert details["loaded_models"][0]["pinned"] is True
+    assert details["loaded_models"][0]["default"] is True
+    assert details["loaded_models"][0]["pinned"] is False  # kept while room allows, not pinned
 
 
-async def test_pinned_default_model_restarts_after_a_crash(make_app: Any) -> None:
-    """The crash fails the request; the pinned default model comes back without a new request."""
+async def test_default_model_restarts_after_a_crash(make_app: Any) -> None:
+    """The crash fails the request; the default model comes back without a new request, and the
+    server stays ready meanwhile (a request would wait for that load)."""
     script = FakeEngineScript(crash_after=0, faulty_requests=1, start_delay=0.3)
     harness = await make_app(script=script, defaults={"model": MODEL})
     assert (await harness.client.get("/health")).status_code == 200
     assert harness.factory.calls == 1
     response = await harness.client.post(CHAT, json=chat_body())
     assert_error(response, 503, code="worker_crashed")
-    health = await harness.client.get("/health")
-    assert health.status_code == 503, health.text
-    assert MODEL in health.json()["reason"]
-    assert (await harness.client.get("/v1/health")).json()["worker_restarts"] == 1
+    assert (await harness.client.get("/health")).status_code == 200
+    details = (await harness.client.get("/v1/health")).json()
+    assert details["worker_restarts"] == 1 and details["models"][MODEL] == "loading"
     deadline = time.monotonic() + 3
-    while (await harness.client.get("/health")).status_code != 200:
-        assert time.monotonic() < deadline, "the pinned model did not come back"
+    while (await harness.client.get("/v1/health")).json()["models"][MODEL] != "ready":
+        assert time.monotonic() < deadline, "the default model did not come back"
         await asyncio.sleep(0.02)
     assert harness.factory.calls == 2
     assert harness.factory.clients[0].crashed and harness.factory.clients[1].alive

@@ -215,7 +215,7 @@ async def test_restart_only_keys_are_reported_and_not_applied(make_app: Any, con
     assert now.server.port == before.server.port and now.server.api_key is None
     assert now.defaults.spare_worker == before.defaults.spare_worker
     assert now.defaults.max_tokens == 3 and now.server.sse_keepalive_seconds == 2.5
-    assert harness.app.state.generation.settings is now and harness.manager.settings is now
+    assert harness.app.state.runner.settings is now and harness.manager.settings is now
     # No key is needed: the key is a restart-only setting.
     response = await harness.client.post(CHAT, json=chat_body())
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] == "length"

@@ -265,14 +265,26 @@ async def test_a_call_cut_by_max_tokens_is_content_and_length(make_app: Any) -> 
     assert (content, calls, finish) == ({0: "".join(TWO_CALLS[:3])}, {}, {0: "length"})
 
 
-async def test_a_cut_after_a_complete_call_keeps_the_call(make_app: Any) -> None:
-    harness = await _app(make_app)
-    body = (await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], max_tokens=5))).json()
+@pytest.mark.parametrize(
+    "chunks",
+    [TWO_CALLS[:5], TWO_CALLS[:5] + ('{"name": "get_ti',)],
+    ids=["cut-after-the-opener", "cut-mid-json"],
+)
+async def test_a_cut_after_a_complete_call_keeps_the_call_and_drops_the_unfinished_one(
+    make_app: Any, chunks: tuple[str, ...]
+) -> None:
+    """A second call cut short is no answer: its markup never reaches content (streamed or not)."""
+    harness = await _app(make_app, chunks=chunks + ("never sent",))
+    max_tokens = len(chunks)
+    body = (await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], max_tokens=max_tokens))).json()
     validate(body, "CreateChatCompletionResponse")
     choice = body["choices"][0]
     assert choice["finish_reason"] == "length"
     assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_weather"]
-    assert choice["message"]["content"].split() == ["Let", "me", "check.", "<tool_call>"]  # the unfinished second call
+    assert choice["message"]["content"] == "Let me check."
+    stream = await harness.client.post(CHAT, json=chat_body(tools=[WEATHER, TIME], max_tokens=max_tokens, stream=True))
+    content, calls, finish = _streamed(stream.text)
+    assert (content, calls, finish) == ({0: "Let me check."}, {0: [("get_weather", '{"city": "Paris"}')]}, {0: "length"})
 
 
 async def test_several_choices_stream_their_own_calls(make_app: Any) -> None:
@@ -326,3 +338,15 @@ async def test_constrained_output_after_an_open_think_block_is_the_answer(make_a
         assert message["content"] == '{"city": "Paris"}'
     free = (await harness.client.post(CHAT, json=chat_body())).json()["choices"][0]["message"]
     assert free["reasoning_content"] == "".join(chunks)  # unconstrained, the open block is reasoning
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_log_says_the_finish_reason_returned(make_app: Any, caplog: Any, stream: bool) -> None:
+    """A forced call ends with the model's stop, but the client is told tool_calls: so is the log."""
+    harness = await _app(make_app, chunks=TWO_CALLS[1:4] + ("call>",))
+    with caplog.at_level("INFO", logger="mlx_router.api.serving.runner"):
+        response = await harness.client.post(CHAT, json=chat_body(tools=[WEATHER], tool_choice="required", stream=stream))
+    assert response.status_code == 200, response.text
+    assert "tool_calls" in response.text
+    [line] = [r.getMessage() for r in caplog.records if "finish=" in r.getMessage()]
+    assert " finish=tool_calls " in line, line

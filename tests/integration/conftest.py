@@ -108,6 +108,7 @@ def start_server(
     # A spare worker process costs a Python + MLX start on this small machine; the tests that
     # are about it turn it on.
     config.setdefault("defaults", {}).setdefault("spare_worker", False)
+    config["defaults"].setdefault("prefix_cache_directory", str(tmp / "prefix-cache"))
     config_path = tmp / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_ROUTER_") and k != "MLX_MODEL_DIR"}

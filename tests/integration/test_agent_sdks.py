@@ -39,7 +39,7 @@ def test_messages_create_stream_and_count_tokens(tiny_server: RunningServer) -> 
     client = anthropic_client(tiny_server)
     kwargs: dict[str, Any] = {
         "model": "tiny-llama",
-        "system": "You are terse.",
+        "system": "You are terse and you answer in one line. " * 20,  # past a prefix-cache block (64 tokens)
         "messages": [{"role": "user", "content": "Count tokens for this exact request, please."}],
     }
     counted = client.messages.count_tokens(**kwargs).input_tokens
@@ -127,18 +127,19 @@ def _smol_id(server: RunningServer) -> str:
 
 def test_responses_create_continue_and_stream(tiny_server: RunningServer) -> None:
     client = tiny_server.openai()
-    first = client.responses.create(model="tiny-llama", input="Hello there", instructions="Be brief.", max_output_tokens=4, temperature=0)
+    opening = "Hello there, this is a long opening line. " * 12  # past a prefix-cache block (64 tokens)
+    first = client.responses.create(model="tiny-llama", input=opening, max_output_tokens=4, temperature=0)
     validate(first.model_dump(exclude_unset=True), "Response")
     assert first.status == "incomplete" and first.output_text
     second = client.responses.create(model="tiny-llama", input="And again", previous_response_id=first.id, max_output_tokens=4)
     assert second.previous_response_id == first.id
     assert second.usage is not None and first.usage is not None
     assert second.usage.input_tokens > first.usage.input_tokens  # the first turn is in the prompt
-    assert second.usage.input_tokens_details.cached_tokens > 0
+    assert second.usage.input_tokens_details.cached_tokens > 0  # the first turn came from the prefix cache
     items = client.responses.input_items.list(second.id)
     assert [item.content[0].text for item in items.data] == ["And again"]  # type: ignore[union-attr]
     assert client.responses.retrieve(first.id).output_text == first.output_text
-    events = list(client.responses.create(model="tiny-llama", input="Hello there", instructions="Be brief.", max_output_tokens=4, temperature=0, stream=True))
+    events = list(client.responses.create(model="tiny-llama", input=opening, max_output_tokens=4, temperature=0, stream=True))
     for event in events:
         validate(event.model_dump(exclude_unset=True), "ResponseStreamEvent")
     assert events[0].type == "response.created" and events[-1].type == "response.incomplete"

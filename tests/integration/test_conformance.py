@@ -198,7 +198,7 @@ def sdk_completion_stream(sdk: Any, **params: Any) -> list[Any]:
 
 def printable_window(text: str, size: int = 3) -> str:
     """A run of ``size`` printable ASCII characters from the middle of ``text`` on."""
-    for start in list(range(len(text) // 2, len(text) - size + 1)) + list(range(0, len(text) // 2)):
+    for start in list(range(len(text) // 2, len(text) - size + 1)) + list(range(len(text) // 2)):
         window = text[start : start + size]
         if start > 0 and all(" " <= ch <= "~" for ch in window) and window.strip() == window:
             return window

@@ -117,9 +117,8 @@ def test_queue_overflow_is_429_and_a_disconnect_frees_the_slot(engine_server: An
 def test_non_streaming_disconnect_stops_generation(engine_server: Any) -> None:
     server = engine_server()
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "go"}], "max_tokens": 100000, "logit_bias": NO_SPECIAL}
-    with httpx.Client(base_url=server.base_url, timeout=1.0) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            http.post("/v1/chat/completions", json=body)
+    with httpx.Client(base_url=server.base_url, timeout=1.0) as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/chat/completions", json=body)
     assert wait_until(lambda: sequences(server) == 0, timeout=5)
     # The worker dropped the sequence and says how far it got.
     assert wait_until(lambda: "cancelled after" in server.log(), timeout=5)

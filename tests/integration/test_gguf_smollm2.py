@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_router.importers.gguf import _GPT2_REGEX, find_embedded_gguf, import_gguf, inspect_gguf
+from mlx_router.importers.gguf import find_embedded_gguf, import_gguf, inspect_gguf
+from mlx_router.importers.gguf.tokenizer import _GPT2_REGEX
 
 EMBEDDED = find_embedded_gguf()
 pytestmark = pytest.mark.skipif(

@@ -118,3 +118,30 @@ def test_constrained_sequences_share_a_batch_that_changes_under_them(tiny_model_
     assert scheduler.fail_all() == ["dropped"] and scheduler._group.members == []
     chunks = scheduler.run_to_end(request("warm"))
     jsonschema.validate(json.loads("".join(c.text for c in chunks)), schema)
+
+
+def test_a_call_cut_by_max_tokens_never_leaks_markup_into_content(tiny_server: Any) -> None:
+    """tool_choice required allows several calls; max_tokens may cut the second one short.
+    The complete calls are returned, the cut one's markup is not returned as content (seed 3
+    cuts a second call at 100 tokens on this model; the other seeds end normally)."""
+    outcomes = set()
+    for seed in range(4):
+        body = _post(tiny_server, tools=[WEATHER, TIME], tool_choice="required", temperature=1.0, seed=seed, max_tokens=100)
+        validate(body, "CreateChatCompletionResponse")
+        choice = body["choices"][0]
+        message = choice["message"]
+        if message.get("tool_calls"):
+            assert message["content"] is None, message
+        outcomes.add((choice["finish_reason"], bool(message.get("tool_calls"))))
+        stream = tiny_server.openai().chat.completions.create(
+            model=MODEL, messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required", temperature=1.0, seed=seed,
+            max_tokens=100, stream=True,
+        )
+        content, calls = "", 0
+        for chunk in stream:
+            if chunk.choices:
+                content += chunk.choices[0].delta.content or ""
+                calls += sum(1 for piece in chunk.choices[0].delta.tool_calls or () if piece.id)
+        assert calls == len(message.get("tool_calls") or [])
+        assert content == (message["content"] or "")
+    assert ("length", True) in outcomes, outcomes  # the case of a call cut short was exercised

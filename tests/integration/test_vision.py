@@ -21,8 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.fixtures.tiny_models import make_tiny_llm
-from tests.fixtures.tiny_vlm import make_tiny_vlm
+from mlx_router.fabricate import make_tiny_llm, make_tiny_vlm
 from tests.integration.conftest import RunningServer, start_server
 from tests.openai_schemas import validate
 

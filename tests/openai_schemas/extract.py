@@ -33,6 +33,8 @@ ROOTS = (
     "Model",
     "ErrorResponse",
     "CompletionUsage",
+    "CreateChatCompletionRequest",
+    "CreateCompletionRequest",
     "Response",
     "ResponseStreamEvent",
     "ResponseItemList",

@@ -236,6 +236,7 @@ def test_main_py_help_subprocess() -> None:
         text=True,
         timeout=60,
         env=clean_subprocess_env(),
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     for flag in ("--config", "--ip", "--port", "--max-tokens", "--timeout", "--debug", "-v"):
@@ -250,6 +251,7 @@ def test_module_version_subprocess() -> None:
         text=True,
         timeout=60,
         env=clean_subprocess_env(),
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"mlx-router {__version__}"
@@ -264,6 +266,7 @@ def test_bad_config_subprocess_has_no_traceback(tmp_path: Path) -> None:
         text=True,
         timeout=60,
         env=clean_subprocess_env(),
+        check=False,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

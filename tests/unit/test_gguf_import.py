@@ -29,6 +29,7 @@ from mlx_router.importers.gguf import (
     import_gguf,
     inspect_gguf,
 )
+from mlx_router.importers.gguf import tokenizer as gguf_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -286,7 +287,7 @@ def reference_bpe(text: str, tokens: list[str], merges: list[str], regexes: list
     return out
 
 
-SMOLLM_REGEXES = [r"\p{N}", gguf_mod._GPT2_REGEX]
+SMOLLM_REGEXES = [r"\p{N}", gguf_tokenizer._GPT2_REGEX]
 LLAMA3_REGEXES = [(
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -516,7 +517,7 @@ def test_second_import_returns_existing_folder_untouched(
     def boom(*_: Any, **__: Any) -> None:
         raise AssertionError("re-imported although the folder was complete")
 
-    monkeypatch.setattr(gguf_mod, "_write_folder", boom)
+    monkeypatch.setattr(gguf_mod, "write_folder", boom)
     assert import_gguf(gguf_path, out) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from helper_tools import mlx_downloader as downloader
+from mlx_router.fabricate import make_tiny_llm
 from mlx_router.manager.registry import build_registry, discover_models
 from tests.fixtures.fake_hub import FakeHub, HubRepo
-from tests.fixtures.tiny_models import make_tiny_llm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "helper_tools" / "mlx_downloader.py"

@@ -70,9 +70,10 @@ def test_findings_match_the_files(make_tiny_model: Callable[..., Path], tmp_path
     settings = load_settings(None, environ={"MLX_MODEL_DIR": str(tmp_path / "elsewhere")})
     found = tool.inspect_model(str(folder), settings)
     # 2 (K and V) x 3 layers x 2 KV heads x 16 head size x 4 bytes (float32), per token;
-    # the allowance: min(context 2048, kv_allowance_tokens) tokens plus the prefix cache.
+    # the allowance: min(context 2048, kv_allowance_tokens) tokens plus the prefix cache, which by
+    # default holds as many tokens again.
     assert found.kv_bytes_per_token == 2 * 3 * 2 * 16 * 4
-    assert found.kv_allowance_bytes == 2 * 3 * 2 * 16 * 4 * 2048 + settings.defaults.prefix_cache_bytes
+    assert found.kv_allowance_bytes == 2 * (2 * 3 * 2 * 16 * 4 * 2048)
     assert found.weight_bytes == tool.safetensors_tensor_bytes(folder / "model.safetensors")
     assert found.weight_bytes < (folder / "model.safetensors").stat().st_size  # the header is not weights
     assert found.template_source == "tokenizer_config.json" and found.family == "chatml"

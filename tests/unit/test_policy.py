@@ -9,8 +9,8 @@ from mlx_router.manager.policy import Decision, Resident, plan_eviction
 GB = 1 << 30
 
 
-def r(model_id: str, gb: float, last_used: float, *, in_flight: int = 0, pinned: bool = False) -> Resident:
-    return Resident(model_id, int(gb * GB), last_used, in_flight, pinned)
+def r(model_id: str, gb: float, last_used: float, *, in_flight: int = 0, pinned: bool = False, kept: bool = False) -> Resident:
+    return Resident(model_id, int(gb * GB), last_used, in_flight, pinned, kept)
 
 
 CASES = [
@@ -26,9 +26,14 @@ CASES = [
     ("larger than the whole budget", 40, [r("a", 4, 1)], 32, 9, Decision((), False, "memory")),
     ("all slots busy", 1, [r("a", 1, 1, in_flight=1), r("b", 1, 2, pinned=True)], 64, 2, Decision((), False, "slots")),
     ("exactly at the budget fits", 8, [r("a", 8, 1)], 16, 2, Decision((), True)),
+    ("no cap: the budget alone decides", 1, [r(m, 1, i) for i, m in enumerate("abcdefghij")], 16, None, Decision((), True)),
+    ("no cap: memory still evicts", 4, [r("a", 4, 1), r("b", 4, 2)], 8, None, Decision(("a",), True)),
+    ("kept model goes after the others", 4, [r("a", 4, 1, kept=True), r("b", 4, 2), r("c", 4, 3)], 12, None, Decision(("b",), True)),
+    ("kept model goes when nothing else can", 6, [r("a", 4, 1, kept=True), r("b", 4, 2, in_flight=1)], 10, None, Decision(("a",), True)),
+    ("kept but busy stays", 6, [r("a", 4, 1, kept=True, in_flight=1)], 8, None, Decision((), False, "memory")),
 ]
 
 
 @pytest.mark.parametrize(("target", "resident", "budget", "slots", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_plan(target: float, resident: list[Resident], budget: float, slots: int, expected: Decision) -> None:
+def test_plan(target: float, resident: list[Resident], budget: float, slots: int | None, expected: Decision) -> None:
     assert plan_eviction(int(target * GB), resident, budget_bytes=int(budget * GB), max_resident=slots) == expected

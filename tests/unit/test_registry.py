@@ -6,6 +6,9 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mlx_router.config.settings import ModelConfig
 from mlx_router.manager.registry import IMPORT_DIR_NAME, build_registry, discover_models
@@ -166,3 +169,30 @@ def test_vision_models_are_not_charged_for_a_prefix_cache(tmp_path: Path) -> Non
     text, vision = manager.entries["text"], manager.entries["vision"]
     assert manager.batch_options(vision).prefix_cache_bytes == 0
     assert manager.cost_bytes(text) - manager.cost_bytes(vision) == 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("budget_gb", "configured", "expected"),
+    [
+        # KV per token: 2 x 2 layers x 2 heads x 8 x 2 bytes = 128; 4096 context tokens = 512 KiB.
+        (64, {}, 128 * 4096),
+        (0.004, {}, int(0.004 * 1024**3) // 16),  # a small budget bounds it
+        (64, {"defaults": {"prefix_cache_bytes": 1000}}, 1000),
+        (64, {"defaults": {"prefix_cache_bytes": 1000}, "models": {"text": {"prefix_cache_bytes": 0}}}, 0),
+    ],
+)
+def test_prefix_cache_size_follows_the_model_and_the_budget(
+    tmp_path: Path, budget_gb: float, configured: dict[str, Any], expected: int
+) -> None:
+    from mlx_router.config.settings import Settings
+    from mlx_router.manager.manager import MLXModelManager
+
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 4096}))
+    (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    defaults = {"model_directory": str(tmp_path), "embedded_model": False, "memory_budget_gb": budget_gb, **configured.get("defaults", {})}
+    settings = Settings.model_validate({"defaults": defaults, "models": configured.get("models", {})})
+    manager = MLXModelManager(settings)
+    manager.refresh_registry()
+    assert manager.batch_options(manager.entries["text"]).prefix_cache_bytes == expected

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 import pytest
 from mlx_lm import load, stream_generate
 from mlx_lm.sample_utils import make_sampler
 
-from tests.fixtures.tiny_models import EOS_TOKEN, SPECIAL_TOKENS, make_tiny_llm
+from mlx_router.fabricate import EOS_TOKEN, SPECIAL_TOKENS, make_tiny_llm
 
 GREEDY = make_sampler(temp=0.0)
 

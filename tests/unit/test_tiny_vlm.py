@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.fixtures.tiny_vlm import IMAGE_PAD_TOKEN, make_tiny_vlm
+from mlx_router.fabricate import IMAGE_PAD_TOKEN, make_tiny_vlm
 
 
 @pytest.fixture(scope="module")

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-
-from mlx_router import __version__
-from mlx_router.api.deps import ManagerDep, ServiceDep
+from mlx_router.api.deps import ManagerDep, RunnerDep
+from mlx_router.manager.reports import HealthReport, Readiness, RequestCounts
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["Health"])
 
 
-@router.get("/health", summary="Readiness: 200 when requests can be served, 503 with the reason otherwise")
-async def health(manager: ManagerDep, service: ServiceDep) -> JSONResponse:
-    ready, reason = (False, "the server is shutting down") if service.draining else manager.is_ready()
-    body = {"status": "ok" if ready else "unavailable", "reason": None if ready else reason}
-    return JSONResponse(body, status_code=200 if ready else 503)
+@router.get(
+    "/health",
+    summary="Readiness: 200 when the server can serve requests, 503 with the reason otherwise",
+    responses={503: {"model": Readiness, "description": "Starting, draining, or no model can be served"}},
+)
+async def health(manager: ManagerDep, runner: RunnerDep, response: Response) -> Readiness:
+    readiness = manager.readiness(draining=runner.draining)
+    response.status_code = 200 if readiness.ready else 503
+    return readiness
 
 
 @router.get("/v1/health", summary="Memory, pressure, loaded models, uptime and request counts")
-async def health_details(manager: ManagerDep, service: ServiceDep) -> dict[str, Any]:
-    ready, reason = manager.is_ready()
-    return {
-        "status": "ok" if ready else "unavailable",
-        "reason": None if ready else reason,
-        "version": __version__,
-        "uptime_seconds": round(time.time() - manager.started_at, 1),
-        "requests": {"total": service.requests_total, "failed": service.requests_failed},
-        **manager.health(),
-    }
+async def health_details(manager: ManagerDep, runner: RunnerDep) -> HealthReport:
+    return manager.health(RequestCounts(runner.requests_total, runner.requests_failed))

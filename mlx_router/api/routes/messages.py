@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from mlx_router.api.deps import ServiceDep
+from mlx_router.api.deps import RunnerDep
 from mlx_router.api.serving import messages
 from mlx_router.protocol.anthropic import CountTokensRequest, MessagesRequest
 
@@ -18,10 +18,10 @@ router = APIRouter(tags=["Anthropic Messages"])
 
 
 @router.post("/v1/messages", response_model=None, summary="Create a message (Anthropic Messages API; streaming with stream: true)")
-async def create_message(body: MessagesRequest, service: ServiceDep, request: Request) -> JSONResponse | StreamingResponse:
-    return await messages.create_message(service, body, request)
+async def create_message(body: MessagesRequest, runner: RunnerDep, request: Request) -> JSONResponse | StreamingResponse:
+    return await messages.create_message(runner, body, request)
 
 
 @router.post("/v1/messages/count_tokens", response_model=None, summary="Count the tokens of a message request's prompt")
-async def count_tokens(body: CountTokensRequest, service: ServiceDep) -> JSONResponse:
-    return await messages.count_tokens(service, body)
+async def count_tokens(body: CountTokensRequest, runner: RunnerDep) -> JSONResponse:
+    return await messages.count_tokens(runner, body)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from mlx_router.api.deps import ServiceDep
+from mlx_router.api.deps import RunnerDep
 from mlx_router.api.serving import responses
 from mlx_router.protocol.responses import ResponsesRequest
 from mlx_router.store.responses import ResponseStore
@@ -26,9 +26,9 @@ StoreDep = Annotated[ResponseStore, Depends(_store)]
 
 @router.post("/v1/responses", response_model=None, summary="Create a response (OpenAI Responses API; streaming with stream: true)")
 async def create_response(
-    body: ResponsesRequest, service: ServiceDep, store: StoreDep, request: Request
+    body: ResponsesRequest, runner: RunnerDep, store: StoreDep, request: Request
 ) -> JSONResponse | StreamingResponse:
-    return await responses.create_response(service, store, body, request)
+    return await responses.create_response(runner, store, body, request)
 
 
 @router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")

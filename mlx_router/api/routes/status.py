@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.resources import files
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from mlx_router.api.deps import ManagerDep, MetricsDep, ServiceDep
-from mlx_router.api.status import status_report
+from mlx_router.api.deps import ManagerDep, MetricsDep, RunnerDep
+from mlx_router.api.status import StatusReport, status_report
 
 __all__ = ["router"]
 
@@ -44,5 +43,5 @@ async def status_page() -> HTMLResponse:
 
 
 @router.get("/v1/status", summary="What the status page shows: models, memory, pressure, activity, recent errors")
-async def status(manager: ManagerDep, service: ServiceDep, metrics: MetricsDep) -> dict[str, Any]:
-    return status_report(manager, service, metrics)
+async def status(manager: ManagerDep, runner: RunnerDep, metrics: MetricsDep) -> StatusReport:
+    return status_report(manager, runner, metrics)

@@ -12,8 +12,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mlx_router.api.disconnect import unless_disconnected
-from mlx_router.api.generation import GenerationService
 from mlx_router.api.serving.chat_bridge import start_chat
+from mlx_router.api.serving.runner import Runner
 from mlx_router.api.sse import NamedEvent, event_stream_response
 from mlx_router.api.vision import warnings_header
 from mlx_router.errors import NotFound, RouterError
@@ -30,7 +30,7 @@ def _missing(response_id: str, param: str | None = None) -> NotFound:
 
 
 async def create_response(
-    service: GenerationService, store: ResponseStore, body: ResponsesRequest, request: Request
+    runner: Runner, store: ResponseStore, body: ResponsesRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
@@ -38,8 +38,8 @@ async def create_response(
         if previous is None:
             raise _missing(body.previous_response_id, "previous_response_id")
         history = previous.history()
-    chat, warnings = to_chat(body, history, max_tokens_limit=service.settings.defaults.max_tokens_limit)
-    started = await start_chat(service, chat, warnings)
+    chat, warnings = to_chat(body, history, max_tokens_limit=runner.settings.defaults.max_tokens_limit)
+    started = await start_chat(runner, chat, warnings)
     keep = body.store is not False
     builder = ResponseBuilder(body, body.model, store=keep)
     items = input_items(body.items())
@@ -50,17 +50,17 @@ async def create_response(
     )
 
     async def events() -> AsyncIterator[list[NamedEvent] | None]:
-        yield builder.start()  # type: ignore[misc]
-        async for found in started.pieces(service):
-            yield None if found is None else [event for piece in found for event in builder.feed(piece)]  # type: ignore[misc]
+        yield builder.start()
+        async for found in started.pieces():
+            yield None if found is None else [event for piece in found for event in builder.feed(piece)]
         done = builder.finish_with(started.prompt_tokens, started.cached_tokens, started.output_tokens)
         if keep:
             await asyncio.to_thread(store.put, builder.response, items, [*history, *items])
-        yield done  # type: ignore[misc]
+        yield done
 
     if body.stream:
         def failed(error: RouterError) -> list[NamedEvent]:
-            return builder.fail(error.code or error.error_type, error.message)  # type: ignore[return-value]
+            return builder.fail(error.code or error.error_type, error.message)
 
         stream = event_stream_response(events(), failed)
         stream.headers.update(headers)
@@ -71,7 +71,7 @@ async def create_response(
             pass
 
     await unless_disconnected(request, collect())
-    return JSONResponse(builder.response, headers=headers)
+    return JSONResponse(builder.response, headers=headers | started.chat.job.headers())
 
 
 async def get_response(store: ResponseStore, response_id: str) -> dict[str, Any]:

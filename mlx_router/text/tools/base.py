@@ -33,7 +33,7 @@ class ParsedCall:
     id: str = field(default_factory=new_call_id)
 
     @classmethod
-    def make(cls, name: Any, arguments: Any, call_id: Any = None) -> ParsedCall:
+    def make(cls, name: object, arguments: object, call_id: object = None) -> ParsedCall:
         """A call from a decoded name and arguments (an object, or a string holding one).
         Raises ValueError for anything that is not a name and a JSON object."""
         if not isinstance(name, str) or not name.strip():
@@ -118,15 +118,23 @@ class ToolCallStream:
         self._whitespace = text[len(shown) :]
         return shown
 
+    @property
+    def in_call(self) -> bool:
+        """Inside a call region that has not closed (what is held is unfinished call markup)."""
+        return self._region is not None
+
     def flush(self) -> tuple[str, list[ParsedCall]]:
         """The end of the output: an open region is read as it is (a format without an end
         marker ends here); what cannot be read is content."""
-        content, calls = "", []
+        content = ""
+        calls: list[ParsedCall] = []
         if self._region is not None:
             body = self._region + self._buffer
-            calls = self._parse(body)
-            if calls is None:
-                content, calls = self._opener + body, []
+            parsed = self._parse(body)
+            if parsed is None:
+                content = self._opener + body
+            else:
+                calls = parsed
         else:
             content = self._buffer
         self._buffer, self._region = "", None

@@ -21,7 +21,8 @@ _DECODER = json.JSONDecoder()
 
 def json_values(text: str, separators: str = " \t\r\n;,") -> list[Any]:
     """Every JSON value in ``text``, allowing only separators between them."""
-    values, pos = [], 0
+    values: list[Any] = []
+    pos = 0
     while True:
         while pos < len(text) and text[pos] in separators:
             pos += 1

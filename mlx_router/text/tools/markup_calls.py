@@ -21,7 +21,8 @@ def _schema_types(schema: dict[str, Any]) -> set[str]:
     """The JSON types a schema allows (from ``type``, ``enum``/``const`` values and ``anyOf``/``oneOf``)."""
     kind = schema.get("type")
     types = set(kind) if isinstance(kind, list) else {kind} if isinstance(kind, str) else set()
-    values = schema.get("enum") if isinstance(schema.get("enum"), list) else [schema["const"]] if "const" in schema else []
+    enum = schema.get("enum")
+    values: list[Any] = enum if isinstance(enum, list) else [schema["const"]] if "const" in schema else []
     types |= {"string" if isinstance(v, str) else "null" if v is None else "other" for v in values}
     for branch in (schema.get("anyOf") or []) + (schema.get("oneOf") or []):
         if isinstance(branch, dict):
@@ -209,7 +210,8 @@ def _literal(node: ast.expr) -> Any:
     if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
         return [_literal(item) for item in node.elts]
     if isinstance(node, ast.Dict):
-        if any(key is None for key in node.keys):
+        keys = [key for key in node.keys if key is not None]
+        if len(keys) < len(node.keys):
             raise ValueError("**mapping is not a value")
-        return {_literal(key): _literal(value) for key, value in zip(node.keys, node.values)}  # type: ignore[arg-type]
+        return {_literal(key): _literal(value) for key, value in zip(keys, node.values)}
     return ast.literal_eval(node)

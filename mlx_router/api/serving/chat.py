@@ -1,0 +1,284 @@
+"""``POST /v1/chat/completions``: a chat request prepared into a complete job (tools, grammar,
+images), run by the shared runner, and its events turned into a response or chunks.
+
+Per choice, answer text goes through the reasoning splitter first (when the model separates
+reasoning, and always for harmony output), then only its content part through the tool-call
+reader, so markup inside a think block is never a call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mlx_router.api.serving.runner import Job, Run, Runner, choice_params, request_ids
+from mlx_router.api.serving.sampling import Sampling, prepare_sampling
+from mlx_router.api.sse import StreamFormat
+from mlx_router.api.vision import load_request_images, refuse_images
+from mlx_router.engine.types import Admission, Constraint, GenerationRequest
+from mlx_router.errors import InvalidRequest
+from mlx_router.manager.model_settings import ResolvedModelSettings
+from mlx_router.protocol.chat import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ResponseMessage,
+    chat_logprobs,
+    tool_call,
+    tool_call_deltas,
+)
+from mlx_router.protocol.common import envelope, finish_reason
+from mlx_router.text.constraints import json_grammar, schema_depth, validate_grammar
+from mlx_router.text.reasoning import HarmonySplitter, ReasoningSplitter, make_splitter
+from mlx_router.text.tools import ParsedCall, ToolCallStream, make_format
+
+__all__ = ["ChatJob", "chat_response", "chat_stream", "prepare_chat"]
+
+Splitter = ReasoningSplitter | HarmonySplitter
+
+
+@dataclass
+class ChatJob:
+    """A chat request ready to run: its runner job and how to read and shape its output."""
+
+    job: Job
+    model: ResolvedModelSettings
+    include_usage: bool
+    stream_format: StreamFormat
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    """The tools offered (OpenAI shape); their calls are read from the output."""
+    parallel_tool_calls: bool = True
+    """False keeps only the first call of an answer."""
+    warnings: tuple[str, ...] = ()
+    """What the image loaders had to leave out (``X-MLX-Router-Warnings``)."""
+
+    def splitter(self, admission: Admission) -> Splitter | None:
+        """A reasoning splitter when the model's ``reasoning_response`` asks for one; always for
+        harmony output, whose channel markup must never reach a client. Under a grammar the
+        model writes the answer at once, even where the prompt opened a think block."""
+        if self.model.reasoning_response is None and admission.reasoning_format != "harmony":
+            return None
+        return make_splitter(
+            admission.reasoning_format,
+            inside=admission.reasoning_open and not self.job.constrained,
+            tool_frames=admission.tool_format == "harmony",
+        )
+
+    def tool_stream(self, admission: Admission) -> ToolCallStream | None:
+        """A reader of tool calls when tools were offered (the worker says in which format)."""
+        if not self.tools or admission.tool_format is None:
+            return None
+        return ToolCallStream(make_format(admission.tool_format, self.tools))
+
+    def reasoning_out(self, reasoning: str) -> str | None:
+        """Reasoning text as returned: separated when enabled, dropped when disabled."""
+        return reasoning if reasoning and self.model.reasoning_response == "enable" else None
+
+
+# ---------------------------------------------------------------------- preparing
+
+
+async def prepare_chat(runner: Runner, req: ChatCompletionRequest) -> ChatJob:
+    """Validate a chat request against server and model settings and build its job, images
+    loaded; nothing runs yet."""
+    req.unsupported_features()
+    sampling = prepare_sampling(runner, req)
+    entry = sampling.entry
+    model = runner.manager.model_settings(entry)
+    tools, constraint = _tools_and_constraint(runner, req, sampling)
+    refuse_images(req, entry, runner.manager.entries)
+    params = replace(sampling.params(req), constraint=constraint)
+    messages = tuple(m.to_template() for m in req.messages)
+    kwargs = req.template_kwargs()
+    requests = [
+        GenerationRequest(
+            request_id,
+            choice_params(params, i),
+            messages=messages,
+            chat_template_kwargs=kwargs,
+            tools=tuple(tools) or None,
+            tool_format=model.tool_parser,
+        )
+        for i, request_id in enumerate(request_ids(sampling.n))
+    ]
+    job = runner.job(entry, requests, prompt_of=[0] * sampling.n, stream=sampling.stream, prompt_param="messages", asked=f"n {sampling.n}")
+    images = await load_request_images(req, runner.settings)
+    if images is not None:
+        job.requests = [replace(r, messages=images.messages(r.messages or ()), images=images.images) for r in job.requests]
+    return ChatJob(
+        job=job,
+        model=model,
+        include_usage=sampling.include_usage,
+        stream_format=sampling.stream_format,
+        tools=tools,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        warnings=images.warnings if images is not None else (),
+    )
+
+
+def _tools_and_constraint(
+    runner: Runner, req: ChatCompletionRequest, sampling: Sampling
+) -> tuple[list[dict[str, Any]], Constraint | None]:
+    """The tools offered to the model and the grammar its output must follow, if any.
+    Refuses tools where they are turned off and schemas the grammar engine cannot honour."""
+    defaults = runner.settings.defaults
+    entry = sampling.entry
+    if req.tools:
+        reason = None
+        if not defaults.enable_function_calling:
+            reason = "function calling is disabled on this server (defaults.enable_function_calling)"
+        elif not entry.supports_tools:
+            reason = f"model {entry.id!r} does not support tools (supports_tools, or its chat template)"
+        elif len(req.tools) > defaults.max_tools:
+            reason = f"at most {defaults.max_tools} tools are allowed (defaults.max_tools)"
+        if reason is not None:
+            raise InvalidRequest(f"Tools cannot be used here: {reason}.", param="tools")
+    answer = req.response_format.answer_schema() if req.response_format is not None else None
+    offered = req.offered_tools()
+    forced = req.forced_tools()
+    constrained = forced if forced is not None else (offered if answer is not None else [])
+    enforced = {id(tool) for tool in constrained}  # the request's own objects: no deep comparisons
+    for i, tool in enumerate(req.tools or ()):
+        _check_schema(runner, tool.function.parameters, f"tools[{i}].function.parameters", enforce=id(tool) in enforced)
+    if answer is not None:
+        _check_schema(runner, answer, "response_format", enforce=True)
+    parallel = req.parallel_tool_calls is not False
+    functions = tuple(
+        json.dumps({"name": t.function.name, "parameters": t.function.parameters or {"type": "object"}})
+        for t in constrained
+    )
+    constraint = None
+    if forced is not None:  # a named function is called once; "required" allows several calls
+        constraint = Constraint("tools", tools=functions, parallel=parallel and req.tool_choice == "required")
+    elif answer is not None and offered:  # a call, or an answer in the requested format
+        constraint = Constraint("tools", schema=json.dumps(answer), tools=functions, parallel=parallel)
+    elif answer is not None:
+        constraint = Constraint("json", schema=json.dumps(answer))
+    return [t.to_template() for t in offered], constraint
+
+
+def _check_schema(runner: Runner, schema: dict[str, Any] | None, param: str, *, enforce: bool) -> None:
+    """A schema must be small and shallow and, when it will be enforced, within what the
+    grammar engine supports (its complaint names the unsupported keys)."""
+    if schema is None:
+        return
+    defaults = runner.settings.defaults
+    if len(json.dumps(schema)) > defaults.max_schema_bytes:
+        raise InvalidRequest(
+            f"The schema is larger than {defaults.max_schema_bytes} bytes (defaults.max_schema_bytes).", param=param
+        )
+    if schema_depth(schema) > defaults.max_schema_depth:
+        raise InvalidRequest(
+            f"The schema nests deeper than {defaults.max_schema_depth} levels (defaults.max_schema_depth).", param=param
+        )
+    error = validate_grammar(json_grammar(schema)) if enforce else None
+    if error is not None:
+        raise InvalidRequest(f"The schema cannot be enforced: {error}", param=param)
+
+
+# ---------------------------------------------------------------------- running
+
+
+async def chat_response(runner: Runner, chat: ChatJob) -> ChatCompletionResponse:
+    """Run the job to its end: the whole answer."""
+    run = await runner.start(chat.job)
+    texts, tokens = await run.collect([""] * len(chat.job.requests))
+    choices = []
+    for index, admission in enumerate(run.admissions):
+        content, reasoning = texts[index], ""
+        splitter = chat.splitter(admission)
+        if splitter is not None:
+            reasoning, content = _split(splitter, content, final=True)
+        calls: list[ParsedCall] = []
+        reader = chat.tool_stream(admission)
+        if reader is not None:
+            content, calls = _read_calls(reader, content, final=True)
+            calls = calls[:1] if not chat.parallel_tool_calls else calls
+        message = ResponseMessage(
+            content=(content or None) if calls else content,
+            tool_calls=[tool_call(c.id, c.name, c.arguments) for c in calls] or None,
+            reasoning_content=chat.reasoning_out(reasoning),
+        )
+        choices.append(
+            Choice(
+                index=index,
+                message=message,
+                logprobs=chat_logprobs(tokens[index]) if chat.job.requests[index].params.logprobs else None,
+                finish_reason=finish_reason(run.last[index].finish_reason, bool(calls)),
+            )
+        )
+    run.log_done([choice.finish_reason for choice in choices])
+    return envelope(ChatCompletionResponse, "chatcmpl", chat.job.entry.id)(choices, run.usage())
+
+
+async def chat_stream(runner: Runner, chat: ChatJob) -> AsyncIterator[ChatCompletionChunk | None]:
+    """Start generation (errors raise here), then return the chunk stream (None: keep-alive)."""
+    run = await runner.start(chat.job)
+    return _chat_chunks(chat, run)
+
+
+async def _chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionChunk | None]:
+    chunk = envelope(ChatCompletionChunk, "chatcmpl", chat.job.entry.id)
+    for index in range(len(chat.job.requests)):
+        yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+    splitters = [chat.splitter(a) for a in run.admissions]
+    readers = [chat.tool_stream(a) for a in run.admissions]
+    called = [0] * len(run.admissions)
+    finishes: dict[int, str] = {}
+    async for index, item in run.events:
+        if item is None:
+            yield None  # keep-alive
+            continue
+        final = item.finish_reason is not None
+        reasoning, content = "", item.text
+        splitter = splitters[index]
+        if splitter is not None:
+            reasoning, content = _split(splitter, item.text, final=final)
+        calls: list[ParsedCall] = []
+        reader = readers[index]
+        if reader is not None:
+            content, calls = _read_calls(reader, content, final=final)
+        shown_reasoning = chat.reasoning_out(reasoning)
+        logprobs = chat_logprobs(list(item.logprobs)) if item.logprobs else None
+        if content or shown_reasoning or logprobs:
+            delta = Delta(content=content or None, reasoning_content=shown_reasoning)
+            yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+        for call in calls:
+            if called[index] and not chat.parallel_tool_calls:
+                break
+            for delta in tool_call_deltas(call.id, call.name, call.arguments, called[index]):
+                yield chunk([ChunkChoice(index=index, delta=delta)])
+            called[index] += 1
+        if final:
+            finish = finish_reason(item.finish_reason, bool(called[index]))
+            finishes[index] = finish
+            yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])
+    run.log_done([finishes[i] for i in sorted(finishes)])
+    if chat.include_usage:
+        yield chunk([], run.usage())
+
+
+def _split(splitter: Splitter, text: str, *, final: bool) -> tuple[str, str]:
+    """(reasoning, content) of a piece of answer text; the last piece also flushes what the
+    splitter held back."""
+    reasoning, content = splitter.feed(text)
+    if final:
+        more_reasoning, more_content = splitter.flush()
+        reasoning, content = reasoning + more_reasoning, content + more_content
+    return reasoning, content
+
+
+def _read_calls(reader: ToolCallStream, text: str, *, final: bool) -> tuple[str, list[ParsedCall]]:
+    """(content, calls) of a piece of answer text. At the end, a call that a length limit cut
+    off after complete calls is dropped: its markup is no answer, and the calls stand."""
+    content, calls = reader.feed(text)
+    if final:
+        cut = reader.in_call and bool(reader.calls)
+        more_content, more_calls = reader.flush()
+        content, calls = content + ("" if cut and not more_calls else more_content), calls + more_calls
+    return content, calls
