@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.tiny_models import make_tiny_llm
+from mlx_router.fabricate import make_tiny_llm
 from tests.integration.conftest import RunningServer, start_server
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
