@@ -310,3 +310,42 @@ async def test_response_stream_failure_ends_with_failed(make_app: Any, tmp_path:
     for _, data in events:
         validate(data, "ResponseStreamEvent")
     assert [name for name, _ in events][-2:] == ["error", "response.failed"]
+
+
+THINKING = ("<think>", "Paris is", " the capital.", "</think>", "Paris.")
+
+
+async def test_reasoning_becomes_thinking_blocks_and_reasoning_items(make_app: Any, tmp_path: Path) -> None:
+    models = {MODEL: {"supports_tools": True, "reasoning_response": "enable"}}
+    harness = await _app(make_app, tmp_path, chunks=THINKING, models=models)
+    message = (await harness.client.post("/v1/messages", json=message_body(thinking={"type": "enabled", "budget_tokens": 1024}))).json()
+    thinking, text = message["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "Paris is the capital." and thinking["signature"]
+    assert text == {"type": "text", "text": "Paris."}
+    events = sse_events((await harness.client.post("/v1/messages", json=message_body(stream=True))).text)
+    deltas = [d["delta"]["type"] for n, d in events if n == "content_block_delta"]
+    assert deltas.index("signature_delta") < deltas.index("text_delta")
+    assert deltas.count("signature_delta") == 1 and deltas[0] == "thinking_delta"
+    response = (await harness.client.post("/v1/responses", json=response_body(reasoning={"effort": "low", "summary": "auto"}))).json()
+    validate(response, "Response")
+    reasoning, answer = response["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["summary"] == [{"type": "summary_text", "text": "Paris is the capital."}]
+    assert answer["content"][0]["text"] == "Paris."
+    assert harness.factory.requests[-1].chat_template_kwargs == {"reasoning_effort": "low"}
+    stream = sse_events((await harness.client.post("/v1/responses", json=response_body(stream=True))).text)
+    for _, data in stream:
+        validate(data, "ResponseStreamEvent")
+    names = [name for name, _ in stream]
+    assert names.index("response.reasoning_summary_text.done") < names.index("response.output_text.delta")
+
+
+async def test_images_reach_the_media_path(make_app: Any, tmp_path: Path) -> None:
+    harness = await _app(make_app, tmp_path)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    body = message_body(messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}])
+    refused = await harness.client.post("/v1/messages", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["type"] == "invalid_request_error" and "cannot read images" in refused.json()["error"]["message"]
+    part = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    refused = await harness.client.post("/v1/responses", json=response_body(input=[{"role": "user", "content": [part]}]))
+    assert refused.status_code == 400 and "cannot read images" in refused.json()["error"]["message"]
