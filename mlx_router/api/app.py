@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -18,12 +19,24 @@ from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
-from mlx_router.api.routes import admin, chat, completions, embeddings, health, metrics, models, status
+from mlx_router.api.routes import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    health,
+    messages,
+    metrics,
+    models,
+    responses,
+    status,
+)
 from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.metrics.context import note_model
 from mlx_router.metrics.registry import RouterMetrics
+from mlx_router.store.responses import ResponseStore
 
 __all__ = ["create_app"]
 
@@ -61,6 +74,7 @@ def create_app(
             if on_sighup:
                 reloader.remove_signal()
             await manager.close()
+            app.state.response_store.close()
 
     app = FastAPI(
         title="mlx-router",
@@ -73,6 +87,11 @@ def create_app(
     app.state.metrics = RouterMetrics(manager, settings)
     runner = Runner(manager, settings, app.state.metrics)
     app.state.runner = runner
+    app.state.response_store = ResponseStore(
+        Path(settings.server.responses_store_path).expanduser(),
+        max_responses=settings.server.responses_store_max,
+        max_age_seconds=settings.server.responses_store_max_age_hours * 3600,
+    )
     manager.on_resolved.append(note_model)  # the request's metrics are labelled with the served id
 
     def apply_settings(new: Settings) -> None:
@@ -82,7 +101,10 @@ def create_app(
     reloader = ConfigReloader(reload_settings, manager, [apply_settings])
     app.state.reloader = reloader
     install_error_handlers(app)
-    routers = [module.router for module in (chat, completions, embeddings, models, health, admin, metrics, status)]
+    routers = [
+        module.router
+        for module in (chat, completions, embeddings, messages, responses, models, health, admin, metrics, status)
+    ]
     for router in routers:
         app.include_router(router)
     app.add_middleware(
@@ -102,7 +124,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
             allow_credentials=False,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
         )
     return app

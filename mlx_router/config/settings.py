@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -359,6 +360,17 @@ class ServerSettings(_Section):
     )
     status_errors_kept: int = Field(
         20, ge=0, le=1000, description="Most recent errors kept for the status page (message, status, model, time)."
+    )
+    responses_store_path: str = Field(
+        "data/responses.sqlite3",
+        description="SQLite file of stored /v1/responses responses (previous_response_id); a relative path is "
+        "under the working directory, like log_file.",
+    )
+    responses_store_max: int = Field(
+        10000, ge=1, description="Most stored responses kept; the oldest go first."
+    )
+    responses_store_max_age_hours: float = Field(
+        720.0, gt=0, description="Hours a stored response is kept (30 days by default)."
     )
 
 

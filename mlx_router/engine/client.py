@@ -17,9 +17,9 @@ import multiprocessing as mp
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from mlx_router.engine.types import (
     Admission,
@@ -57,7 +57,7 @@ def openblas_library() -> str | None:
         return None
     try:
         dists = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
-    except Exception:  # broken metadata must not stop the server
+    except Exception:  # noqa: BLE001 (broken metadata must not stop the server)
         dists = set()
     if any(name.startswith("mlx-cuda") for name in dists):
         return None
@@ -166,7 +166,7 @@ class WorkerClient:
         try:
             assert self._started is not None
             self.load_info = await asyncio.wait_for(asyncio.shield(self._started), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.stop(grace=0)
             raise EngineFailure(
                 EngineError("internal", f"loading took longer than {timeout:.0f} s and was stopped")
@@ -184,7 +184,7 @@ class WorkerClient:
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
-            except Exception as exc:  # an unpicklable message: report and stop reading
+            except Exception as exc:  # noqa: BLE001 (an unpicklable message: report and stop reading)
                 logger.error("unreadable message from worker %s: %r", self.options.model_id, exc)
                 break
             try:
@@ -223,12 +223,10 @@ class WorkerClient:
                 self.on_cancelled(self.options.model_id, msg[3])
         elif kind == "log":
             logger.log(msg[1], "[%s] %s", self.options.model_id, msg[2])
-        elif kind == "ready":
-            if self._started is not None and not self._started.done():
-                self._started.set_result(msg[1])
-        elif kind == "load_failed":
-            if self._started is not None and not self._started.done():
-                self._started.set_exception(EngineFailure(EngineError(msg[1], msg[2])))
+        elif kind == "ready" and self._started is not None and not self._started.done():
+            self._started.set_result(msg[1])
+        elif kind == "load_failed" and self._started is not None and not self._started.done():
+            self._started.set_exception(EngineFailure(EngineError(msg[1], msg[2])))
 
     def _on_disconnect(self) -> None:
         process = self._process

@@ -172,6 +172,8 @@ class _Worker:
             except RequestRejected as exc:
                 self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 (any admission failure is this request's error)
+                self.log(logging.ERROR, f"request {request.request_id} failed at admission: {exc.__class__.__name__}: "
+                         f"{describe_exception(exc)}")
                 self.send(("error", classify_exception(exc, request.request_id)))
         return True
 
@@ -183,6 +185,7 @@ class _Worker:
         try:
             chunks = scheduler.step()
         except Exception as exc:  # noqa: BLE001 (a failed step fails the whole batch, not the process)
+            self.log(logging.ERROR, f"a batch step failed: {exc.__class__.__name__}: {describe_exception(exc)}")
             for request_id in scheduler.fail_all():
                 self.send(("error", classify_exception(exc, request_id)))
             return

@@ -430,7 +430,8 @@ class MLXModelManager:
             raise
         except Exception as exc:  # noqa: BLE001 (any other load failure is the model's, reported as FAILED)
             self._emit(ManagerEvent("load_failed", entry.id, time.perf_counter() - load_started))
-            residency.mark_failed(entry.id, redact_paths(f"{exc.__class__.__name__}: {str(exc)[:300]}"))
+            logger.error("model %s failed to load: %s: %s", entry.id, exc.__class__.__name__, redact_paths(str(exc)[:300]))
+            residency.mark_failed(entry.id, redact_paths(str(exc)[:300]) or "the model could not be loaded")
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {residency.failures[entry.id]}") from None
         finally:
             residency.release(entry.id)
@@ -580,9 +581,6 @@ class MLXModelManager:
         """Load a model now (as a first request would)."""
         async with self.acquire(model_id):
             pass
-
-    async def unload(self, model_id: str, reason: str = "requested") -> None:
-        await self.residency.unload(model_id, reason)
 
     async def unload_idle_model(self, model_id: str) -> None:
         """Unload a model on request; refused while it serves requests or is pinned."""

@@ -37,6 +37,9 @@ ROOTS = (
     "CreateCompletionRequest",
     "CreateEmbeddingRequest",
     "CreateEmbeddingResponse",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 )
 
 REF_PREFIX = "#/components/schemas/"
