@@ -25,20 +25,21 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import mlx.core as mx  # noqa: E402
+import mlx.core as mx
 
-from mlx_router.engine.embed import EmbeddingQueue, EncoderEmbedder, LMEmbedder  # noqa: E402
-from mlx_router.engine.lm import LMEngine  # noqa: E402
-from mlx_router.engine.types import EmbeddingRequest  # noqa: E402
-from mlx_router.fabricate import CORPUS, make_tiny_llm  # noqa: E402
-from tests.fixtures.tiny_embedding import make_tiny_bert  # noqa: E402
+from mlx_router.engine.embed import EmbeddingQueue, EncoderEmbedder, LMEmbedder
+from mlx_router.engine.lm import LMEngine
+from mlx_router.engine.types import EmbeddingRequest
+from mlx_router.fabricate import CORPUS, make_tiny_llm
+from tests.fixtures.tiny_embedding import make_tiny_bert
 
 
 class Counting:
