@@ -56,7 +56,8 @@ def prepare_embeddings(runner: Runner, req: CreateEmbeddingRequest) -> Embedding
     """Validate against server and model settings; nothing is loaded yet."""
     manager = runner.manager
     entry = manager.resolve(req.model)
-    if not entry.supports_embeddings:
+    view = manager.model_settings(entry)
+    if not view.supports_embeddings:
         able = sorted(model_id for model_id, e in manager.entries.items() if e.supports_embeddings)
         raise InvalidRequest(
             f"Model {entry.id!r} does not compute embeddings (a vision model, or supports_embeddings is false). "
@@ -87,7 +88,7 @@ def prepare_embeddings(runner: Runner, req: CreateEmbeddingRequest) -> Embedding
                 "per input (defaults.embedding_max_input_tokens).",
                 param="input",
             )
-    allowed = entry.embedding_dimensions
+    allowed = view.embedding_dimensions
     shortening = req.dimensions is not None and (allowed == "any" or (isinstance(allowed, list) and req.dimensions in allowed))
     if req.dimensions is not None and isinstance(allowed, list) and not shortening and req.dimensions < max(allowed):
         raise InvalidRequest(
@@ -101,7 +102,7 @@ def prepare_embeddings(runner: Runner, req: CreateEmbeddingRequest) -> Embedding
         max_input_tokens=defaults.embedding_max_input_tokens,
         batch_tokens=defaults.embedding_batch_tokens,
         max_total_tokens=defaults.embedding_max_request_tokens,
-        pooling=entry.config.embedding_pooling,
+        pooling=view.embedding_pooling,
         dimensions=req.dimensions,
         shortening=shortening,
     )
