@@ -276,9 +276,9 @@ class Defaults(_Section):
         10 << 30, ge=0, description="Bytes of KV blocks kept on disk per model, so that long prefixes survive an "
         "eviction, a model swap and a restart (0: no disk tier)."
     )
-    prefix_cache_directory: str = Field(
-        "~/.cache/mlx-router/prefix-cache", description="Where the disk tier of the prefix cache keeps its blocks "
-        "(one folder per model identity)."
+    prefix_cache_directory: str | None = Field(
+        None, description="Where the disk tier of the prefix cache keeps its blocks (one folder per model identity); "
+        "null: prefix-cache/ in server.data_directory."
     )
     enable_function_calling: bool = Field(
         True, description="False refuses every request that carries tools."
@@ -338,6 +338,11 @@ class ServerSettings(_Section):
     max_request_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413."
     )
+    data_directory: str = Field(
+        "data",
+        description="Where the server keeps what it writes besides logs: stored Responses (responses.sqlite3) and "
+        "the prefix cache's disk tier (prefix-cache/); a relative path is under the working directory, like log_file.",
+    )
     log_file: str | None = Field(
         "logs/mlx_router.log", description="Rotating log file; null logs to the console only."
     )
@@ -361,10 +366,10 @@ class ServerSettings(_Section):
     status_errors_kept: int = Field(
         20, ge=0, le=1000, description="Most recent errors kept for the status page (message, status, model, time)."
     )
-    responses_store_path: str = Field(
-        "data/responses.sqlite3",
-        description="SQLite file of stored /v1/responses responses (previous_response_id); a relative path is "
-        "under the working directory, like log_file.",
+    responses_store_path: str | None = Field(
+        None,
+        description="SQLite file of stored /v1/responses responses (previous_response_id); null: "
+        "responses.sqlite3 in server.data_directory.",
     )
     responses_store_max: int = Field(
         10000, ge=1, description="Most stored responses kept; the oldest go first."
@@ -473,6 +478,22 @@ class Settings(_Section):
             if not target:
                 raise ValueError(f"{name}: the target must name a served model id")
         return value
+
+    @property
+    def responses_store_file(self) -> Path:
+        """The SQLite file of stored Responses (configured, or in the data directory)."""
+        configured = self.server.responses_store_path
+        return Path(configured).expanduser() if configured else self._data_dir / "responses.sqlite3"
+
+    @property
+    def prefix_cache_dir(self) -> Path:
+        """The folder of the prefix cache's disk tier (configured, or in the data directory)."""
+        configured = self.defaults.prefix_cache_directory
+        return Path(configured).expanduser() if configured else self._data_dir / "prefix-cache"
+
+    @property
+    def _data_dir(self) -> Path:
+        return Path(self.server.data_directory).expanduser()
 
     @property
     def model_dir(self) -> Path:

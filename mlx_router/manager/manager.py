@@ -26,7 +26,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from mlx_router import __version__
@@ -478,7 +477,7 @@ class MLXModelManager:
             prefix_cache_bytes=view.prefix_cache_bytes,
             prefix_cache_entries=defaults.prefix_cache_entries,
             prefix_cache_block_tokens=defaults.prefix_cache_block_tokens,
-            prefix_cache_directory=str(Path(defaults.prefix_cache_directory).expanduser()),
+            prefix_cache_directory=str(self.settings.prefix_cache_dir),
             prefix_cache_disk_bytes=0 if entry.supports_vision else defaults.prefix_cache_disk_bytes,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
