@@ -1,7 +1,9 @@
 # mlx-router — the two commands of the quick start are `make run` and `make test`.
 #
 #   make run                      create .venv, install, serve the default model on 127.0.0.1:8800
-#   make test                     install with test tools, run the whole suite
+#   make test                     install with test tools and the agent clients, run the whole suite
+#   make agent-clients            Claude Code and Codex CLI from npm (tests/agents/package.json) for
+#                                 the agent-client tests; skipped, with a note, where npm is absent
 #   make install MLX_BACKEND=cuda13   Linux with an NVIDIA GPU (mlx[cuda13])
 #   make system-deps              (Debian, root) OpenBLAS for fast CPU matmuls, poppler for PDFs,
 #                                 openssl (a test certificate for the HTTPS image-fetch test),
@@ -27,8 +29,10 @@ endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(MLX_BACKEND)
 DEV_STAMP := $(VENV)/.installed-dev
+AGENTS := tests/agents
+AGENTS_STAMP := $(AGENTS)/node_modules/.installed
 
-.PHONY: install install-dev run test lint system-deps clean
+.PHONY: install install-dev agent-clients run test lint system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +51,19 @@ install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
 
+$(AGENTS_STAMP): $(AGENTS)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(AGENTS) && npm install --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "npm not found: the Claude Code and Codex tests will be skipped (install Node.js 20+ to run them)"; \
+	fi
+
+agent-clients: $(AGENTS_STAMP)
+
 run: install
 	$(BIN)/mlx-router --config $(CONFIG)
 
-test: install-dev
+test: install-dev agent-clients
 	$(BIN)/python -m pytest
 
 lint: install-dev

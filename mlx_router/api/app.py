@@ -6,26 +6,29 @@ No module-level app or settings: :func:`create_app` builds everything from a
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from mlx_router import __version__
+from mlx_router.api import routes, serving
 from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
-from mlx_router.api.routes import admin, chat, completions, health, metrics, models, status
 from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.metrics.context import note_model
 from mlx_router.metrics.registry import RouterMetrics
+from mlx_router.store.responses import ResponseStore
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "endpoint_routers"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,20 @@ def _allowed_hosts(settings: Settings) -> list[str] | None:
     if is_loopback(settings.server.ip):
         return list(LOOPBACK_HOSTS)
     return None
+
+
+def endpoint_routers() -> list[APIRouter]:
+    """The ``router`` of every module in ``api/routes`` and ``api/serving``, by module name.
+
+    Found, not listed: an endpoint is added by its own modules alone (its serving module may
+    define its ``router`` beside the job it prepares, or a thin module in ``routes/`` does)."""
+    found: list[APIRouter] = []
+    for package in (routes, serving):
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda module: module.name):
+            router = getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "router", None)
+            if isinstance(router, APIRouter):
+                found.append(router)
+    return found
 
 
 def create_app(
@@ -61,6 +78,7 @@ def create_app(
             if on_sighup:
                 reloader.remove_signal()
             await manager.close()
+            app.state.response_store.close()
 
     app = FastAPI(
         title="mlx-router",
@@ -73,6 +91,11 @@ def create_app(
     app.state.metrics = RouterMetrics(manager, settings)
     runner = Runner(manager, settings, app.state.metrics)
     app.state.runner = runner
+    app.state.response_store = ResponseStore(
+        settings.responses_store_file,
+        max_responses=settings.server.responses_store_max,
+        max_age_seconds=settings.server.responses_store_max_age_hours * 3600,
+    )
     manager.on_resolved.append(note_model)  # the request's metrics are labelled with the served id
 
     def apply_settings(new: Settings) -> None:
@@ -82,7 +105,7 @@ def create_app(
     reloader = ConfigReloader(reload_settings, manager, [apply_settings])
     app.state.reloader = reloader
     install_error_handlers(app)
-    routers = [module.router for module in (chat, completions, models, health, admin, metrics, status)]
+    routers = endpoint_routers()
     for router in routers:
         app.include_router(router)
     app.add_middleware(
@@ -102,7 +125,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
             allow_credentials=False,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
         )
     return app

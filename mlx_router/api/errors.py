@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlx_router.errors import InternalError, InvalidRequest, NotFound, RouterError
+from mlx_router.protocol.anthropic import anthropic_error, is_anthropic_path
 from mlx_router.protocol.common import ErrorResponse
 
 __all__ = ["ERROR_DESCRIPTIONS", "error_response", "error_responses", "install_error_handlers", "validation_error"]
@@ -31,8 +32,10 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 logger = logging.getLogger(__name__)
 
 
-def error_response(error: RouterError) -> JSONResponse:
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.response_headers())
+def error_response(error: RouterError, path: str = "") -> JSONResponse:
+    """The error in the envelope of the API ``path`` belongs to (Anthropic's for ``/v1/messages``)."""
+    body = anthropic_error(error) if is_anthropic_path(path) else error.to_dict()
+    return JSONResponse(body, status_code=error.status_code, headers=error.response_headers())
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -117,11 +120,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
         if exc.status_code >= 500:
             logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error(exc, request.headers.get("content-type", "")))
+        return error_response(validation_error(exc, request.headers.get("content-type", "")), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -137,9 +140,9 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             error = InvalidRequest(str(exc.detail))
             error.status_code = exc.status_code
-        return error_response(error)
+        return error_response(error, request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("Unhandled error on %s %s", request.method, request.url.path)
-        return error_response(InternalError("The server hit an internal error; see its log for details."))
+        return error_response(InternalError("The server hit an internal error; see its log for details."), request.url.path)

@@ -30,6 +30,7 @@ from mlx_router.errors import (
 from mlx_router.logs import REQUEST_ID
 from mlx_router.metrics.context import CURRENT_REQUEST, RequestRecord
 from mlx_router.metrics.registry import RouterMetrics
+from mlx_router.protocol.anthropic import anthropic_error, is_anthropic_path
 
 __all__ = ["LOOPBACK_HOSTS", "RouterMiddleware", "is_loopback"]
 
@@ -66,8 +67,8 @@ def _host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-async def _send_error(send: Send, error: RouterError, request_id: str) -> None:
-    body = json.dumps(error.to_dict()).encode()
+async def _send_error(send: Send, error: RouterError, request_id: str, path: str = "") -> None:
+    body = json.dumps(anthropic_error(error) if is_anthropic_path(path) else error.to_dict()).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -122,7 +123,7 @@ class RouterMiddleware:
             error = self._check(scope) or self._draining(scope)
             if error is not None:
                 status_holder["status"] = error.status_code
-                await _send_error(send, error, request_id)
+                await _send_error(send, error, request_id, scope.get("path", ""))
                 return
 
             async def send_with_id(message: Message) -> None:
@@ -141,7 +142,7 @@ class RouterMiddleware:
                         f"The request body exceeds {self.max_request_bytes} bytes (server.max_request_bytes)."
                     )
                     status_holder["status"] = error.status_code
-                    await _send_error(send, error, request_id)
+                    await _send_error(send, error, request_id, scope.get("path", ""))
                     return
                 receive = _replay(buffered, receive)
             await self.app(scope, receive, send_with_id)
@@ -194,9 +195,11 @@ class RouterMiddleware:
         if self.api_key is not None and scope.get("path") not in self.open_paths:
             auth = headers.get("authorization", "")
             scheme, _, presented = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self.api_key):
+            if scheme.lower() != "bearer":  # Anthropic clients send the key as x-api-key
+                presented = headers.get("x-api-key", "")
+            if not hmac.compare_digest(presented.strip().encode(), self.api_key):
                 return AuthenticationFailed(
-                    "Missing or invalid API key: send 'Authorization: Bearer <key>'."
+                    "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
                 )
         return None
 
@@ -240,7 +243,7 @@ def _error_fields(envelope: dict[str, Any], status: int) -> tuple[int, str, str]
     error = envelope.get("error")
     if not isinstance(error, dict):
         return status, "", ""
-    return status, str(error.get("code") or ""), str(error.get("message") or "")
+    return status, str(error.get("code") or error.get("type") or ""), str(error.get("message") or "")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

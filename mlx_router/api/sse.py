@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from fastapi.responses import StreamingResponse
@@ -22,7 +22,15 @@ from pydantic import BaseModel
 from mlx_router.errors import InternalError, RouterError
 from mlx_router.metrics.context import note_error
 
-__all__ = ["MEDIA_TYPES", "StreamFormat", "stream_response", "write_stream"]
+__all__ = [
+    "MEDIA_TYPES",
+    "NamedEvent",
+    "StreamFormat",
+    "event_stream_response",
+    "stream_response",
+    "write_events",
+    "write_stream",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,5 +94,43 @@ def stream_response(items: AsyncIterator[BaseModel | None], fmt: StreamFormat) -
     return StreamingResponse(
         write_stream(items, fmt),
         media_type=MEDIA_TYPES[fmt],
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+NamedEvent = tuple[str, dict[str, object]]
+"""(event name, data) of the agent APIs' streams (Anthropic Messages, OpenAI Responses)."""
+
+
+async def write_events(
+    items: AsyncIterator[list[NamedEvent] | None], on_error: Callable[[RouterError], list[NamedEvent]]
+) -> AsyncIterator[str]:
+    """Serialize named events as SSE (``event: NAME`` and ``data: JSON``); ``None`` sends a
+    keep-alive comment. A failure becomes the events ``on_error`` makes of it; no ``[DONE]``."""
+    try:
+        async for events in items:
+            if events is None:
+                yield ": keep-alive\n\n"
+                continue
+            for name, data in events:
+                yield f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    except Exception as exc:
+        if isinstance(exc, RouterError):
+            error = exc
+        else:
+            logger.exception("Stream failed")
+            error = InternalError("The stream failed with an internal error; see the server log.")
+        note_error(error.status_code, error.code, error.message)
+        for name, data in on_error(error):
+            yield f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def event_stream_response(
+    items: AsyncIterator[list[NamedEvent] | None], on_error: Callable[[RouterError], list[NamedEvent]]
+) -> StreamingResponse:
+    """A ``text/event-stream`` response of named events."""
+    return StreamingResponse(
+        write_events(items, on_error),
+        media_type=MEDIA_TYPES["sse"],
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

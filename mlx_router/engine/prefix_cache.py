@@ -30,10 +30,11 @@ import shutil
 import time
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
@@ -138,13 +139,13 @@ class DiskTier:
         """A block read back, or None (and the file removed) when it cannot be used."""
         path = self._path(digest)
         try:
-            arrays = mx.load(str(path))
+            arrays = cast(dict[str, mx.array], mx.load(str(path)))  # a safetensors file: named arrays
             keys = [arrays[f"k.{i}"] for i in range(layers)]
             values = [arrays[f"v.{i}"] for i in range(layers)]
             if any(a.ndim != 4 or a.shape[2] != self.block_tokens for a in keys + values):
                 raise ValueError("wrong shape")
             os.utime(path)
-        except Exception as exc:  # a damaged or foreign file is a miss, never an error
+        except Exception as exc:  # noqa: BLE001 (a damaged or foreign file is a miss, never an error)
             logger.warning("prefix cache: dropping unreadable block %s: %s", path.name, exc)
             self._drop(digest)
             return None

@@ -26,7 +26,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from mlx_router import __version__
@@ -430,7 +429,8 @@ class MLXModelManager:
             raise
         except Exception as exc:  # noqa: BLE001 (any other load failure is the model's, reported as FAILED)
             self._emit(ManagerEvent("load_failed", entry.id, time.perf_counter() - load_started))
-            residency.mark_failed(entry.id, redact_paths(f"{exc.__class__.__name__}: {str(exc)[:300]}"))
+            logger.error("model %s failed to load: %s: %s", entry.id, exc.__class__.__name__, redact_paths(str(exc)[:300]))
+            residency.mark_failed(entry.id, redact_paths(str(exc)[:300]) or "the model could not be loaded")
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {residency.failures[entry.id]}") from None
         finally:
             residency.release(entry.id)
@@ -462,6 +462,7 @@ class MLXModelManager:
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
+            embedding_model=entry.is_embedding_model,
             distributed=entry.config.distributed.to_options() if entry.config.distributed else None,
         )
 
@@ -476,7 +477,7 @@ class MLXModelManager:
             prefix_cache_bytes=view.prefix_cache_bytes,
             prefix_cache_entries=defaults.prefix_cache_entries,
             prefix_cache_block_tokens=defaults.prefix_cache_block_tokens,
-            prefix_cache_directory=str(Path(defaults.prefix_cache_directory).expanduser()),
+            prefix_cache_directory=str(self.settings.prefix_cache_dir),
             prefix_cache_disk_bytes=0 if entry.supports_vision else defaults.prefix_cache_disk_bytes,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
@@ -800,6 +801,7 @@ class MLXModelManager:
         return ModelInfo(
             state=self.residency.state(entry.id).value,
             failure_reason=self.failures.get(entry.id),
+            capabilities=entry.capabilities,
             memory_requirements=MemoryRequirements(
                 required_gb=required_gb,
                 weight_bytes=measured,

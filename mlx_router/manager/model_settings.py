@@ -56,6 +56,11 @@ class ResolvedModelSettings:
     """The configured call format; None: the one its chat template teaches (decided by the worker)."""
     supports_tools: bool
     supports_vision: bool
+    supports_embeddings: bool
+    embedding_pooling: Literal["mean", "last", "cls"] | None
+    """None: the checkpoint's own (its pooling file, or an embedding model's own vector), else mean."""
+    embedding_dimensions: list[int] | Literal["any"] | None
+    """Shorter embedding sizes allowed (Matryoshka), declared or known; None: the full size only."""
     memory_pressure_max_tokens: Mapping[str, int]
     """Cap on ``max_tokens`` per pressure level; empty: no cap."""
     # Per load and residency
@@ -108,6 +113,9 @@ def resolve_model_settings(
         tool_parser=config.tool_parser,
         supports_tools=entry.supports_tools,
         supports_vision=entry.supports_vision,
+        supports_embeddings=entry.supports_embeddings,
+        embedding_pooling=config.embedding_pooling,
+        embedding_dimensions=entry.embedding_dimensions,
         memory_pressure_max_tokens=dict(config.memory_pressure_max_tokens or {}),
         chat_template=_first(config.chat_template, "auto"),
         context_length=config.context_length,

@@ -35,6 +35,11 @@ ROOTS = (
     "CompletionUsage",
     "CreateChatCompletionRequest",
     "CreateCompletionRequest",
+    "CreateEmbeddingRequest",
+    "CreateEmbeddingResponse",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 )
 
 REF_PREFIX = "#/components/schemas/"

@@ -1,0 +1,52 @@
+"""``/v1/responses`` (OpenAI Responses API): create, retrieve, delete, list input items."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mlx_router.api.deps import RunnerDep
+from mlx_router.api.serving import responses
+from mlx_router.protocol.responses import ResponsesRequest
+from mlx_router.store.responses import ResponseStore
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["Responses"])
+
+
+def _store(request: Request) -> ResponseStore:
+    return request.app.state.response_store  # type: ignore[no-any-return]
+
+
+StoreDep = Annotated[ResponseStore, Depends(_store)]
+
+
+@router.post("/v1/responses", response_model=None, summary="Create a response (OpenAI Responses API; streaming with stream: true)")
+async def create_response(
+    body: ResponsesRequest, runner: RunnerDep, store: StoreDep, request: Request
+) -> JSONResponse | StreamingResponse:
+    return await responses.create_response(runner, store, body, request)
+
+
+@router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")
+async def get_response(response_id: str, store: StoreDep) -> dict[str, Any]:
+    return await responses.get_response(store, response_id)
+
+
+@router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
+async def delete_response(response_id: str, store: StoreDep) -> dict[str, Any]:
+    return await responses.delete_response(store, response_id)
+
+
+@router.get("/v1/responses/{response_id}/input_items", summary="List a stored response's input items")
+async def list_input_items(
+    response_id: str,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> dict[str, Any]:
+    return await responses.list_input_items(store, response_id, limit=limit, order=order, after=after)

@@ -1,0 +1,65 @@
+"""Running a translated request as a chat job (the agent APIs' shared part).
+
+The Anthropic Messages and OpenAI Responses endpoints build a chat request and hand it to the
+same preparation and runner as ``/v1/chat/completions`` (:mod:`mlx_router.api.serving.chat`):
+the same validation, media loading, batching, prefix cache, tool-call reading, reasoning
+splitting, constrained decoding, limits, cancellation and metrics. Their answer is read back
+from the chat chunk stream as :class:`~mlx_router.protocol.agents.Piece` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from mlx_router.api.serving.chat import ChatJob, _chat_chunks, prepare_chat
+from mlx_router.api.serving.runner import Run, Runner
+from mlx_router.protocol.agents import Piece, Warnings, pieces
+from mlx_router.protocol.chat import ChatCompletionRequest
+
+__all__ = ["ChatRun", "count_prompt", "start_chat"]
+
+
+@dataclass
+class ChatRun:
+    """A started chat job: admitted, so failures so far were HTTP errors."""
+
+    chat: ChatJob
+    run: Run
+    prompt_tokens: int
+    cached_tokens: int
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens generated so far (all of them once :meth:`pieces` has ended)."""
+        return self.run.usage().completion_tokens
+
+    async def pieces(self) -> AsyncIterator[list[Piece] | None]:
+        """The answer's pieces chunk by chunk (None: nothing yet, time for a keep-alive)."""
+        async for chunk in _chat_chunks(self.chat, self.run):
+            if chunk is None:
+                yield None
+                continue
+            found = list(pieces(chunk))
+            if found:
+                yield found
+
+
+async def start_chat(runner: Runner, request: ChatCompletionRequest, warnings: Warnings) -> ChatRun:
+    """Prepare (images loaded), load the model and get the request admitted."""
+    chat = await prepare_chat(runner, request)
+    for warning in chat.warnings:
+        warnings.add(warning)
+    run = await runner.start(chat.job)
+    admission = run.admissions[0]
+    return ChatRun(chat, run, admission.prompt_tokens, admission.cached_tokens)
+
+
+async def count_prompt(runner: Runner, request: ChatCompletionRequest) -> int:
+    """The templated prompt's tokens as the worker counts them: the request (given
+    ``max_tokens: 1``) is admitted, which tokenizes it with the model's template, and run out;
+    its prefill also leaves the prompt in the prefix cache for the request that follows."""
+    started = await start_chat(runner, request, Warnings())
+    async for _ in started.pieces():
+        pass
+    return started.prompt_tokens

@@ -1,0 +1,1 @@
+"""Things the server keeps between requests and across restarts."""

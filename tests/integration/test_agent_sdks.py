@@ -1,0 +1,204 @@
+"""The official ``anthropic`` and ``openai`` SDKs against the real server: Anthropic Messages
+(create, stream, count_tokens, a tool round trip) and OpenAI Responses (create, stream,
+previous_response_id, function calls), on the tiny random-weight model (mechanics; forced calls
+follow the grammar whatever the weights say) and on SmolLM2 (language)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.integration.conftest import RunningServer, start_server
+from tests.openai_schemas import validate
+
+TOOLS_MODEL = "tiny-qwen-template"
+PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 6}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+CAPITAL = "What is the capital of France?"
+
+
+def anthropic_client(server: RunningServer) -> Any:
+    from anthropic import Anthropic
+
+    return Anthropic(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+# ---------------------------------------------------------------------- Anthropic Messages
+
+
+def test_messages_create_stream_and_count_tokens(tiny_server: RunningServer) -> None:
+    client = anthropic_client(tiny_server)
+    kwargs: dict[str, Any] = {
+        "model": "tiny-llama",
+        "system": "You are terse and you answer in one line. " * 20,  # past a prefix-cache block (64 tokens)
+        "messages": [{"role": "user", "content": "Count tokens for this exact request, please."}],
+    }
+    counted = client.messages.count_tokens(**kwargs).input_tokens
+    message = client.messages.create(max_tokens=5, extra_body={"temperature": 0}, **kwargs)
+    assert message.type == "message" and message.id.startswith("msg_")
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 5
+    # count_tokens prefilled the same prompt: the message reads it from the prefix cache.
+    assert message.usage.input_tokens + message.usage.cache_read_input_tokens == counted
+    assert message.usage.cache_read_input_tokens > 0
+    with client.messages.stream(max_tokens=5, extra_body={"temperature": 0}, **kwargs) as stream:
+        texts = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(texts) == final.content[0].text == message.content[0].text  # greedy: the same answer
+    fresh = {**kwargs, "messages": [{"role": "user", "content": "A prompt nobody sent before."}]}
+    counted = client.messages.count_tokens(**fresh).input_tokens
+    other = client.messages.create(max_tokens=1, **{**fresh, "system": "Another system prompt."})
+    assert other.usage.input_tokens + other.usage.cache_read_input_tokens != counted  # the system prompt counts
+
+
+def test_messages_clamp_max_tokens_to_the_context(tiny_server: RunningServer) -> None:
+    client = anthropic_client(tiny_server)
+    message = client.messages.create(model="tiny-short", max_tokens=32000, messages=[{"role": "user", "content": "Hi"}])
+    assert message.stop_reason in ("max_tokens", "end_turn")
+    assert message.usage.input_tokens + message.usage.output_tokens <= 48
+
+
+def test_messages_tool_round_trip(tiny_server: RunningServer) -> None:
+    client = anthropic_client(tiny_server)
+    tools = [{"name": "get_weather", "description": "Weather for a city", "input_schema": PARAMETERS}]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Paris?"}]
+    with client.messages.stream(
+        model=TOOLS_MODEL, max_tokens=200, messages=messages, tools=tools,
+        tool_choice={"type": "tool", "name": "get_weather"}, extra_body={"temperature": 0},
+    ) as stream:
+        kinds = [event.type for event in stream]
+        first = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert first.stop_reason == "tool_use"
+    [call] = [block for block in first.content if block.type == "tool_use"]
+    assert call.name == "get_weather" and call.id
+    jsonschema.validate(call.input, PARAMETERS)
+    messages += [
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21 C"}]},
+    ]
+    second = client.messages.create(model=TOOLS_MODEL, max_tokens=5, messages=messages, tools=tools)
+    assert second.stop_reason in ("max_tokens", "end_turn", "tool_use")
+    assert second.usage.input_tokens + second.usage.cache_read_input_tokens > first.usage.input_tokens
+
+
+def test_messages_errors_reach_the_sdk_as_its_exceptions(tiny_server: RunningServer) -> None:
+    import anthropic
+
+    client = anthropic_client(tiny_server)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(model="tiny-llama", max_tokens=5, messages=[])
+
+
+def test_messages_answer_in_language(smol_server: RunningServer) -> None:
+    client = anthropic_client(smol_server)
+    message = client.messages.create(
+        model=_smol_id(smol_server),
+        max_tokens=24,
+        messages=[{"role": "user", "content": CAPITAL}],
+        extra_body={"temperature": 0},
+    )
+    assert "Paris" in message.content[0].text
+    with client.messages.stream(
+        model=_smol_id(smol_server), max_tokens=24, messages=[{"role": "user", "content": CAPITAL}], extra_body={"temperature": 0}
+    ) as stream:
+        text = "".join(stream.text_stream)
+    assert text == message.content[0].text
+
+
+def _smol_id(server: RunningServer) -> str:
+    with server.client() as http:
+        return str(http.get("/v1/models").json()["data"][0]["id"])
+
+
+# ---------------------------------------------------------------------- OpenAI Responses
+
+
+def test_responses_create_continue_and_stream(tiny_server: RunningServer) -> None:
+    client = tiny_server.openai()
+    opening = "Hello there, this is a long opening line. " * 12  # past a prefix-cache block (64 tokens)
+    first = client.responses.create(model="tiny-llama", input=opening, max_output_tokens=4, temperature=0)
+    validate(first.model_dump(exclude_unset=True), "Response")
+    assert first.status == "incomplete" and first.output_text
+    second = client.responses.create(model="tiny-llama", input="And again", previous_response_id=first.id, max_output_tokens=4)
+    assert second.previous_response_id == first.id
+    assert second.usage is not None and first.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens  # the first turn is in the prompt
+    assert second.usage.input_tokens_details.cached_tokens > 0  # the first turn came from the prefix cache
+    items = client.responses.input_items.list(second.id)
+    assert [item.content[0].text for item in items.data] == ["And again"]  # type: ignore[union-attr]
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    events = list(client.responses.create(model="tiny-llama", input=opening, max_output_tokens=4, temperature=0, stream=True))
+    for event in events:
+        validate(event.model_dump(exclude_unset=True), "ResponseStreamEvent")
+    assert events[0].type == "response.created" and events[-1].type == "response.incomplete"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    assert text == first.output_text
+    client.responses.delete(first.id)
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+
+
+def test_responses_function_call_round_trip(tiny_server: RunningServer) -> None:
+    client = tiny_server.openai()
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather", "parameters": PARAMETERS, "strict": True}]
+    with client.responses.stream(
+        model=TOOLS_MODEL, input="Weather in Paris?", tools=tools, tool_choice="required", parallel_tool_calls=False,
+        temperature=0, max_output_tokens=200,
+    ) as stream:
+        kinds = [event.type for event in stream]
+        first = stream.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    [call] = [item for item in first.output if item.type == "function_call"]
+    jsonschema.validate(json.loads(call.arguments), PARAMETERS)
+    second = client.responses.create(
+        model=TOOLS_MODEL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=tools,
+        max_output_tokens=4,
+    )
+    validate(second.model_dump(exclude_unset=True), "Response")
+    assert second.usage is not None and first.usage is not None and second.usage.input_tokens > first.usage.input_tokens
+
+
+def test_responses_answer_in_language(smol_server: RunningServer) -> None:
+    client = smol_server.openai()
+    response = client.responses.create(model=_smol_id(smol_server), input=CAPITAL, max_output_tokens=24, temperature=0)
+    assert "Paris" in response.output_text
+
+
+@pytest.fixture
+def restartable(tmp_path: Path, tiny_models_root: Path) -> Iterator[tuple[dict[str, Any], Path]]:
+    config = {"defaults": {"model": "tiny-llama", "model_directory": str(tiny_models_root), "embedded_model": False}}
+    yield config, tmp_path
+
+
+def test_previous_response_id_survives_a_restart(restartable: tuple[dict[str, Any], Path]) -> None:
+    config, tmp = restartable
+    config["server"] = {"responses_store_path": str(tmp / "store.sqlite3")}
+    server = start_server(tmp, json.loads(json.dumps(config)))
+    try:
+        first = server.openai().responses.create(model="tiny-llama", input="Remember this", max_output_tokens=3)
+    finally:
+        server.stop()
+    server = start_server(tmp, json.loads(json.dumps(config)))
+    try:
+        second = server.openai().responses.create(model="tiny-llama", input="Go on", previous_response_id=first.id, max_output_tokens=3)
+        assert second.usage is not None and first.usage is not None
+        assert second.usage.input_tokens > first.usage.input_tokens
+    finally:
+        server.stop()
