@@ -446,13 +446,17 @@ class MessageBuilder:
         events.append(self._delta(delta))
         return events
 
-    def finish(self, output_tokens: int) -> list[Event]:
-        """The last events, once the answer's usage is known."""
+    def finish(self, output_tokens: int, stop_sequence: str | None = None) -> list[Event]:
+        """The last events, once the answer's usage (and the stop string that ended it, if
+        one did) is known."""
         events = self._close()
         self.message.usage.output_tokens = output_tokens
         usage = self.message.usage.model_dump()
-        delta = {"stop_reason": self.message.stop_reason or "end_turn", "stop_sequence": None}
-        self.message.stop_reason = delta["stop_reason"]
+        reason = self.message.stop_reason or "end_turn"
+        if stop_sequence is not None and reason == "end_turn":
+            reason, self.message.stop_sequence = "stop_sequence", stop_sequence
+        delta = {"stop_reason": reason, "stop_sequence": self.message.stop_sequence}
+        self.message.stop_reason = reason
         events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         events.append(("message_stop", {"type": "message_stop"}))
         return events

@@ -66,6 +66,20 @@ def test_messages_clamp_max_tokens_to_the_context(tiny_server: RunningServer) ->
     assert message.usage.input_tokens + message.usage.output_tokens <= 48
 
 
+def test_messages_stop_sequence_is_reported(tiny_server: RunningServer) -> None:
+    client = anthropic_client(tiny_server)
+    kwargs: dict[str, Any] = {"model": "tiny-llama", "max_tokens": 12, "messages": [{"role": "user", "content": "Go on"}]}
+    whole = client.messages.create(extra_body={"temperature": 0}, **kwargs).content[0].text
+    stop = whole[len(whole) // 2 :][:3]
+    assert stop.strip(), whole
+    cut = client.messages.create(stop_sequences=[stop, "never-seen"], extra_body={"temperature": 0}, **kwargs)
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    assert cut.content[0].text == whole[: whole.index(stop)]
+    with client.messages.stream(stop_sequences=[stop], extra_body={"temperature": 0}, **kwargs) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+
+
 def test_messages_tool_round_trip(tiny_server: RunningServer) -> None:
     client = anthropic_client(tiny_server)
     tools = [{"name": "get_weather", "description": "Weather for a city", "input_schema": PARAMETERS}]
