@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ import httpx
 from mlx_router.engine.client import EngineFailure
 from mlx_router.engine.types import (
     Admission,
+    EmbeddingRequest,
+    EmbeddingResult,
     EngineError,
     FinishReason,
     GenerationChunk,
@@ -99,6 +102,9 @@ class FakeEngineScript:
     faulty_requests: int | None = None
     tool_format: str = "hermes"
     """The call syntax the fake model's template teaches (reported when tools are offered)."""
+    # embed()
+    embedding_width: int = 8
+    """Values per fake embedding: input ``i`` gets the unit vector along axis ``i % width``."""
 
 
 class FakeWorkerClient:
@@ -128,6 +134,7 @@ class FakeWorkerClient:
         self.requests: list[GenerationRequest] = []
         self.cancellations: list[str] = []
         self.completed: list[str] = []
+        self.embedding_requests: list[EmbeddingRequest] = []
         self._streams: set[str] = set()
 
     # -------------------------------------------------------------- WorkerClient interface
@@ -210,6 +217,33 @@ class FakeWorkerClient:
                 self.cancellations.append(rid)
                 if self.factory is not None:
                     self.factory.cancellations.append(rid)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Unit vectors (input ``i`` along axis ``i``), one "token" per word or id; the script's
+        ``admission_delay`` and ``admission_error`` apply."""
+        if not self.alive:
+            raise EngineFailure(EngineError("worker_crashed", f"the model's {self.exit_reason or 'worker is not running'}"))
+        script = self.script
+        self.embedding_requests.append(request)
+        rid = request.request_id
+        self._streams.add(rid)
+        finished = False
+        try:
+            await asyncio.sleep(script.admission_delay)
+            finished = True
+            if script.admission_error is not None:
+                raise EngineFailure(EngineError(script.admission_error.kind, script.admission_error.message, rid))
+            width = request.dimensions or script.embedding_width
+            vectors = tuple(
+                struct.pack(f"<{width}f", *(1.0 if axis == i % width else 0.0 for axis in range(width)))
+                for i in range(len(request.inputs))
+            )
+            tokens = sum(len(item.split()) if isinstance(item, str) else len(item) for item in request.inputs)
+            return EmbeddingResult(rid, vectors, tokens)
+        finally:
+            self._streams.discard(rid)
+            if not finished:
+                self.cancellations.append(rid)
 
     async def stop(self, grace: float = 5.0) -> None:
         self.stopped = True

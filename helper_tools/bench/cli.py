@@ -183,15 +183,18 @@ def main(argv: list[str] | None = None) -> int:
                                            "phases": args.phases, "work_dir": str(work)}}
     print(f"work dir (logs, configs): {work}", flush=True)
     runs: list[Run] = []
-    run_phase(report, "prepare", lambda: runs.append(prepare(args, report, work)))
-    if runs:
-        run = runs[0]
-        if "direct" in args.phases:
-            run_phase(report, "direct", lambda: phase_direct(run))
-        if "server" in args.phases:
-            run_phase(report, "server", lambda: phase_server(run))
-        if "router" in args.phases or scenarios_for("router", args.phases):
-            run_phase(report, "router", lambda: phase_router(run))
+    try:  # an interrupted run (Ctrl-C, `timeout -s INT`) still reports what it measured
+        run_phase(report, "prepare", lambda: runs.append(prepare(args, report, work)))
+        if runs:
+            run = runs[0]
+            if "direct" in args.phases:
+                run_phase(report, "direct", lambda: phase_direct(run))
+            if "server" in args.phases:
+                run_phase(report, "server", lambda: phase_server(run))
+            if "router" in args.phases or scenarios_for("router", args.phases):
+                run_phase(report, "router", lambda: phase_router(run))
+    except KeyboardInterrupt:
+        report["interrupted"] = True
     report["ratios"] = compute_ratios(report["runs"])
     report["targets"] = evaluate_targets(report)
     report["total_seconds"] = time.perf_counter() - started

@@ -141,6 +141,8 @@ def agent(run: Run, server: Server, model: str) -> None:
     history: list[dict[str, str]] = [system]
     turns: list[dict[str, Any]] = []
     events: dict[str, float] = {}
+    # Filled as the session goes, so that an interrupted run still reports the turns it measured.
+    run.report["agent"] = {"session_tokens": args.session_tokens, "turns": turns}
     for n, before in enumerate(AGENT_PLAN, start=1):
         if before == "after swap":
             _admin(server, "unpin", model, timeout)
@@ -154,15 +156,12 @@ def agent(run: Run, server: Server, model: str) -> None:
         history.append({"role": "user", "content": f"Turn {n}: read the tools above and do step {n} of the plan."})
         payload = chat_payload(model, list(history), 16, run.eos_bias)
         turn = asyncio.run(_agent_turn(server.base_url, payload, timeout))
-        turn.update(turn=n, before=before)
+        turn.update(turn=n, before=before, over_first=turn["ttft_s"] / (turns[0]["ttft_s"] if turns else turn["ttft_s"]))
         turns.append(turn)
+        run.report["agent"].update(events)
         history.append({"role": "assistant", "content": f"Done with step {n}."})
         print(f"  agent turn {n} ({before}): TTFT {turn['ttft_s'] * 1000:.0f} ms, "
               f"{turn['cached_tokens']} of {turn['prompt_tokens']} cached", flush=True)
-    first = turns[0]["ttft_s"]
-    for turn in turns:
-        turn["over_first"] = turn["ttft_s"] / first
-    run.report["agent"] = {"session_tokens": args.session_tokens, "turns": turns, **events}
 
 
 OTHER_MODEL = "bench-other"

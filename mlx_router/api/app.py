@@ -19,7 +19,7 @@ from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
-from mlx_router.api.routes import admin, chat, completions, health, messages, metrics, models, responses, status
+from mlx_router.api.routes import admin, chat, completions, embeddings, health, messages, metrics, models, responses, status
 from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
@@ -91,7 +91,8 @@ def create_app(
     app.state.reloader = reloader
     install_error_handlers(app)
     routers = [
-        module.router for module in (chat, completions, messages, responses, models, health, admin, metrics, status)
+        module.router
+        for module in (chat, completions, embeddings, messages, responses, models, health, admin, metrics, status)
     ]
     for router in routers:
         app.include_router(router)
@@ -102,7 +103,7 @@ def create_app(
         max_request_bytes=settings.server.max_request_bytes,
         metrics=app.state.metrics,
         metrics_public=settings.server.metrics_public,
-        drain=app.state.runner.drain_state,
+        drain=runner.drain_state,
         routes=[route for router in routers for route in router.routes]
         + [route for route in app.router.routes if isinstance(route, Route)],  # /docs, /openapi.json
     )

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -92,6 +93,24 @@ class ModelConfig(_Section):
     reasoning_response: Literal["enable", "disable"] | None = Field(
         None, description="'enable' returns reasoning separately, 'disable' drops it."
     )
+    embedding_model: bool | None = Field(
+        None,
+        description="True: a dedicated embedding model, loaded with mlx-embeddings (serves /v1/embeddings only); "
+        "default from its config.json (architectures, model_type, sentence-transformers files).",
+    )
+    supports_embeddings: bool | None = Field(
+        None, description="False refuses /v1/embeddings for this model; default: true for text and embedding models."
+    )
+    embedding_pooling: Literal["mean", "last", "cls"] | None = Field(
+        None,
+        description="How hidden states become one embedding: 'mean', 'last' (last token) or 'cls' (first token); "
+        "default: the checkpoint's 1_Pooling/config.json, else the embedding model's own, else 'mean'.",
+    )
+    embedding_dimensions: list[int] | Literal["any"] | None = Field(
+        None,
+        description="Shorter embeddings the model was trained for (Matryoshka), allowed as 'dimensions': a list of "
+        "sizes or 'any'; default: known for Qwen3-Embedding ('any') and EmbeddingGemma, else the full size only.",
+    )
     pin: bool = Field(False, description="Never unload this model to make room (and load it at start).")
     preload: bool = Field(False, description="Load this model at start.")
     keep_alive: float | None = Field(None, ge=0, description="Overrides defaults.keep_alive for this model.")
@@ -123,6 +142,13 @@ class ModelConfig(_Section):
 
         if value is not None and value not in FORMATS:
             raise ValueError(f"unknown tool parser {value!r}; use one of: {', '.join(sorted(FORMATS))}")
+        return value
+
+    @field_validator("embedding_dimensions")
+    @classmethod
+    def _positive_sizes(cls, value: list[int] | str | None) -> list[int] | str | None:
+        if isinstance(value, list) and (not value or any(size < 1 for size in value)):
+            raise ValueError("list the allowed embedding sizes as positive integers, or write 'any'")
         return value
 
     @field_validator("memory_pressure_max_tokens")
@@ -266,6 +292,22 @@ class Defaults(_Section):
     )
     max_schema_bytes: int = Field(
         65536, ge=256, description="Largest response_format schema or tool parameters schema, as JSON bytes."
+    )
+    embedding_max_inputs: int = Field(
+        2048, ge=1, le=100_000, description="Most inputs one /v1/embeddings request may carry."
+    )
+    embedding_max_input_tokens: int = Field(
+        8192, ge=1, le=1_048_576, description="Most tokens per embedding input (the model's context bounds it too)."
+    )
+    embedding_max_request_tokens: int = Field(
+        300_000, ge=1, le=100_000_000, description="Most tokens of all inputs of one embedding request together."
+    )
+    embedding_batch_tokens: int = Field(
+        8192,
+        ge=16,
+        le=1_048_576,
+        description="Padded tokens (inputs x longest input) per embedding forward pass; more inputs run in "
+        "several passes, between which generation goes on.",
     )
     embedded_model: bool = Field(
         True,

@@ -17,8 +17,8 @@ from mlx_router.engine.types import (
 
 __all__ = [
     "Admission",
-    "EngineFailure",
     "EngineError",
+    "EngineFailure",
     "GenerationChunk",
     "GenerationParams",
     "GenerationRequest",

@@ -22,7 +22,7 @@ from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _right_pad_pr
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
 from mlx_router.engine.constrain import ConstraintGroup, ConstraintProcessor, TrackingSampler
-from mlx_router.engine.lm import LMEngine, logits_processors, make_sampler
+from mlx_router.engine.lm import LMEngine, attend_short_chunks_directly, logits_processors, make_sampler
 from mlx_router.engine.prefix_cache import DiskTier, PrefixCache, blockable
 from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationRequest, TokenLogprob
 
@@ -197,6 +197,8 @@ class BatchScheduler:
         """Sequences under a grammar, by uid; their masks are computed together (``_group``)."""
         self._group: ConstraintGroup | None = None
         self.buckets = _use_buckets(engine, options)
+        if self.buckets:
+            attend_short_chunks_directly(engine.model)
         self._warm_widths = prefill_widths(options.prefill_step_size) if self.buckets and options.prefill_warmup else []
         """Prefill widths still to prepare while the worker is idle (longest last)."""
         self._generator = self._new_generator()

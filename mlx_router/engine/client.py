@@ -17,12 +17,14 @@ import multiprocessing as mp
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from mlx_router.engine.types import (
     Admission,
+    EmbeddingRequest,
+    EmbeddingResult,
     EngineError,
     GenerationChunk,
     GenerationRequest,
@@ -55,7 +57,7 @@ def openblas_library() -> str | None:
         return None
     try:
         dists = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
-    except Exception:  # broken metadata must not stop the server
+    except Exception:  # noqa: BLE001 (broken metadata must not stop the server)
         dists = set()
     if any(name.startswith("mlx-cuda") for name in dists):
         return None
@@ -104,7 +106,8 @@ class WorkerClient:
         self._process: Any = None
         self._conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._streams: dict[str, asyncio.Queue[Admission | GenerationChunk | EngineError]] = {}
+        self._streams: dict[str, asyncio.Queue[Any]] = {}
+        """Per request: its Admission and chunks, or its EmbeddingResult; or an EngineError."""
         self._started: asyncio.Future[LoadInfo] | None = None
         self._send_lock = threading.Lock()
         self._closing = False
@@ -163,7 +166,7 @@ class WorkerClient:
         try:
             assert self._started is not None
             self.load_info = await asyncio.wait_for(asyncio.shield(self._started), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.stop(grace=0)
             raise EngineFailure(
                 EngineError("internal", f"loading took longer than {timeout:.0f} s and was stopped")
@@ -181,7 +184,7 @@ class WorkerClient:
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
-            except Exception as exc:  # an unpicklable message: report and stop reading
+            except Exception as exc:  # noqa: BLE001 (an unpicklable message: report and stop reading)
                 logger.error("unreadable message from worker %s: %r", self.options.model_id, exc)
                 break
             try:
@@ -200,7 +203,7 @@ class WorkerClient:
                 stream = self._streams.get(fields[0])
                 if stream is not None:
                     stream.put_nowait(GenerationChunk(*fields))
-        elif kind == "admitted":
+        elif kind in ("admitted", "embedded"):
             stream = self._streams.get(msg[1].request_id)
             if stream is not None:
                 stream.put_nowait(msg[1])
@@ -220,12 +223,10 @@ class WorkerClient:
                 self.on_cancelled(self.options.model_id, msg[3])
         elif kind == "log":
             logger.log(msg[1], "[%s] %s", self.options.model_id, msg[2])
-        elif kind == "ready":
-            if self._started is not None and not self._started.done():
-                self._started.set_result(msg[1])
-        elif kind == "load_failed":
-            if self._started is not None and not self._started.done():
-                self._started.set_exception(EngineFailure(EngineError(msg[1], msg[2])))
+        elif kind == "ready" and self._started is not None and not self._started.done():
+            self._started.set_result(msg[1])
+        elif kind == "load_failed" and self._started is not None and not self._started.done():
+            self._started.set_exception(EngineFailure(EngineError(msg[1], msg[2])))
 
     def _on_disconnect(self) -> None:
         process = self._process
@@ -255,12 +256,27 @@ class WorkerClient:
         with self._send_lock:
             self._conn.send(msg)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Admission | GenerationChunk]:
-        """The :class:`Admission` of one request, then its chunks; leaving early cancels it."""
+    def _open(self, request_id: str) -> asyncio.Queue[Any]:
+        """Register a request's queue (its replies land there); refused when the worker is gone."""
         if not self.alive:
             raise EngineFailure(EngineError("worker_crashed", f"the model's {self.exit_reason or 'worker is not running'}"))
-        stream: asyncio.Queue[Admission | GenerationChunk | EngineError] = asyncio.Queue()
-        self._streams[request.request_id] = stream
+        stream: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams[request_id] = stream
+        return stream
+
+    def _close(self, request_id: str, finished: bool, delivered: int = 0) -> None:
+        """Forget a request's queue; one left before its end is cancelled in the worker
+        (``delivered``: tokens the client had received, for the worker's log)."""
+        self._streams.pop(request_id, None)
+        if not finished and self.alive:
+            try:
+                self._send(("cancel", request_id, delivered))
+            except (OSError, ValueError):
+                pass
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Admission | GenerationChunk]:
+        """The :class:`Admission` of one request, then its chunks; leaving early cancels it."""
+        stream = self._open(request.request_id)
         finished = False
         delivered = 0
         try:
@@ -277,12 +293,21 @@ class WorkerClient:
                 if finished:
                     return
         finally:
-            self._streams.pop(request.request_id, None)
-            if not finished and self.alive:
-                try:
-                    self._send(("cancel", request.request_id, delivered))
-                except (OSError, ValueError):
-                    pass
+            self._close(request.request_id, finished, delivered)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """The vectors of one embedding request; leaving early (cancelled) cancels it."""
+        stream = self._open(request.request_id)
+        finished = False
+        try:
+            self._send(("embed", request))
+            item = await stream.get()
+            finished = True
+            if isinstance(item, EngineError):
+                raise EngineFailure(item)
+            return item  # type: ignore[no-any-return]
+        finally:
+            self._close(request.request_id, finished)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the worker to exit; kill it after ``grace`` seconds."""

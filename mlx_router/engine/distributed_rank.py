@@ -287,6 +287,12 @@ def _with_seed(msg: tuple[Any, ...]) -> tuple[Any, ...]:
     return ("generate", replace(request, params=replace(request.params, seed=seed)))
 
 
+def _for_group(options: WorkerOptions) -> WorkerOptions:
+    """The options every rank uses: without the prefix cache's disk tier, whose contents could
+    differ between ranks (a rank killed before it flushed) and so make their admissions differ."""
+    return replace(options, batch=replace(options.batch, prefix_cache_disk_bytes=0))
+
+
 def _read_line(fd: int) -> str:
     """One line from a descriptor, byte by byte (nothing past it is consumed)."""
     data = bytearray()
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port = args.connect.rpartition(":")
         conn = Client((host, int(port)), authkey=bytes.fromhex(key))
         msg = conn.recv()
-        options = msg[1] if msg[0] == "load" else None
+        options = _for_group(msg[1]) if msg[0] == "load" else None
     options = channel.share(options)
     if options is None:  # the router went away before sending the model
         return 0

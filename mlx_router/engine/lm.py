@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm import load as mlx_lm_load
@@ -119,7 +121,8 @@ class LMEngine:
         ``load`` (a rank of a group loads its shard with ``sharded_load``)."""
         started = time.perf_counter()
         if loader is None:
-            model, tokenizer, config = mlx_lm_load(model_path, return_config=True)
+            # mlx-lm annotates load as returning two values; with return_config it returns three
+            model, tokenizer, config = cast(tuple[Any, Any, dict[str, Any]], mlx_lm_load(model_path, return_config=True))
         else:
             model, tokenizer, config = loader(model_path)
         mx.eval(model.parameters())
@@ -171,7 +174,7 @@ class LMEngine:
             kwargs["chat_template"] = named_template("generic")
         try:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
-        except Exception as exc:  # jinja raises template errors of many types
+        except Exception as exc:  # noqa: BLE001 (jinja raises template errors of many types)
             raise RequestRejected(
                 "invalid_request", redact_paths(f"the chat template rejected the messages: {exc}")
             ) from None
@@ -261,11 +264,11 @@ class LMEngine:
         alternatives: tuple[tuple[str, bytes, float], ...] = ()
         if top > 0:
             ids = mx.argpartition(-vector, kth=top - 1)[:top]
-            values = vector[ids].tolist()
-            ranked = sorted(zip(ids.tolist(), values), key=lambda pair: -pair[1])
+            values = cast(list[float], vector[ids].tolist())
+            ranked = sorted(zip(cast(list[int], ids.tolist()), values), key=lambda pair: -pair[1])
             alternatives = tuple((*self.token_piece(i), float(v)) for i, v in ranked)
         text, raw = self.token_piece(token)
-        return TokenLogprob(text, raw, float(vector[token].item()), alternatives)
+        return TokenLogprob(text, raw, float(cast(float, vector[token].item())), alternatives)
 
     def token_piece(self, token: int) -> tuple[str, bytes]:
         """A token's own text and bytes (a byte-level piece may be part of a character)."""
@@ -281,6 +284,59 @@ class LMEngine:
         return cached
 
 
+SHORT_PREFILL_TOKENS = 256
+"""Prompt chunks up to this long, after cached tokens, attend through plain matrix products."""
+SHORT_PREFILL_SCORES = 1 << 27
+"""...as long as their attention scores (batch x heads x chunk x keys) stay below this many."""
+
+
+def attend_short_chunks_directly(model: Any) -> bool:
+    """Route a model's attention for short prompt chunks that follow cached tokens (a prefix-cache
+    hit, the next turn of a conversation) through matrix products instead of the fused kernel.
+
+    On the CUDA backend the fused attention of a prompt chunk builds a cuDNN graph for every new
+    (chunk, keys) shape, 70 ms to a second each, and after a cached prefix nearly every request
+    has a new one; the same attention as two matrix products and a softmax costs a few
+    milliseconds for a short chunk. Returns whether the model's module was patched (its
+    attention is mlx-lm's shared function)."""
+    from mlx_lm.models import base
+
+    module = sys.modules.get(type(model).__module__)
+    fused = getattr(module, "scaled_dot_product_attention", None)
+    if module is None or getattr(fused, "short_chunks_direct", False):
+        return module is not None
+    if fused is not base.scaled_dot_product_attention:
+        return False
+
+    def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float, mask: Any,
+                  sinks: Any = None) -> mx.array:
+        b, heads, length, dim = queries.shape
+        width = keys.shape[2]
+        if (
+            not 1 < length <= SHORT_PREFILL_TOKENS
+            or width <= length
+            or b * heads * length * width > SHORT_PREFILL_SCORES
+            or sinks is not None
+            or hasattr(cache, "bits")
+        ):
+            return fused(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+        groups = heads // keys.shape[1]
+        q = (queries * scale).reshape(b, keys.shape[1], groups, length, dim)
+        scores = q @ keys[:, :, None].swapaxes(-1, -2)
+        if isinstance(mask, str):  # "causal": each query sees the cached keys and itself
+            mask = mx.arange(width - length, width)[:, None] >= mx.arange(width)[None]
+        if mask is not None:
+            if mask.ndim == 4:
+                mask = mx.expand_dims(mask, 2)
+            scores = mx.where(mask, scores, -float("inf")) if mask.dtype == mx.bool_ else scores + mask
+        probs = mx.softmax(scores, axis=-1, precise=True)
+        return (probs @ values[:, :, None]).reshape(b, heads, length, values.shape[-1])
+
+    attention.short_chunks_direct = True  # type: ignore[attr-defined]
+    setattr(module, "scaled_dot_product_attention", attention)  # noqa: B010 (mlx-lm's module has no stub for it)
+    return True
+
+
 def classify_exception(exc: BaseException, request_id: str | None) -> EngineError:
     """Name out-of-memory failures as such; everything else is internal."""
     text = str(exc).lower()
@@ -288,7 +344,8 @@ def classify_exception(exc: BaseException, request_id: str | None) -> EngineErro
         marker in text for marker in ("out of memory", "outofmemory", "resource limit", "failed to allocate")
     ):
         return EngineError("out_of_memory", "the model ran out of memory while generating", request_id)
-    return EngineError("internal", f"generation failed: {exc.__class__.__name__}", request_id)
+    # The exception class stays in the worker log: clients get no internals.
+    return EngineError("internal", "generation failed (the server log has the details)", request_id)
 
 
 def _config_context_length(config: dict[str, Any]) -> int | None:
@@ -320,7 +377,7 @@ def _byte_decoder_for(tokenizer: Any) -> dict[str, int] | None:
     """The byte decoder when the vocabulary is byte-level BPE (it spells spaces as 'Ġ')."""
     try:
         vocab = tokenizer.get_vocab()
-    except Exception:  # tokenizers without a vocabulary view fall back to decode()
+    except Exception:  # noqa: BLE001 (tokenizers without a vocabulary view fall back to decode())
         return None
     if not any(piece.startswith("Ġ") for piece in list(vocab)[:50000]):
         return None

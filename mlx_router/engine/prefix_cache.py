@@ -30,10 +30,11 @@ import shutil
 import time
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
@@ -119,7 +120,9 @@ class DiskTier:
         for _, digest, size in sorted(found):
             self._files[digest] = size
         self.nbytes = sum(self._files.values())
-        self._pending: OrderedDict[bytes, _Block] = OrderedDict()
+        self._pending: list[OrderedDict[bytes, _Block]] = []
+        """Blocks to write, one group per finished sequence, oldest group first."""
+        self._group_of: dict[bytes, OrderedDict[bytes, _Block]] = {}
         self._pending_bytes = 0
         self._bound()
 
@@ -136,41 +139,59 @@ class DiskTier:
         """A block read back, or None (and the file removed) when it cannot be used."""
         path = self._path(digest)
         try:
-            arrays = mx.load(str(path))
+            arrays = cast(dict[str, mx.array], mx.load(str(path)))  # a safetensors file: named arrays
             keys = [arrays[f"k.{i}"] for i in range(layers)]
             values = [arrays[f"v.{i}"] for i in range(layers)]
             if any(a.ndim != 4 or a.shape[2] != self.block_tokens for a in keys + values):
                 raise ValueError("wrong shape")
             os.utime(path)
-        except Exception as exc:  # a damaged or foreign file is a miss, never an error
+        except Exception as exc:  # noqa: BLE001 (a damaged or foreign file is a miss, never an error)
             logger.warning("prefix cache: dropping unreadable block %s: %s", path.name, exc)
             self._drop(digest)
             return None
         self._files.move_to_end(digest)
         return _Block.of(keys, values)
 
-    def queue(self, digest: bytes, block: _Block, limit_bytes: int) -> None:
-        """Write ``block`` later (:meth:`write_one`); the oldest pending blocks give way past ``limit_bytes``."""
-        if digest in self._files or digest in self._pending:
-            return
-        self._pending[digest] = block
-        self._pending_bytes += block.nbytes
-        while self._pending_bytes > limit_bytes and self._pending:
-            _, dropped = self._pending.popitem(last=False)
-            self._pending_bytes -= dropped.nbytes
+    def queue(self, blocks: list[tuple[bytes, _Block]], limit_bytes: int) -> None:
+        """Write a finished sequence's ``blocks`` (its chain, root first) later, before those of
+        earlier sequences (:meth:`write_one`), so that the newest whole chain reaches the disk
+        first; the oldest pending groups give way past ``limit_bytes``."""
+        group: OrderedDict[bytes, _Block] = OrderedDict()
+        for digest, block in blocks:
+            if digest in self._files:
+                continue
+            earlier = self._group_of.get(digest)
+            if earlier is not None:
+                self._pending_bytes -= earlier.pop(digest).nbytes
+            group[digest] = block
+            self._group_of[digest] = group
+            self._pending_bytes += block.nbytes
+        if group:
+            self._pending.append(group)
+        while self._pending_bytes > limit_bytes and len(self._pending) > 1:
+            for digest, block in self._pending.pop(0).items():
+                self._pending_bytes -= block.nbytes
+                del self._group_of[digest]
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return sum(len(group) for group in self._pending)
 
     def write_one(self) -> bool:
-        """Write the oldest pending block; False when nothing was pending."""
+        """Write one pending block: the newest sequence's first; False when nothing was pending."""
+        while self._pending and not self._pending[-1]:
+            self._pending.pop()
         if not self._pending:
             return False
-        digest, block = self._pending.popitem(last=False)
+        group = self._pending[-1]
+        digest, block = group.popitem(last=False)
+        del self._group_of[digest]
         self._pending_bytes -= block.nbytes
-        arrays = {f"k.{i}": k for i, k in enumerate(block.keys)}
-        arrays.update({f"v.{i}": v for i, v in enumerate(block.values)})
+        # Written from copies: reading an array on the host moves its pages there when the
+        # backend keeps memory in CUDA managed memory, and the block itself must stay on the GPU.
+        arrays = {f"k.{i}": k * 1 for i, k in enumerate(block.keys)}
+        arrays.update({f"v.{i}": v * 1 for i, v in enumerate(block.values)})
+        mx.eval(list(arrays.values()))
         path = self._path(digest)
         tmp = path.with_name(f"{digest.hex()}.tmp.safetensors")
         try:
@@ -181,6 +202,9 @@ class DiskTier:
             logger.warning("prefix cache: cannot write %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
             return True
+        finally:  # the copies' memory goes back to the system, not to buffers the model reuses
+            del arrays
+            mx.clear_cache()
         self._files[digest] = size
         self.nbytes += size
         self._bound()
@@ -308,8 +332,8 @@ class PrefixCache:
             mx.eval([b.keys + b.values for _, b, _, _ in new])
         for digest, block, parent, block_tokens in new:
             self._add(digest, block, parent, block_tokens)
-            if self.disk is not None and len(block_tokens) == size:
-                self.disk.queue(digest, block, self.max_bytes)
+        if self.disk is not None:
+            self.disk.queue([(d, self._blocks[d]) for d in digests if d in self._blocks], self.max_bytes)
         self._touch([d for d, *_ in spans])
         self._bound(self.max_bytes)
 

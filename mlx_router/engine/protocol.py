@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from mlx_router.engine.types import Admission, GenerationChunk, GenerationRequest, LoadInfo, WorkerOptions
+from mlx_router.engine.types import (
+    Admission,
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    LoadInfo,
+    WorkerOptions,
+)
 
 __all__ = ["ClientFactory", "Engine", "ExitCallback"]
 
@@ -39,6 +47,10 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Admission | GenerationChunk]:
         """The admission, then the chunks of one request; closing the iterator cancels it."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """The vectors of one embedding request; cancelling the call cancels it."""
         ...
 
     async def stop(self, grace: float = 5.0) -> None:

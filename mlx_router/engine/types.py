@@ -12,6 +12,8 @@ __all__ = [
     "DistributedOptions",
     "EngineError",
     "EngineErrorKind",
+    "EmbeddingRequest",
+    "EmbeddingResult",
     "FinishReason",
     "GenerationChunk",
     "GenerationParams",
@@ -231,6 +233,9 @@ class WorkerOptions:
     """Batch and prefix-cache limits."""
     vision: bool = False
     """Load with mlx-vlm (a vision model) instead of mlx-lm."""
+    embedding_model: bool = False
+    """A dedicated embedding model (BERT, Qwen3-Embedding ...): loaded with mlx-embeddings; it
+    serves embedding requests only."""
     distributed: DistributedOptions | None = None
     """Serve the model by a group of ranks (``mlx.launch``) instead of one process."""
 
@@ -262,3 +267,36 @@ class BatchOptions:
     """Bytes of KV blocks the disk tier keeps for this model (0: no disk tier)."""
     grammar_cache_entries: int = 64
     """Compiled output grammars (response_format schemas, forced tool calls) kept for reuse."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Inputs to embed in one request (``("embed", EmbeddingRequest)``); the worker answers with
+    one :class:`EmbeddingResult` or an :class:`EngineError`."""
+
+    request_id: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    """Texts, or token ids used as they are (no special tokens added)."""
+    max_input_tokens: int
+    """Longest input in tokens; the model's context bounds it too. Longer: invalid_request."""
+    batch_tokens: int
+    """Padded tokens (rows x longest row) per forward pass."""
+    max_total_tokens: int = 1 << 62
+    """Most tokens of all inputs together. More: invalid_request."""
+    pooling: Literal["mean", "last", "cls"] | None = None
+    """How hidden states become one vector; None: the model's own (see ``engine/embed.py``)."""
+    dimensions: int | None = None
+    """Keep the first ``dimensions`` values and renormalize (None: the whole vector)."""
+    shortening: bool = False
+    """Whether ``dimensions`` may be smaller than the model's output (a Matryoshka model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """The vectors of one :class:`EmbeddingRequest`, in input order."""
+
+    request_id: str
+    vectors: tuple[bytes, ...]
+    """Each vector as little-endian float32 bytes, L2-normalized."""
+    prompt_tokens: int
+    """Tokens of all inputs together (special tokens included, padding not)."""

@@ -4,13 +4,15 @@ Protocol over a ``multiprocessing`` pipe (tuples, pickled):
 
 router → worker
     ``("load", WorkerOptions)`` first, to a spare process started without a model;
-    ``("generate", GenerationRequest)``, ``("cancel", request_id, delivered_tokens)``, ``("shutdown",)``
+    ``("generate", GenerationRequest)``, ``("embed", EmbeddingRequest)``,
+    ``("cancel", request_id, delivered_tokens)``, ``("shutdown",)``
 worker → router
     ``("ready", LoadInfo)`` or ``("load_failed", kind, message)`` once, after the load;
     ``("admitted", Admission)`` when a request is tokenized and accepted (before prefill);
     ``("step", [chunk, ...])`` once per decode step, for all active sequences, each chunk a
     plain tuple of :class:`GenerationChunk`'s fields in order (pickled ~20x faster than the
     dataclass);
+    ``("embedded", EmbeddingResult)`` when all inputs of an embedding request are done;
     ``("cancelled", request_id, generated, after_close)`` when a cancelled sequence is dropped:
     the tokens it had generated, and how many of them came after the ``delivered_tokens`` the
     router had passed on when its client went away;
@@ -30,7 +32,14 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, WorkerOptions
+from mlx_router.engine.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineError,
+    GenerationParams,
+    GenerationRequest,
+    WorkerOptions,
+)
 from mlx_router.errors import redact_paths
 
 __all__ = ["worker_main"]
@@ -54,6 +63,8 @@ class _Worker:
         self.options = options
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.send_lock = threading.Lock()
+        self.embeddings: Any = None
+        """The model's :class:`~mlx_router.engine.embed.EmbeddingQueue` (none for vision models)."""
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self.send_lock:
@@ -68,7 +79,7 @@ class _Worker:
 
         try:
             engine, scheduler = self.load()
-            if self.options.warmup_tokens > 0:
+            if self.options.warmup_tokens > 0 and not self.options.embedding_model:
                 scheduler.run_to_end(
                     GenerationRequest("warmup", GenerationParams(max_tokens=self.options.warmup_tokens), prompt="Hello")
                 )
@@ -82,10 +93,17 @@ class _Worker:
         self.loop(scheduler)
 
     def load(self) -> tuple[Any, Any]:
-        """The engine and its scheduler: mlx-lm for text models, mlx-vlm for vision models."""
+        """The engine and its scheduler: mlx-lm for text models, mlx-vlm for vision models,
+        mlx-embeddings for dedicated embedding models (which generate nothing). Text and
+        embedding models also get their :attr:`embeddings` queue."""
         from mlx_router.engine.batch import BatchScheduler
+        from mlx_router.engine.embed import EmbeddingQueue, EncoderEmbedder, LMEmbedder
         from mlx_router.engine.lm import LMEngine
 
+        if self.options.embedding_model:
+            encoder = EncoderEmbedder.load(self.options.model_path, context_length=self.options.context_length)
+            self.embeddings = EmbeddingQueue(encoder)
+            return encoder, _EmbeddingOnly()
         if self.options.vision:
             return self.load_vision()
         engine = LMEngine.load(
@@ -93,6 +111,7 @@ class _Worker:
             context_length=self.options.context_length,
             chat_template=self.options.chat_template,
         )
+        self.embeddings = EmbeddingQueue(LMEmbedder.for_engine(engine, self.options.model_path))
         return engine, BatchScheduler(engine, self.options.batch)
 
     def load_vision(self) -> tuple[Any, Any]:
@@ -111,7 +130,8 @@ class _Worker:
     def loop(self, scheduler: Any) -> None:
         idle_work = getattr(scheduler, "idle_work", None)
         while True:
-            block = not scheduler.active
+            embedding = self.embeddings is not None and self.embeddings.active
+            block = not scheduler.active and not embedding
             if block and idle_work is not None and self.inbox.empty() and idle_work():
                 continue  # idle: one piece of background work, then look at the inbox again
             while True:
@@ -122,6 +142,9 @@ class _Worker:
                 block = False
                 if not self.handle(scheduler, msg):
                     return
+            if self.embeddings is not None and self.embeddings.active:  # one forward pass, then a decode step
+                for result in self.embeddings.step():
+                    self.send(("embedded" if isinstance(result, EmbeddingResult) else "error", result))
             if scheduler.active:
                 self.step(scheduler)
 
@@ -135,9 +158,13 @@ class _Worker:
                 scheduler.close()
             return False
         if kind == "cancel":
+            if self.embeddings is not None and self.embeddings.cancel(msg[1]):
+                return True
             generated = scheduler.cancel(msg[1])
             if generated is not None:
                 self.send(("cancelled", msg[1], generated, max(0, generated - msg[2])))
+        elif kind == "embed":
+            self.admit_embedding(msg[1])
         elif kind == "generate":
             request = msg[1]
             try:
@@ -145,6 +172,8 @@ class _Worker:
             except RequestRejected as exc:
                 self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 (any admission failure is this request's error)
+                self.log(logging.ERROR, f"request {request.request_id} failed at admission: {exc.__class__.__name__}: "
+                         f"{describe_exception(exc)}")
                 self.send(("error", classify_exception(exc, request.request_id)))
         return True
 
@@ -156,11 +185,42 @@ class _Worker:
         try:
             chunks = scheduler.step()
         except Exception as exc:  # noqa: BLE001 (a failed step fails the whole batch, not the process)
+            self.log(logging.ERROR, f"a batch step failed: {exc.__class__.__name__}: {describe_exception(exc)}")
             for request_id in scheduler.fail_all():
                 self.send(("error", classify_exception(exc, request_id)))
             return
         if chunks:
             self.send(("step", [c.fields() for c in chunks]))
+
+
+    def admit_embedding(self, request: EmbeddingRequest) -> None:
+        """Queue an embedding request, or refuse it at once (bad input, or a vision model)."""
+        from mlx_router.engine.embed import EmbeddingRejected
+        from mlx_router.engine.lm import classify_exception
+
+        if self.embeddings is None:
+            self.send(("error", EngineError("invalid_request", "this model cannot compute embeddings", request.request_id, "model")))
+            return
+        try:
+            self.embeddings.add(request)
+        except EmbeddingRejected as exc:
+            self.send(("error", EngineError("invalid_request", exc.message, request.request_id, exc.param)))
+        except Exception as exc:  # noqa: BLE001 (any admission failure is this request's error)
+            self.send(("error", classify_exception(exc, request.request_id)))
+
+
+class _EmbeddingOnly:
+    """The scheduler of a dedicated embedding model: it generates nothing."""
+
+    active = False
+
+    def add(self, request: GenerationRequest) -> Any:
+        from mlx_router.engine.lm import RequestRejected
+
+        raise RequestRejected("invalid_request", "this is an embedding model: it serves /v1/embeddings only", "model")
+
+    def cancel(self, request_id: str) -> None:
+        return None
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -430,7 +430,8 @@ class MLXModelManager:
             raise
         except Exception as exc:  # noqa: BLE001 (any other load failure is the model's, reported as FAILED)
             self._emit(ManagerEvent("load_failed", entry.id, time.perf_counter() - load_started))
-            residency.mark_failed(entry.id, redact_paths(f"{exc.__class__.__name__}: {str(exc)[:300]}"))
+            logger.error("model %s failed to load: %s: %s", entry.id, exc.__class__.__name__, redact_paths(str(exc)[:300]))
+            residency.mark_failed(entry.id, redact_paths(str(exc)[:300]) or "the model could not be loaded")
             raise ModelLoadFailed(f"Model {entry.id!r} failed to load: {residency.failures[entry.id]}") from None
         finally:
             residency.release(entry.id)
@@ -462,6 +463,7 @@ class MLXModelManager:
             warmup_tokens=self.settings.defaults.warmup_tokens,
             batch=self.batch_options(entry),
             vision=entry.supports_vision,
+            embedding_model=entry.is_embedding_model,
             distributed=entry.config.distributed.to_options() if entry.config.distributed else None,
         )
 
@@ -579,9 +581,6 @@ class MLXModelManager:
         """Load a model now (as a first request would)."""
         async with self.acquire(model_id):
             pass
-
-    async def unload(self, model_id: str, reason: str = "requested") -> None:
-        await self.residency.unload(model_id, reason)
 
     async def unload_idle_model(self, model_id: str) -> None:
         """Unload a model on request; refused while it serves requests or is pinned."""
@@ -803,6 +802,7 @@ class MLXModelManager:
         return ModelInfo(
             state=self.residency.state(entry.id).value,
             failure_reason=self.failures.get(entry.id),
+            capabilities=entry.capabilities,
             memory_requirements=MemoryRequirements(
                 required_gb=required_gb,
                 weight_bytes=measured,

@@ -20,6 +20,7 @@ from typing import Literal
 from mlx_router.config.settings import Defaults, ModelConfig
 
 __all__ = [
+    "CAPABILITIES",
     "IMPORT_DIR_NAME",
     "ModelEntry",
     "directory_signature",
@@ -39,6 +40,18 @@ EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
 """Folder under model_directory where GGUF files are imported to MLX folders."""
 
 Source = Literal["config", "discovered", "embedded"]
+
+CAPABILITIES = ("chat", "completions", "embeddings", "vision", "tools")
+"""What ``/v1/models`` may list for a model, in this order."""
+
+EMBEDDING_TYPES = frozenset({"bert", "xlm_roberta", "modernbert", "qwen3", "gemma3_text", "lfm2", "llama_bidirec"})
+"""Text model types mlx-embeddings loads (``mlx_embeddings.models``)."""
+ENCODER_TYPES = frozenset({"bert", "xlm_roberta", "modernbert"})
+"""Encoder-only types: embedding models whatever else their files say (they cannot generate)."""
+_GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
+_KNOWN_DIMENSIONS: dict[str, list[int] | Literal["any"]] = {"qwen3": "any", "gemma3_text": [128, 256, 512, 768]}
+"""Matryoshka sizes of the embedding families trained for them: Qwen3-Embedding (any size, from
+32 up per its card) and EmbeddingGemma (768, 512, 256, 128)."""
 
 
 @dataclass
@@ -85,6 +98,67 @@ class ModelEntry:
         if not template:  # vision checkpoints keep their processor's template here
             template = _json_field(folder / "chat_template.json", "chat_template")
         return "tools" in str(template)
+
+
+    @cached_property
+    def is_embedding_model(self) -> bool:
+        """``embedding_model`` from config.json, else inferred from the model's files: a type
+        mlx-embeddings loads that is encoder-only, or ships sentence-transformers files, or
+        whose ``architectures`` name no generative class (``Gemma3TextModel``, not
+        ``Gemma3ForCausalLM``). Qwen3-Embedding declares ``Qwen3ForCausalLM``: its
+        sentence-transformers files tell it apart from a Qwen3 chat model."""
+        if self.config.embedding_model is not None:
+            return self.config.embedding_model
+        if self.is_gguf:
+            return False
+        config = _model_config(self.path)
+        model_type = str(config.get("model_type", "")).replace("-", "_")
+        if model_type not in EMBEDDING_TYPES:
+            return False
+        if model_type in ENCODER_TYPES or _has_st_files(self.path):
+            return True
+        architectures = config.get("architectures")
+        if not isinstance(architectures, list) or not architectures:
+            return False
+        return not any(str(name).endswith(_GENERATIVE_SUFFIXES) for name in architectures)
+
+    @property
+    def supports_embeddings(self) -> bool:
+        """``supports_embeddings`` from config.json, else: embedding and text models do (pooled
+        hidden states); vision models and models served by a group of ranks do not."""
+        if self.config.supports_embeddings is not None:
+            return self.config.supports_embeddings
+        if self.config.distributed is not None:
+            return False
+        return self.is_embedding_model or not self.supports_vision
+
+    @property
+    def embedding_dimensions(self) -> list[int] | Literal["any"] | None:
+        """Shorter sizes this model's embeddings may be cut to (None: the full size only)."""
+        if self.config.embedding_dimensions is not None:
+            return self.config.embedding_dimensions
+        if not self.is_embedding_model:
+            return None
+        return _KNOWN_DIMENSIONS.get(str(_model_config(self.path).get("model_type", "")).replace("-", "_"))
+
+    @property
+    def capabilities(self) -> list[str]:
+        """What the model serves, as ``/v1/models`` lists it."""
+        if self.is_embedding_model:
+            return ["embeddings"] if self.supports_embeddings else []
+        found = {"chat", "completions"}
+        if self.supports_embeddings:
+            found.add("embeddings")
+        if self.supports_vision:
+            found.add("vision")
+        if self.supports_tools:
+            found.add("tools")
+        return [name for name in CAPABILITIES if name in found]
+
+
+def _has_st_files(path: Path) -> bool:
+    """A sentence-transformers checkpoint (its module list or its pooling settings)."""
+    return any((path / name).is_file() for name in ("modules.json", "config_sentence_transformers.json"))
 
 
 def _json_field(path: Path, key: str) -> object:
@@ -289,8 +363,8 @@ def prefix_cache_bytes(entry: ModelEntry, defaults: Defaults, budget_bytes: int)
     ``kv_allowance_tokens`` tokens of this model (bounded by its context) and at most 1/16 of the
     memory budget, so the default follows the model and the machine (a fixed 1 GiB was a
     quarter of a small machine's budget, and a tiny model's worker grew by it). Vision models
-    keep none: a prompt's KV depends on its images."""
-    if entry.supports_vision:
+    keep none: a prompt's KV depends on its images; nor do embedding models, which keep no KV."""
+    if entry.supports_vision or entry.is_embedding_model:
         return 0
     if entry.config.prefix_cache_bytes is not None:
         return entry.config.prefix_cache_bytes

@@ -82,6 +82,8 @@ class ModelInfo:
 
     state: str
     failure_reason: str | None
+    capabilities: list[str]
+    """What the model serves: chat, completions, embeddings, vision, tools."""
     memory_requirements: MemoryRequirements
     parameters: ModelParameters
     distributed: GroupReport | None = None

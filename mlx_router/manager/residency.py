@@ -228,7 +228,7 @@ class Residency:
             f"Cannot load {model_id!r}: all {rules.max_resident} model slot(s) are held by pinned models ({held}). "
             "Raise defaults.cache_size or unpin a model.",
             code="model_slots_busy",
-            retry_after=5,
+            retryable=False,  # only the operator can free a pinned slot
         )
 
     def release(self, model_id: str) -> None:

@@ -182,7 +182,7 @@ async def fetch(url: str, param: str, limits: MediaLimits) -> bytes:
     except httpx.HTTPError as exc:
         logger.info("fetching the image URL at %s failed: %r", param, exc)
         raise InvalidRequest(
-            f"The image URL at {param} could not be fetched ({exc.__class__.__name__}).", param=param
+            f"The image URL at {param} could not be fetched (a network or HTTP protocol error).", param=param
         ) from None
     raise InvalidRequest(
         f"The image URL at {param} redirected more than {limits.remote_max_redirects} times "

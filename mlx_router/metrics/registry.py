@@ -54,6 +54,10 @@ class RouterMetrics:
             "mlx_router_generation_requests", "Chat and text completion requests that started generating.",
             ["model"], registry=r,
         )
+        self.embedding_requests = Counter(
+            "mlx_router_embedding_requests", "Embedding requests that reached a model (their tokens count in "
+            "mlx_router_prompt_tokens).", ["model"], registry=r,
+        )
         self.ttft = Histogram(
             "mlx_router_time_to_first_token_seconds", "From the start of a request's generation (model load and "
             "queueing included) to its first token, per sequence.", ["model"], buckets=TTFT_BUCKETS, registry=r,
@@ -123,6 +127,11 @@ class RouterMetrics:
         self.generations.labels(model_id).inc()
         self.history.add_request()
         return GenerationObserver(self, model_id)
+
+    def embedding(self, model_id: str) -> None:
+        """Count an embedding request."""
+        self.embedding_requests.labels(model_id).inc()
+        self.history.add_request()
 
     def response(self, route: str, model: str | None, status: int, error: tuple[int, str, str] | None) -> None:
         """One HTTP response is done; ``error`` is (status, code, message) of the error it sent, if any."""

@@ -9,7 +9,7 @@ naming it (see ``unsupported_features``), never silently dropped.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
@@ -22,8 +22,8 @@ __all__ = [
     "ChatCompletionChunk",
     "ChatCompletionRequest",
     "ChatCompletionResponse",
-    "ChatMessage",
     "ChatLogprobs",
+    "ChatMessage",
     "chat_logprobs",
     "tool_call",
     "tool_call_deltas",
@@ -55,7 +55,7 @@ class ImagePart(OpenAIRequest):
     image_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class FunctionCall(OpenAIRequest):
@@ -84,8 +84,10 @@ class ToolCall(OpenAIRequest):
 def _role_rules_schema(schema: dict[str, Any]) -> None:
     """The JSON schema states what ``_role_rules`` checks: content is required (and not null)
     except for an assistant message with ``tool_calls`` or a ``refusal``; a tool message needs
-    ``tool_call_id``."""
+    ``tool_call_id``; ``audio`` and ``function_call`` may only be null."""
     has = {name: {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in ("content", "tool_calls", "refusal", "tool_call_id")}
+    for refused in ("audio", "function_call"):  # known to the spec, accepted only as null
+        schema["properties"][refused] = {"type": "null", "description": "Accepted only as null."}
     schema["allOf"] = [
         {
             "if": {"properties": {"role": {"const": "assistant"}}},
@@ -108,9 +110,17 @@ class ChatMessage(OpenAIRequest):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    audio: dict[str, Any] | None = None
+    """Known (an assistant's earlier audio answer); any value is refused: no audio here."""
+    function_call: dict[str, Any] | None = None
+    """Known (the deprecated form of ``tool_calls``); any value is refused."""
 
     @model_validator(mode="after")
     def _role_rules(self) -> ChatMessage:
+        if self.audio is not None:
+            raise ValueError("audio is not supported here: there is no audio output to refer to")
+        if self.function_call is not None:
+            raise ValueError("the deprecated function_call is not supported here; send tool_calls")
         if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.refusal)):
             raise ValueError(f"a {self.role} message needs content")
         if self.role == "tool" and not self.tool_call_id:

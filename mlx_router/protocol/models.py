@@ -52,6 +52,9 @@ class ModelCard(OpenAIResponse):
     owned_by: str = "mlx-router"
     state: str
     failure_reason: str | None = None
+    capabilities: list[Literal["chat", "completions", "embeddings", "vision", "tools"]] = Field(
+        default_factory=list, description="What the model serves: chat, completions, embeddings, vision, tools."
+    )
     distributed: ModelGroup | None = Field(
         None, description="For a model served by a group of ranks (models.<id>.distributed): how and where."
     )

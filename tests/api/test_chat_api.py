@@ -435,11 +435,11 @@ async def test_context_length_at_admission_is_http_400(make_app: Any) -> None:
 
 async def test_timeout_non_streaming_returns_what_was_generated(make_app: Any) -> None:
     """defaults.timeout ends a non-streaming request with its text so far, never with nothing."""
-    script = FakeEngineScript(chunks=("Hello", ",", " world", "!"), chunk_delay=0.3, first_chunk_delay=0.0)
-    harness = await make_app(script=script, defaults={"timeout": 0.45})
+    script = FakeEngineScript(chunks=("Hello", ",", " world", "!"), chunk_delay=1.0, first_chunk_delay=0.0)
+    harness = await make_app(script=script, defaults={"timeout": 1.5})  # between the 2nd and 3rd chunk
     started = time.monotonic()
     response = await harness.client.post(CHAT, json=chat_body())
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0
     assert response.status_code == 200, response.text
     assert response.headers["x-mlx-router-stopped"] == "timeout"
     body = response.json()
@@ -455,7 +455,7 @@ async def test_timeout_non_streaming_returns_what_was_generated(make_app: Any) -
 
 async def test_timeout_keeps_finished_choices_and_completions(make_app: Any) -> None:
     """Each unfinished choice ends with length; the text completions path does the same."""
-    harness = await make_app(script=FakeEngineScript(chunk_delay=5.0), defaults={"timeout": 0.2})
+    harness = await make_app(script=FakeEngineScript(chunk_delay=5.0), defaults={"timeout": 1.0})
     response = await harness.client.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "n": 2})
     assert response.status_code == 200, response.text
     assert response.headers["x-mlx-router-stopped"] == "timeout"

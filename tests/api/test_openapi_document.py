@@ -61,6 +61,9 @@ MESSAGES: list[tuple[dict[str, Any], bool]] = [
     ({"role": "assistant", "content": "hello"}, True),
     ({"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, True),
     ({"role": "assistant", "refusal": "no"}, True),
+    ({"role": "assistant", "content": "hi", "audio": {"id": "a1"}}, False),
+    ({"role": "assistant", "content": "hi", "audio": None, "function_call": None}, True),
+    ({"role": "assistant", "content": "hi", "function_call": {"name": "f", "arguments": "{}"}}, False),
 ]
 
 

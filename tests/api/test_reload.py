@@ -293,7 +293,7 @@ async def test_a_pinned_model_reloading_keeps_its_slot(make_app: Any, config: Co
     assert (await reload(harness))["models"]["reloading"] == [MODEL]
     started = asyncio.get_running_loop().time()
     response = await harness.client.post(CHAT, json=chat_body(model="tiny-alias"))
-    assert_error(response, 503, code="model_slots_busy", message_contains=[MODEL])
+    assert_error(response, 503, code="model_slots_busy", message_contains=[MODEL], retry=False)
     assert asyncio.get_running_loop().time() - started < 1.0
     await asyncio.wait_for(loaded.wait(), 5)
     assert harness.factory.clients[-1].options.context_length == 512

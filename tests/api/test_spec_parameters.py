@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import MODEL, assert_error, chat_body
-from tests.openai_schemas import _document, validate
+from tests.openai_schemas import schemas, validate
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -27,13 +27,9 @@ BASES: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 
 
-def _schemas() -> dict[str, Any]:
-    return _document()["components"]["schemas"]  # type: ignore[no-any-return]
-
-
 def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in schema:
-        schema = _schemas()[schema["$ref"].rsplit("/", 1)[-1]]
+        schema = schemas()[schema["$ref"].rsplit("/", 1)[-1]]
     return schema
 
 
@@ -100,10 +96,14 @@ def variants(schema: dict[str, Any]) -> list[Any]:
 
 
 def _properties(name: str) -> dict[str, Any]:
-    schema = _resolve({"$ref": name})
+    """Every property of a request schema, through its ``allOf`` parts at any depth."""
+    return _own_properties(_resolve({"$ref": name}))
+
+
+def _own_properties(schema: dict[str, Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for part in schema.get("allOf", []):
-        properties.update(_resolve(part).get("properties", {}))
+        properties.update(_own_properties(_resolve(part)))
     properties.update(schema.get("properties", {}))
     return properties
 
@@ -116,7 +116,7 @@ def cases(request: str) -> list[tuple[str, Any]]:
 def test_every_property_has_cases() -> None:
     for request in BASES:
         assert {name for name, _ in cases(request)} == set(_properties(request))
-    assert sum(len(cases(request)) for request in BASES) > 100
+    assert len(_properties("CreateChatCompletionRequest")) == 37 and len(_properties("CreateCompletionRequest")) == 18
 
 
 @pytest.mark.parametrize("request_schema", list(BASES))
@@ -196,3 +196,34 @@ async def test_unservable_values_are_refused_by_name(harness: Any) -> None:
 async def test_names_outside_the_spec_are_unknown(harness: Any) -> None:
     response = await harness.client.post(CHAT, json=chat_body(temprature=0.5))
     assert_error(response, 400, code="unknown_parameter", param="temprature")
+
+
+def message_cases() -> list[tuple[str, dict[str, Any]]]:
+    """(schema, message) for every kind of message in the spec and every property it has, each
+    with a value per branch of its type."""
+    found = []
+    for branch in _resolve({"$ref": "ChatCompletionRequestMessage"})["oneOf"]:
+        name = branch["$ref"].rsplit("/", 1)[-1]
+        schema = _resolve(branch)
+        base = sample(schema)
+        for prop, prop_schema in schema.get("properties", {}).items():
+            found += [(f"{name}.{prop}", {**base, prop: value}) for value in variants(prop_schema)]
+        for option in _resolve(schema["properties"]["content"]).get("oneOf", []):  # each kind of content part
+            items = _resolve(_resolve(option).get("items", {}))
+            found += [(f"{name}.content[]", {**base, "content": [sample(part)]}) for part in items.get("oneOf", [])]
+    return found
+
+
+async def test_every_spec_message_field_is_known(harness: Any) -> None:
+    """Messages of every role with every field the spec gives them: served, or a 400 naming
+    the message, never an unknown parameter or a 5xx."""
+    failures: list[str] = []
+    for where, message in message_cases():
+        messages = [message] if message["role"] in ("user", "system", "developer") else [{"role": "user", "content": "q"}, message]
+        response = await harness.client.post(CHAT, json=chat_body(messages=messages))
+        if response.status_code >= 500:
+            failures.append(f"{where}: {response.status_code}")
+        elif response.status_code != 200 and assert_error(response, 400)["code"] == "unknown_parameter":
+            failures.append(f"{where}={json.dumps(message)[:80]}: unknown_parameter")
+    assert len(message_cases()) >= 40  # 6 roles, each field, each kind of content part
+    assert not failures, "\n".join(failures)

@@ -87,11 +87,12 @@ def test_the_worker_counts_the_tokens_it_generated_after_a_client_left(tmp_path:
         "logit_bias": NO_SPECIAL,
     }
     try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as http:
-            with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                lines = response.iter_lines()
-                for _ in range(8):
-                    next(line for line in lines if '"content"' in line)
+        with httpx.Client(base_url=server.base_url, timeout=60) as http, http.stream(
+            "POST", "/v1/chat/completions", json=body
+        ) as response:
+            lines = response.iter_lines()
+            for _ in range(8):
+                next(line for line in lines if '"content"' in line)
         assert wait_until(lambda: counter(server, "mlx_router_cancelled_sequences_total") == 1)
         after = counter(server, "mlx_router_tokens_after_cancel_total")
         log = server.log()

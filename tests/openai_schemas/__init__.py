@@ -20,7 +20,7 @@ from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-__all__ = ["SCHEMAS_URI", "schema_names", "validate", "validator_for"]
+__all__ = ["SCHEMAS_URI", "schema_names", "schemas", "validate", "validator_for"]
 
 SCHEMAS_FILE = Path(__file__).with_name("schemas.json")
 SCHEMAS_URI = "urn:openai-openapi:schemas"
@@ -47,6 +47,11 @@ def _document() -> dict[str, Any]:
 def _registry() -> Registry:
     resource = Resource.from_contents(_document(), default_specification=DRAFT202012)
     return Registry().with_resource(SCHEMAS_URI, resource)
+
+
+def schemas() -> dict[str, Any]:
+    """Every schema by name (``$ref`` values point into this mapping, ``#/components/schemas/NAME``)."""
+    return _document()["components"]["schemas"]  # type: ignore[no-any-return]
 
 
 def schema_names() -> list[str]:

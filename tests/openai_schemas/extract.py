@@ -35,6 +35,8 @@ ROOTS = (
     "CompletionUsage",
     "CreateChatCompletionRequest",
     "CreateCompletionRequest",
+    "CreateEmbeddingRequest",
+    "CreateEmbeddingResponse",
     "Response",
     "ResponseStreamEvent",
     "ResponseItemList",

@@ -214,3 +214,41 @@ def test_padded_prefill_gives_the_same_output_with_and_without_a_cached_prefix(e
         want = generate(plain, f"p{i}", prompt)[0]
         assert generate(padded, f"q{i}", prompt) == (want, 0)
         assert generate(padded, f"r{i}", prompt)[0] == want  # now from the prefix cache when long enough
+
+
+def test_disk_tier_writes_the_newest_sequence_first_root_first(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    disk = DiskTier(str(tmp_path / "kv"), str(model), BLOCK, 1 << 20)
+    cache = PrefixCache(layers=LAYERS, block_tokens=BLOCK, max_bytes=1 << 20, disk=disk)
+    old, new = list(range(24)), list(range(100, 124))
+    cache.insert(old, kv_of(old))
+    cache.insert(new, kv_of(new))
+    assert disk.pending == 6
+    disk.write_one()
+    assert block_digests(new, BLOCK, 1)[0] in disk and block_digests(old, BLOCK, 1)[0] not in disk
+    cache.insert(old + [1] * 8, kv_of(old + [1] * 8))  # the old chain again, one block longer: it goes next
+    assert disk.pending == 6
+    for _ in range(4):
+        disk.write_one()
+    assert all(d in disk for d in block_digests(old + [1] * 8, BLOCK, 4))
+
+
+@pytest.mark.parametrize("mask_kind", ["causal", "bool", "none"])
+def test_short_chunks_after_cached_tokens_attend_like_the_fused_kernel(engine: LMEngine, mask_kind: str) -> None:
+    import sys
+
+    from mlx_lm.models import base
+
+    from mlx_router.engine.lm import attend_short_chunks_directly
+
+    assert attend_short_chunks_directly(engine.model)
+    direct = sys.modules[type(engine.model).__module__].scaled_dot_product_attention
+    assert direct is not base.scaled_dot_product_attention
+    q, k, v = (mx.random.normal(shape, key=mx.random.key(i)) for i, shape in enumerate([(2, 8, 5, 16), (2, 2, 37, 16), (2, 2, 37, 16)]))
+    mask: object = {"causal": "causal", "none": None}.get(mask_kind)
+    if mask_kind == "bool":
+        mask = (mx.arange(32, 37)[:, None] >= mx.arange(37)[None]) & (mx.arange(37)[None] >= mx.array([[0], [3]])[:, None, None])
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+    got = direct(q, k, v, cache=None, scale=0.25, mask=mask)
+    assert got.shape == want.shape and mx.allclose(got, want, atol=1e-5).item()

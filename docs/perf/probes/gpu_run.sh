@@ -15,11 +15,14 @@ if ! PYTHONPATH=/tmp/site python3 -c 'import mlx.core' 2>/dev/null; then
 fi
 export PYTHONPATH=/tmp/site:$root/.devC HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$root/.devC"
-bench() {  # KIND CONCURRENCY SECONDS
-  timeout "$3" python3 helper_tools/benchmark.py --make "$1" --cache-dir /tmp/bench-cache --concurrency "$2" \
-    --repeat 3 --skip server --work-dir "/tmp/w-$1" --json "$out/gpu-$1.json" > "$out/gpu-$1.txt" 2>&1
-  echo "benchmark $1 exit $?" >> "$out/gpu-$1.txt"
-  tar czf "$out/work-$1.tgz" --exclude prefix-cache --exclude '*.safetensors' -C /tmp "w-$1" 2>/dev/null
+bench() {  # KIND CONCURRENCY SECONDS [NAME [BENCHMARK ARGS...]]
+  kind=$1 levels=$2 seconds=$3 name=${4:-$1}
+  shift 4 2>/dev/null || shift $#
+  timeout -s INT -k 20 "$seconds" python3 helper_tools/benchmark.py --make "$kind" --cache-dir /tmp/bench-cache \
+    --concurrency "$levels" --repeat 3 --skip server --work-dir "/tmp/w-$name" --json "$out/gpu-$name.json" "$@" \
+    > "$out/gpu-$name.txt" 2>&1
+  echo "benchmark $name exit $?" >> "$out/gpu-$name.txt"
+  tar czf "$out/work-$name.tgz" --exclude prefix-cache --exclude '*.safetensors' -C /tmp "w-$name" 2>/dev/null
 }
 case $part in
   1b)
@@ -29,10 +32,15 @@ case $part in
     { echo "== first_token"; timeout 55 python3 docs/perf/probes/first_token.py "$model"
       echo "== admission"; timeout 40 python3 docs/perf/probes/admission.py "$model" 32 3 512 4; } >> "$out/probes-1b.txt" 2>&1
     ;;
+  again)  # after the first run: the 1B scenarios and probe again, then the 8B
+    bench llama-1b 1 110 llama-1b-scenarios --only prefix,disconnect,agent
+    timeout 50 python3 docs/perf/probes/first_token.py /tmp/bench-cache/llama-1b/random-llama-1b > "$out/probes-1b-again.txt" 2>&1
+    bench llama-8b-4bit 1,8,32 $((575 - SECONDS)) llama-8b-4bit
+    ;;
   8b)
     bench llama-8b-4bit 1,8,32 440
     { echo "== first_token"; timeout 60 python3 docs/perf/probes/first_token.py /tmp/bench-cache/llama-8b-4bit/random-llama-8b-4bit; } \
       > "$out/probes-8b.txt" 2>&1
     ;;
 esac
-tail -5 "$out"/gpu-*.txt
+tail -n 5 "$out"/gpu-*.txt

@@ -5,8 +5,8 @@ Starts ``main.py`` on a tiny random-weight model (built on the spot) with the bu
 kinds: not JSON, wrong types, unknown model, huge strings, bad image data, ...), 20 streams
 dropped by the client after their first chunk, and 48 streams of ``--tokens`` tokens (each with
 its own prompt, so the prefix cache keeps filling). After warm-up and after every round it prints
-the resident memory (RSS) of the router, of each worker process and of the whole tree, and the
-worker's MLX figures from ``/v1/health`` where present.
+the resident memory (RSS) of the router, of the model's worker, of the spare worker and of the
+whole process tree (workers told apart by the pids ``/v1/health`` reports).
 
 Run from the repository root::
 
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +68,31 @@ def malformed(i: int) -> tuple[dict[str, str], bytes]:
     return json_type, kinds[i % len(kinds)]
 
 
-def tree_rss(pid: int) -> dict[str, float]:
-    """RSS in MB of the router and of each child process (workers, spare, importers)."""
+def tree_rss(pid: int, health: dict[str, Any]) -> dict[str, float]:
+    """RSS in MB of the router, the model's worker, the spare worker and the whole tree."""
     root = psutil.Process(pid)
-    out = {"router": root.memory_info().rss / MB}
+    worker_pids = {m["pid"] for m in health.get("loaded_models", [])}
+    out = {"router": root.memory_info().rss / MB, "worker": 0.0, "spare": 0.0, "tree": 0.0}
     for child in root.children(recursive=True):
         try:
-            out[f"child {child.pid}"] = child.memory_info().rss / MB
+            rss = child.memory_info().rss / MB
         except psutil.NoSuchProcess:
-            pass
-    out["tree"] = sum(out.values())
+            continue
+        if child.pid in worker_pids:
+            out["worker"] += rss
+        elif child.pid == health.get("spare_worker_pid"):
+            out["spare"] += rss
+        out["tree"] += rss
+    out["tree"] += out["router"]
     return out
 
 
+def row(label: str, rss: dict[str, float], note: str = "") -> str:
+    return f"{label:>10} {rss['router']:10.0f} {rss['worker']:10.0f} {rss['spare']:9.0f} {rss['tree']:8.0f}  {note}"
+
+
 async def one_round(client: httpx.AsyncClient, round_no: int, tokens: int) -> dict[str, int]:
-    counts = {"malformed_5xx": 0, "stream_errors": 0}
+    counts = {"malformed_5xx": 0, "stream_errors": 0, "resets": 0}
     sem = asyncio.Semaphore(16)
 
     async def bad(i: int) -> None:
@@ -104,9 +115,15 @@ async def one_round(client: httpx.AsyncClient, round_no: int, tokens: int) -> di
             text = b"".join([chunk async for chunk in response.aiter_bytes()])
         counts["stream_errors"] += response.status_code != 200 or b"[DONE]" not in text
 
-    await asyncio.gather(*(bad(i) for i in range(300)))
-    await asyncio.gather(*(dropped(i) for i in range(20)))
-    await asyncio.gather(*(stream(i) for i in range(48)))
+    async def counted(work: Awaitable[None]) -> None:
+        try:
+            await work
+        except httpx.TransportError:  # the connection closed under the request: counted, not fatal
+            counts["resets"] += 1
+
+    await asyncio.gather(*(counted(bad(i)) for i in range(300)))
+    await asyncio.gather(*(counted(dropped(i)) for i in range(20)))
+    await asyncio.gather(*(counted(stream(i)) for i in range(48)))
     return counts
 
 
@@ -155,15 +172,13 @@ async def run(args: argparse.Namespace) -> int:
                         return 1
                     await asyncio.sleep(0.2)
                 print(f"overrides: {json.dumps(parse_sets(args.set)) if args.set else 'none (built-in defaults)'}")
-                print(f"{'after':>10} {'router MB':>10} {'workers MB':>11} {'tree MB':>8}  errors")
-                started = tree_rss(process.pid)
-                print(f"{'start':>10} {started['router']:10.0f} {started['tree'] - started['router']:11.0f} {started['tree']:8.0f}")
+                print(f"{'after':>10} {'router MB':>10} {'worker MB':>10} {'spare MB':>9} {'tree MB':>8}  errors")
+                print(row("start", tree_rss(process.pid, (await client.get("/v1/health")).json())))
                 for round_no in range(1, args.rounds + 1):
                     counts = await one_round(client, round_no, args.tokens)
                     await asyncio.sleep(1.0)
-                    rss = tree_rss(process.pid)
-                    print(f"{'round ' + str(round_no):>10} {rss['router']:10.0f} {rss['tree'] - rss['router']:11.0f} "
-                          f"{rss['tree']:8.0f}  {counts}")
+                    rss = tree_rss(process.pid, (await client.get("/v1/health")).json())
+                    print(row(f"round {round_no}", rss, str(counts)), flush=True)
         finally:
             process.terminate()
             process.wait(30)

@@ -33,6 +33,6 @@ async def create_chat_completion(
         result = await unless_disconnected(request, chat_response(runner, chat))
         response.headers.update(headers | chat.job.headers())
         return result
-    stream = stream_response(await chat_stream(runner, chat), chat.stream_format)
+    stream = stream_response(await unless_disconnected(request, chat_stream(runner, chat)), chat.stream_format)
     stream.headers.update(headers)
     return stream

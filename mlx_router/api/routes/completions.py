@@ -31,4 +31,6 @@ async def create_completion(
         result = await unless_disconnected(request, completion_response(runner, completion))
         response.headers.update(completion.job.headers())
         return result
-    return stream_response(await completion_stream(runner, completion), completion.stream_format)
+    return stream_response(
+        await unless_disconnected(request, completion_stream(runner, completion)), completion.stream_format
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from mlx_router.api.deps import ManagerDep
+from mlx_router.api.errors import error_responses
 from mlx_router.manager.manager import MLXModelManager
 from mlx_router.manager.memory import MemorySnapshot
 from mlx_router.manager.registry import ModelEntry
@@ -35,6 +36,7 @@ def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot 
         created=int(entry.path.stat().st_mtime) if entry.path.exists() else 0,
         state=info.state,
         failure_reason=info.failure_reason,
+        capabilities=info.capabilities,  # type: ignore[arg-type]
         distributed=ModelGroup.model_validate(info.distributed) if info.distributed else None,
         memory_requirements=MemoryRequirements.model_validate(info.memory_requirements),
         parameters=ModelParameters.model_validate(info.parameters),
@@ -43,7 +45,12 @@ def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot 
     )
 
 
-@router.get("/v1/models", response_model=ModelList, summary="List models (and exact aliases) with their memory requirements")
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    responses=error_responses(401),
+    summary="List models (and exact aliases) with their memory requirements",
+)
 async def list_models(manager: ManagerDep) -> ModelList:
     manager.refresh_listing()
     snapshot = manager.monitor.snapshot()
@@ -59,6 +66,11 @@ async def list_models(manager: ManagerDep) -> ModelList:
     )
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard, summary="Describe one model or alias")
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    responses=error_responses(400, 401, 404),
+    summary="Describe one model or alias",
+)
 async def get_model(model_id: str, manager: ManagerDep) -> ModelCard:
     return _card(manager, manager.resolve(model_id), name=model_id)

@@ -1,10 +1,6 @@
 """``POST /v1/chat/completions``: a chat request prepared into a complete job (tools, grammar,
-images), run by the shared runner, and its events turned into a response or chunks.
-
-Per choice, answer text goes through the reasoning splitter first (when the model separates
-reasoning, and always for harmony output), then only its content part through the tool-call
-reader, so markup inside a think block is never a call.
-"""
+images), run by the shared runner, and its events turned into a response or chunks; each
+choice's text is read by an :class:`~mlx_router.api.serving.answer.AnswerReader`."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mlx_router.api.serving.answer import AnswerReader
 from mlx_router.api.serving.runner import Job, Run, Runner, choice_params, request_ids
 from mlx_router.api.serving.sampling import Sampling, prepare_sampling
 from mlx_router.api.sse import StreamFormat
@@ -34,12 +31,8 @@ from mlx_router.protocol.chat import (
 )
 from mlx_router.protocol.common import envelope, finish_reason
 from mlx_router.text.constraints import json_grammar, schema_depth, validate_grammar
-from mlx_router.text.reasoning import HarmonySplitter, ReasoningSplitter, make_splitter
-from mlx_router.text.tools import ParsedCall, ToolCallStream, make_format
 
 __all__ = ["ChatJob", "chat_response", "chat_stream", "prepare_chat"]
-
-Splitter = ReasoningSplitter | HarmonySplitter
 
 
 @dataclass
@@ -57,27 +50,11 @@ class ChatJob:
     warnings: tuple[str, ...] = ()
     """What the image loaders had to leave out (``X-MLX-Router-Warnings``)."""
 
-    def splitter(self, admission: Admission) -> Splitter | None:
-        """A reasoning splitter when the model's ``reasoning_response`` asks for one; always for
-        harmony output, whose channel markup must never reach a client. Under a grammar the
-        model writes the answer at once, even where the prompt opened a think block."""
-        if self.model.reasoning_response is None and admission.reasoning_format != "harmony":
-            return None
-        return make_splitter(
-            admission.reasoning_format,
-            inside=admission.reasoning_open and not self.job.constrained,
-            tool_frames=admission.tool_format == "harmony",
+    def reader(self, admission: Admission) -> AnswerReader:
+        """How a choice's text is read: reasoning apart, then the calls of the tools offered."""
+        return AnswerReader.for_admission(
+            admission, reasoning_response=self.model.reasoning_response, tools=self.tools, constrained=self.job.constrained
         )
-
-    def tool_stream(self, admission: Admission) -> ToolCallStream | None:
-        """A reader of tool calls when tools were offered (the worker says in which format)."""
-        if not self.tools or admission.tool_format is None:
-            return None
-        return ToolCallStream(make_format(admission.tool_format, self.tools))
-
-    def reasoning_out(self, reasoning: str) -> str | None:
-        """Reasoning text as returned: separated when enabled, dropped when disabled."""
-        return reasoning if reasoning and self.model.reasoning_response == "enable" else None
 
 
 # ---------------------------------------------------------------------- preparing
@@ -190,19 +167,12 @@ async def chat_response(runner: Runner, chat: ChatJob) -> ChatCompletionResponse
     texts, tokens = await run.collect([""] * len(chat.job.requests))
     choices = []
     for index, admission in enumerate(run.admissions):
-        content, reasoning = texts[index], ""
-        splitter = chat.splitter(admission)
-        if splitter is not None:
-            reasoning, content = _split(splitter, content, final=True)
-        calls: list[ParsedCall] = []
-        reader = chat.tool_stream(admission)
-        if reader is not None:
-            content, calls = _read_calls(reader, content, final=True)
-            calls = calls[:1] if not chat.parallel_tool_calls else calls
+        piece = chat.reader(admission).feed(texts[index], final=True)
+        calls = piece.calls if chat.parallel_tool_calls else piece.calls[:1]
         message = ResponseMessage(
-            content=(content or None) if calls else content,
+            content=(piece.content or None) if calls else piece.content,
             tool_calls=[tool_call(c.id, c.name, c.arguments) for c in calls] or None,
-            reasoning_content=chat.reasoning_out(reasoning),
+            reasoning_content=piece.reasoning,
         )
         choices.append(
             Choice(
@@ -226,8 +196,7 @@ async def _chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionC
     chunk = envelope(ChatCompletionChunk, "chatcmpl", chat.job.entry.id)
     for index in range(len(chat.job.requests)):
         yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-    splitters = [chat.splitter(a) for a in run.admissions]
-    readers = [chat.tool_stream(a) for a in run.admissions]
+    readers = [chat.reader(a) for a in run.admissions]
     called = [0] * len(run.admissions)
     finishes: dict[int, str] = {}
     async for index, item in run.events:
@@ -235,20 +204,12 @@ async def _chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionC
             yield None  # keep-alive
             continue
         final = item.finish_reason is not None
-        reasoning, content = "", item.text
-        splitter = splitters[index]
-        if splitter is not None:
-            reasoning, content = _split(splitter, item.text, final=final)
-        calls: list[ParsedCall] = []
-        reader = readers[index]
-        if reader is not None:
-            content, calls = _read_calls(reader, content, final=final)
-        shown_reasoning = chat.reasoning_out(reasoning)
+        piece = readers[index].feed(item.text, final=final)
         logprobs = chat_logprobs(list(item.logprobs)) if item.logprobs else None
-        if content or shown_reasoning or logprobs:
-            delta = Delta(content=content or None, reasoning_content=shown_reasoning)
+        if piece.content or piece.reasoning or logprobs:
+            delta = Delta(content=piece.content or None, reasoning_content=piece.reasoning)
             yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
-        for call in calls:
+        for call in piece.calls:
             if called[index] and not chat.parallel_tool_calls:
                 break
             for delta in tool_call_deltas(call.id, call.name, call.arguments, called[index]):
@@ -261,24 +222,3 @@ async def _chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionC
     run.log_done([finishes[i] for i in sorted(finishes)])
     if chat.include_usage:
         yield chunk([], run.usage())
-
-
-def _split(splitter: Splitter, text: str, *, final: bool) -> tuple[str, str]:
-    """(reasoning, content) of a piece of answer text; the last piece also flushes what the
-    splitter held back."""
-    reasoning, content = splitter.feed(text)
-    if final:
-        more_reasoning, more_content = splitter.flush()
-        reasoning, content = reasoning + more_reasoning, content + more_content
-    return reasoning, content
-
-
-def _read_calls(reader: ToolCallStream, text: str, *, final: bool) -> tuple[str, list[ParsedCall]]:
-    """(content, calls) of a piece of answer text. At the end, a call that a length limit cut
-    off after complete calls is dropped: its markup is no answer, and the calls stand."""
-    content, calls = reader.feed(text)
-    if final:
-        cut = reader.in_call and bool(reader.calls)
-        more_content, more_calls = reader.flush()
-        content, calls = content + ("" if cut and not more_calls else more_content), calls + more_calls
-    return content, calls

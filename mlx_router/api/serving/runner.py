@@ -19,8 +19,23 @@ Every generating endpoint works the same way; only the wire format differs. An e
    :class:`~mlx_router.engine.types.GenerationChunk` as the worker produces it (``chunk`` is
    None when nothing came for ``server.sse_keepalive_seconds``: a stream writes a keep-alive).
    A choice's last chunk has a ``finish_reason``. ``await run.collect(prefixes)`` gathers a
-   whole answer instead. ``run.usage()`` counts tokens (each prompt once), and
-   ``run.log_done(finishes)`` writes the job's log line with the finish reasons as returned.
+   whole answer instead. Model text is read with an ``answer.AnswerReader`` per choice
+   (reasoning apart, then tool calls) and shaped with the pure converters of ``protocol/``.
+   ``run.usage()`` counts tokens (each prompt once), ``run.log_done(finishes)`` writes the
+   job's log line with the finish reasons as returned, and ``job.headers()`` the response
+   headers saying how it ended (``X-MLX-Router-Stopped: timeout``).
+
+A minimal endpoint (see ``completions.py`` for a whole one)::
+
+    async def answer(runner: Runner, req: MyRequest) -> MyResponse:
+        entry = runner.manager.resolve(req.model)
+        params = req.to_generation_params(runner.model_defaults(entry), max_tokens_limit=...)
+        requests = [GenerationRequest(rid, params, prompt=req.text) for rid in request_ids(1)]
+        job = runner.job(entry, requests, prompt_of=[0], stream=False, prompt_param="text")
+        run = await runner.start(job)
+        texts, _ = await run.collect([""])
+        run.log_done([finish_reason(run.last[0].finish_reason)])
+        return MyResponse(text=texts[0], usage=run.usage())
 
 The runner owns what every endpoint shares: the fan-in of the choices, the time limit (a
 non-streaming job is stopped at ``defaults.timeout`` and keeps its text, each unfinished choice

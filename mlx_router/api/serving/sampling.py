@@ -36,6 +36,8 @@ def prepare_sampling(runner: Runner, req: SamplingRequest) -> Sampling:
     server's and the model's settings."""
     defaults = runner.settings.defaults
     entry = runner.manager.resolve(req.model)
+    if entry.is_embedding_model:
+        raise InvalidRequest(f"Model {entry.id!r} is an embedding model: it serves /v1/embeddings only.", param="model")
     n = req.n or 1
     if n > defaults.max_n:
         raise InvalidRequest(f"n must be at most {defaults.max_n} (defaults.max_n).", param="n")
