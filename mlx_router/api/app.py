@@ -19,7 +19,18 @@ from mlx_router import __version__
 from mlx_router.api.errors import install_error_handlers
 from mlx_router.api.middleware import LOOPBACK_HOSTS, RouterMiddleware, is_loopback
 from mlx_router.api.reload import ConfigReloader
-from mlx_router.api.routes import admin, chat, completions, embeddings, health, messages, metrics, models, responses, status
+from mlx_router.api.routes import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    health,
+    messages,
+    metrics,
+    models,
+    responses,
+    status,
+)
 from mlx_router.api.serving.runner import Runner
 from mlx_router.config.settings import Settings
 from mlx_router.manager.manager import MLXModelManager
