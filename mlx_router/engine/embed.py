@@ -185,7 +185,7 @@ class LMEmbedder:
             try:
                 out = body(mx.array([[1, 1]]))
                 ok = out.ndim == 3 and (width is None or out.shape[-1] == width)
-            except Exception as exc:  # an architecture whose body needs more than token ids
+            except Exception as exc:  # noqa: BLE001 (an architecture whose body needs more than token ids)
                 logger.warning("hidden states unavailable: %r", exc)
                 ok = False
             if not ok:
@@ -371,7 +371,7 @@ class EmbeddingQueue:
         group = self._next_group()
         try:
             self._run(group)
-        except Exception as exc:  # the requests of this group fail; the worker goes on
+        except Exception as exc:  # noqa: BLE001 (the requests of this group fail; the worker goes on)
             failed = {job.request_id: job for job, _ in group}
             for job in failed.values():
                 self.jobs.remove(job)

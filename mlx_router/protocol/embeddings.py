@@ -36,7 +36,7 @@ class CreateEmbeddingRequest(OpenAIRequest):
         if isinstance(value, str):
             return [value]
         if value and isinstance(value[0], int):
-            return [value]  # type: ignore[list-item]
+            return [value]
         return list(value)  # type: ignore[arg-type]
 
 

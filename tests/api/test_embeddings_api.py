@@ -184,7 +184,7 @@ async def test_needs_the_api_key_and_is_counted(make_app: Any) -> None:
     assert (await app.client.post(EMB, json={"model": MODEL, "input": "x"}, headers=headers)).status_code == 200
     metrics = (await app.client.get("/metrics", headers=headers)).text
     assert f'mlx_router_embedding_requests_total{{model="{MODEL}"}} 1.0' in metrics
-    assert f'route="/v1/embeddings",status="200"' in metrics
+    assert 'route="/v1/embeddings",status="200"' in metrics
 
 
 async def test_openai_model_names_reach_a_local_model_through_aliases(make_app: Any, mixed_models: Path) -> None:

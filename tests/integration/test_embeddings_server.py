@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from tests.fixtures.tiny_embedding import make_tiny_bert, make_tiny_qwen3_embedding
 from mlx_router.fabricate import make_tiny_llm
+from tests.fixtures.tiny_embedding import make_tiny_bert, make_tiny_qwen3_embedding
 from tests.integration.conftest import NO_SPECIAL, RunningServer, start_server
 from tests.openai_schemas import validate
 

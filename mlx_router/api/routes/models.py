@@ -36,7 +36,7 @@ def _card(manager: MLXModelManager, entry: ModelEntry, snapshot: MemorySnapshot 
         created=int(entry.path.stat().st_mtime) if entry.path.exists() else 0,
         state=info.state,
         failure_reason=info.failure_reason,
-        capabilities=info.capabilities,  # type: ignore[arg-type]
+        capabilities=info.capabilities,
         distributed=ModelGroup.model_validate(info.distributed) if info.distributed else None,
         memory_requirements=MemoryRequirements.model_validate(info.memory_requirements),
         parameters=ModelParameters.model_validate(info.parameters),
