@@ -94,7 +94,7 @@ class _Sequence:
             self.detok.finalize()
             self.pending += self.detok.last_segment
         text, matched = self._take_text(final=finish is not None)
-        if matched:
+        if matched is not None:
             finish = "stop"
         self.emitted += len(text)
         return GenerationChunk(
@@ -103,7 +103,8 @@ class _Sequence:
             completion_tokens=self.completion_tokens,
             prompt_tokens=self.prompt_tokens,
             finish_reason=finish,  # type: ignore[arg-type]
-            logprobs=self._release_logprobs(final=finish is not None, cut=matched),
+            logprobs=self._release_logprobs(final=finish is not None, cut=matched is not None),
+            stop_sequence=matched,
         )
 
     def _release_logprobs(self, *, final: bool, cut: bool) -> tuple[TokenLogprob, ...]:
@@ -118,17 +119,19 @@ class _Sequence:
         self.held = [] if final else self.held[len(ready) :]
         return tuple(ready)
 
-    def _take_text(self, *, final: bool) -> tuple[str, bool]:
-        """Text safe to emit, holding back what could still become a stop string."""
+    def _take_text(self, *, final: bool) -> tuple[str, str | None]:
+        """Text safe to emit, holding back what could still become a stop string; and the stop
+        string found first, if any."""
         pending = self.pending
         if self.stops:
-            hits = [i for i in (pending.find(s) for s in self.stops) if i >= 0]
+            hits = [(i, s) for s in self.stops if (i := pending.find(s)) >= 0]
             if hits:
                 self.pending = ""
-                return pending[: min(hits)], True
+                at, stop = min(hits)
+                return pending[:at], stop
         cut = len(pending) if final or not self.stops else max(0, len(pending) - self.holdback)
         self.pending = pending[cut:]
-        return pending[:cut], False
+        return pending[:cut], None
 
 
 def prefill_width(n: int, limit: int) -> int:

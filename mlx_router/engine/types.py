@@ -149,11 +149,16 @@ class GenerationChunk:
     """Set on the last chunk of a sequence."""
     logprobs: tuple[TokenLogprob, ...] = ()
     """Per generated token in this chunk, when the request asked for logprobs."""
+    stop_sequence: str | None = None
+    """The stop string that ended the sequence, when one did (Anthropic reports it)."""
 
     def fields(self) -> tuple[Any, ...]:
         """The fields in order, as a plain tuple: what the worker sends (``GenerationChunk(*t)``
         rebuilds it)."""
-        return (self.request_id, self.text, self.completion_tokens, self.prompt_tokens, self.finish_reason, self.logprobs)
+        return (
+            self.request_id, self.text, self.completion_tokens, self.prompt_tokens, self.finish_reason, self.logprobs,
+            self.stop_sequence,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,15 +235,21 @@ def _data_uri(source: Base64Source | URLSource) -> str:
     return f"data:{source.media_type};base64,{source.data}"
 
 
-def _text_of(blocks: list[Any], warnings: Warnings, where: str) -> str:
-    """Text blocks joined; other blocks (images in a tool result, say) are named as dropped."""
-    texts = []
+def _text_of(blocks: list[Any], warnings: Warnings, where: str) -> tuple[str, list[dict[str, Any]]]:
+    """Text blocks joined, and image or PDF blocks as image parts (a tool message carries text
+    only, so they travel in the user message that follows); other blocks are named as dropped."""
+    texts: list[str] = []
+    media: list[dict[str, Any]] = []
     for block in blocks:
         if isinstance(block, TextBlock):
             texts.append(block.text)
+        elif isinstance(block, (ImageBlock, DocumentBlock)) and not isinstance(block.source, TextSource):
+            media.append({"type": "image_url", "image_url": {"url": _data_uri(block.source)}})
+        elif isinstance(block, DocumentBlock) and isinstance(block.source, TextSource):
+            texts.append(block.source.data)
         else:
             warnings.add(f"{block.type} blocks in {where} are not supported and were dropped")
-    return "\n".join(texts)
+    return "\n".join(texts), media
 
 
 def _note_block(block: Any, warnings: Warnings) -> None:
@@ -273,8 +279,11 @@ def _user_messages(message: InputMessage, index: int, warnings: Warnings) -> lis
                 parts.append({"type": "image_url", "image_url": {"url": _data_uri(block.source)}})
         elif isinstance(block, ToolResultBlock):
             content = block.content
-            text = content if isinstance(content, str) else _text_of(content or [], warnings, "tool_result")
+            text, media = (content, []) if isinstance(content, str) else _text_of(content or [], warnings, "tool_result")
             results.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": f"Error: {text}" if block.is_error else text})
+            if media:
+                parts.append({"type": "text", "text": f"(attached by the result of {block.tool_use_id})"})
+                parts.extend(media)
         elif isinstance(block, OtherBlock):
             warnings.add(f"{block.type} blocks are not supported and were dropped")
         else:  # thinking or tool_use in a user turn: not something a user writes
@@ -446,13 +455,17 @@ class MessageBuilder:
         events.append(self._delta(delta))
         return events
 
-    def finish(self, output_tokens: int) -> list[Event]:
-        """The last events, once the answer's usage is known."""
+    def finish(self, output_tokens: int, stop_sequence: str | None = None) -> list[Event]:
+        """The last events, once the answer's usage (and the stop string that ended it, if
+        one did) is known."""
         events = self._close()
         self.message.usage.output_tokens = output_tokens
         usage = self.message.usage.model_dump()
-        delta = {"stop_reason": self.message.stop_reason or "end_turn", "stop_sequence": None}
-        self.message.stop_reason = delta["stop_reason"]
+        reason = self.message.stop_reason or "end_turn"
+        if stop_sequence is not None and reason == "end_turn":
+            reason, self.message.stop_sequence = "stop_sequence", stop_sequence
+        delta = {"stop_reason": reason, "stop_sequence": self.message.stop_sequence}
+        self.message.stop_reason = reason
         events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         events.append(("message_stop", {"type": "message_stop"}))
         return events

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 from mlx_router.protocol.agents import Piece, Warnings, chat_request
 from mlx_router.protocol.chat import ChatCompletionRequest
@@ -267,10 +267,11 @@ def chat_messages(items: list[Any], warnings: Warnings) -> list[dict[str, Any]]:
     return messages
 
 
-def _parse_item(data: dict[str, Any]) -> Any:
-    from pydantic import TypeAdapter
+_ITEM = TypeAdapter(InputItem)
 
-    return TypeAdapter(InputItem).validate_python(data)
+
+def _parse_item(data: dict[str, Any]) -> Any:
+    return _ITEM.validate_python(data)
 
 
 def _tool_choice(choice: str | dict[str, Any] | None, warnings: Warnings) -> Any:

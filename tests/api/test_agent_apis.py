@@ -346,6 +346,14 @@ async def test_images_reach_the_media_path(make_app: Any, tmp_path: Path) -> Non
     refused = await harness.client.post("/v1/messages", json=body)
     assert refused.status_code == 400
     assert refused.json()["error"]["type"] == "invalid_request_error" and "cannot read images" in refused.json()["error"]["message"]
+    # An image a tool returned (Claude Code's Read on a picture) goes to the user turn after the result.
+    history = [
+        {"role": "user", "content": "Look at x.png"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"path": "x.png"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "x.png"}, image]}]},
+    ]
+    refused = await harness.client.post("/v1/messages", json=message_body(messages=history, tools=[WEATHER_TOOL]))
+    assert refused.status_code == 400 and "cannot read images" in refused.json()["error"]["message"]
     part = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
     refused = await harness.client.post("/v1/responses", json=response_body(input=[{"role": "user", "content": [part]}]))
     assert refused.status_code == 400 and "cannot read images" in refused.json()["error"]["message"]

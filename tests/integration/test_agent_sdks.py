@@ -14,6 +14,13 @@ import jsonschema
 import pytest
 
 from tests.integration.conftest import RunningServer, start_server
+from tests.integration.test_vision import (
+    IMAGE_TOKENS,
+    VLM,
+    pdf_uri,
+    png_uri,
+    vision_server,  # noqa: F401  (the fixture, started for this module too)
+)
 from tests.openai_schemas import validate
 
 TOOLS_MODEL = "tiny-qwen-template"
@@ -64,6 +71,20 @@ def test_messages_clamp_max_tokens_to_the_context(tiny_server: RunningServer) ->
     message = client.messages.create(model="tiny-short", max_tokens=32000, messages=[{"role": "user", "content": "Hi"}])
     assert message.stop_reason in ("max_tokens", "end_turn")
     assert message.usage.input_tokens + message.usage.output_tokens <= 48
+
+
+def test_messages_stop_sequence_is_reported(tiny_server: RunningServer) -> None:
+    client = anthropic_client(tiny_server)
+    kwargs: dict[str, Any] = {"model": "tiny-llama", "max_tokens": 12, "messages": [{"role": "user", "content": "Go on"}]}
+    whole = client.messages.create(extra_body={"temperature": 0}, **kwargs).content[0].text
+    stop = whole[len(whole) // 2 :][:3]
+    assert stop.strip(), whole
+    cut = client.messages.create(stop_sequences=[stop, "never-seen"], extra_body={"temperature": 0}, **kwargs)
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    assert cut.content[0].text == whole[: whole.index(stop)]
+    with client.messages.stream(stop_sequences=[stop], extra_body={"temperature": 0}, **kwargs) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
 
 
 def test_messages_tool_round_trip(tiny_server: RunningServer) -> None:
@@ -202,3 +223,30 @@ def test_previous_response_id_survives_a_restart(restartable: tuple[dict[str, An
         assert second.usage.input_tokens > first.usage.input_tokens
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- images and documents
+
+def test_images_and_pdfs_reach_a_vision_model_through_both_apis(vision_server: RunningServer) -> None:  # noqa: F811
+    client = anthropic_client(vision_server)
+
+    def tokens(*blocks: dict[str, Any]) -> int:
+        content = [{"type": "text", "text": "What is this?"}, *blocks]
+        message = client.messages.create(model=VLM, max_tokens=1, messages=[{"role": "user", "content": content}])
+        return message.usage.input_tokens + message.usage.cache_read_input_tokens
+
+    red = png_uri("red").split(",", 1)[1]
+    pdf = pdf_uri(2).split(",", 1)[1]
+    plain = tokens()
+    assert tokens({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": red}}) == plain + IMAGE_TOKENS
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}
+    chat = vision_server.openai().chat.completions.create(
+        model=VLM, max_tokens=1,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": pdf_uri(2)}}]}],
+    )
+    assert chat.usage is not None
+    assert tokens(document) == chat.usage.prompt_tokens >= plain + 2 * IMAGE_TOKENS  # the pages, as chat renders them
+    openai_client = vision_server.openai()
+    parts = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": png_uri("red")}]
+    response = openai_client.responses.create(model=VLM, input=[{"role": "user", "content": parts}], max_output_tokens=1, store=False)
+    assert response.usage is not None and response.usage.input_tokens == plain + IMAGE_TOKENS

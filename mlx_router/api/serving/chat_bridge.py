@@ -30,6 +30,12 @@ class ChatRun:
     cached_tokens: int
 
     @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended the answer, if one did (once :meth:`pieces` has ended)."""
+        last = self.run.last.get(0)
+        return last.stop_sequence if last is not None else None
+
+    @property
     def output_tokens(self) -> int:
         """Tokens generated so far (all of them once :meth:`pieces` has ended)."""
         return self.run.usage().completion_tokens

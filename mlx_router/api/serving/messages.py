@@ -36,7 +36,7 @@ async def _events(started: ChatRun, builder: MessageBuilder) -> AsyncIterator[li
             yield [("ping", {"type": "ping"})]
             continue
         yield [event for piece in found for event in builder.feed(piece)]
-    yield builder.finish(started.output_tokens)
+    yield builder.finish(started.output_tokens, started.stop_sequence)
 
 
 def _error_events(error: RouterError) -> list[NamedEvent]:
