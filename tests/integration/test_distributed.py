@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -31,6 +32,11 @@ TWO_RANKS = ["127.0.0.1", "127.0.0.1"]
 MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
 PROMPTS = ["Tell me a story about a cat.", "Why is the sky blue?", "Count to ten, slowly."]
 TOLERANCE = 1e-4
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+"""A template that opens the think block in the prompt: the whole answer is reasoning until </think>."""
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +45,9 @@ def group_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
     models = tmp / "models"
     make_tiny_llm(models / "tq", model_type="qwen2", num_layers=4)
     make_tiny_llm(models / "tl", model_type="llama", num_layers=2)
+    shutil.copytree(models / "tq", models / "tt")  # tq's weights, a template that opens <think>
+    tokenizer_config = json.loads((models / "tt" / "tokenizer_config.json").read_text())
+    (models / "tt" / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "chat_template": THINKING_TEMPLATE}))
     group = {"hosts": TWO_RANKS, "backend": "ring"}
     server = start_server(
         tmp,
@@ -48,13 +57,15 @@ def group_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
                 "model_directory": str(models),
                 "embedded_model": False,
                 "max_tokens": 32,
-                "cache_size": 4,
+                "cache_size": 6,
                 "prefix_cache_block_tokens": 8,  # the tiny prompts are shorter than the default block
             },
             "models": {
                 "tq-pipe": {"path": "tq", "supports_tools": True, "distributed": {**group, "strategy": "pipeline"}},
                 "tl": {"path": "tl"},
                 "tl-tensor": {"path": "tl", "distributed": {**group, "strategy": "tensor", "step_timeout": 8}},
+                "tt": {"reasoning_response": "enable"},
+                "tt-pipe": {"path": "tt", "reasoning_response": "enable", "distributed": {**group, "strategy": "pipeline"}},
             },
         },
     )
@@ -165,6 +176,30 @@ def test_constrained_output_and_tool_calls_on_a_group(group_server: RunningServe
     choice = called["choices"][0]
     assert choice["finish_reason"] == "tool_calls", choice
     assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_reasoning_is_separated_on_a_group_as_in_one_process(group_server: RunningServer) -> None:
+    client = group_server.openai()
+
+    def ask(model: str, stream: bool) -> tuple[str, str, list[bytes]]:
+        kwargs: dict[str, Any] = {"model": model, "messages": MESSAGES, "max_tokens": 12, "temperature": 0, "logprobs": True}
+        if not stream:
+            choice = client.chat.completions.create(**kwargs).choices[0]
+            assert choice.logprobs is not None and choice.logprobs.content is not None
+            tokens = [bytes(t.bytes or []) for t in choice.logprobs.content]
+            return choice.message.content or "", getattr(choice.message, "reasoning_content", None) or "", tokens
+        chunks = [c for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks)
+        logprobs = [c.choices[0].logprobs.content or [] for c in chunks if c.choices[0].logprobs is not None]
+        return content, reasoning, [bytes(t.bytes or []) for part in logprobs for t in part]
+
+    single = ask("tt", stream=False)
+    content, reasoning, tokens = single
+    assert content == "" and reasoning  # every token is inside the think block the prompt opened
+    assert b"".join(tokens).decode(errors="replace") == reasoning
+    assert ask("tt-pipe", stream=False) == single
+    assert ask("tt-pipe", stream=True) == single
 
 
 def test_cancelled_stream_leaves_the_group_serving(group_server: RunningServer) -> None:
