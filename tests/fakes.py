@@ -53,7 +53,7 @@ __all__ = [
     "fake_client_factory",
 ]
 
-CRASH_REASON = "worker process was killed by signal 9"
+CRASH_REASON = "worker process was killed by signal 9 (SIGKILL)"
 MODEL = "tiny-llama"
 """The model in the ``tiny_models_root`` fixture's folder."""
 

@@ -15,6 +15,7 @@ import importlib.metadata
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,11 +33,33 @@ from mlx_router.engine.types import (
     WorkerOptions,
 )
 
-__all__ = ["EngineFailure", "WorkerClient", "openblas_library"]
+__all__ = ["EngineFailure", "WorkerClient", "how_it_ended", "openblas_library"]
 
 logger = logging.getLogger(__name__)
 
 _SPAWN = mp.get_context("spawn")
+
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+"""Signals that ask a process to stop. The router never sends them to its workers (it asks over
+the pipe, then kills): a worker ended by one was stopped from outside, with the router's whole
+process group (Ctrl-C in a terminal, a service manager stopping the service)."""
+
+
+def how_it_ended(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that ended it)."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = f" ({signal.Signals(-code).name})"
+    except ValueError:
+        name = ""
+    verb = "stopped" if -code in STOP_SIGNALS else "killed"
+    return f"was {verb} by signal {-code}{name}"
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class EngineFailure(Exception):
@@ -112,6 +135,7 @@ class WorkerClient:
         self._send_lock = threading.Lock()
         self._closing = False
         self._adopted = False
+        self._spare = False
         self.exit_reason: str | None = None
         self.cancelled = 0
         """Sequences the worker dropped after a cancel."""
@@ -137,8 +161,8 @@ class WorkerClient:
         """Start the process. A spare imports MLX and waits; :meth:`start` gives it its model."""
         from mlx_router.engine.worker import worker_main
 
-        self._loop = asyncio.get_running_loop()
-        self._started = self._loop.create_future()
+        self._expect_start()
+        self._spare = spare
         parent, child = _SPAWN.Pipe(duplex=True)
         env = {"LD_PRELOAD": self.blas_library} if self.blas_library else {}
         name = "mlx-worker:spare" if spare else f"mlx-worker:{self.options.model_id}"
@@ -151,19 +175,32 @@ class WorkerClient:
         self._conn = parent
         threading.Thread(target=self._read_loop, name="worker-reader", daemon=True).start()
 
+    def _expect_start(self) -> asyncio.AbstractEventLoop:
+        """A fresh future for the worker's "ready", or for why it never came. Nobody waits on a
+        spare's, nor on one whose load was given up (timed out, cancelled): its exception is
+        marked seen, so that it is never logged as "never retrieved". Returns the running loop."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._started = loop.create_future()
+        self._started.add_done_callback(_mark_retrieved)
+        return loop
+
     def adopt(self, options: WorkerOptions, on_exit: Callable[[WorkerClient, str], None] | None) -> None:
         """Give a spare process its model (loaded by the next :meth:`start`)."""
         self.options = options
         self.on_exit = on_exit
         self._adopted = True
+        self._spare = False
 
     async def start(self, timeout: float) -> LoadInfo:
         """Load the model (spawning the process unless it is an adopted spare) and wait for it."""
         if self._process is None:
             await self.spawn()
-        elif self._adopted:
-            self._send(("load", self.options))
         try:
+            if self._adopted:
+                try:
+                    self._send(("load", self.options))
+                except (OSError, ValueError):
+                    pass  # the process is gone: its disconnect ends the wait below with the reason
             assert self._started is not None
             self.load_info = await asyncio.wait_for(asyncio.shield(self._started), timeout)
         except TimeoutError:
@@ -236,9 +273,7 @@ class WorkerClient:
         reason = self.exit_reason_for(code)
         self.exit_reason = reason
         if self._started is not None and not self._started.done():
-            self._started.set_exception(EngineFailure(EngineError("worker_crashed", f"model load failed: {reason}")))
-            if self._closing:  # a spare stopped unused: nobody awaits its start, which is fine
-                self._started.exception()
+            self._started.set_exception(EngineFailure(EngineError("worker_crashed", self._unready_reason(code, reason))))
         for request_id, stream in list(self._streams.items()):
             stream.put_nowait(EngineError("worker_crashed", f"the model's {reason}", request_id))
         if self.on_exit is not None:
@@ -248,9 +283,22 @@ class WorkerClient:
         """Why the worker ended, from its exit code."""
         if self._closing:
             return "stopped"
-        if code is not None and code < 0:
-            return f"worker process was killed by signal {-code}"
-        return f"worker process exited with code {code}"
+        return f"worker process {how_it_ended(code) if code is not None else 'ended'}"
+
+    def _stopped_from_outside(self, code: int | None) -> bool:
+        """Whether a stop signal ended the worker (see :data:`STOP_SIGNALS`)."""
+        return code is not None and -code in STOP_SIGNALS
+
+    def _unready_reason(self, code: int | None, reason: str) -> str:
+        """Why the model never became ready: a spare that ended, a load that was stopped (by
+        the router, or with the router's process group), or a load that failed."""
+        if self._spare:
+            return f"the spare worker ended before it was given a model: {reason}"
+        if self._closing:
+            return "the load was stopped"
+        if self._stopped_from_outside(code):
+            return f"the load was stopped: {reason}"
+        return f"model load failed: {reason}"
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:

@@ -35,7 +35,7 @@ from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import IO, Any
 
-from mlx_router.engine.client import EngineFailure, WorkerClient, _child_environment
+from mlx_router.engine.client import EngineFailure, WorkerClient, _child_environment, how_it_ended
 from mlx_router.engine.types import DistributedOptions, EngineError, LoadInfo
 from mlx_router.errors import redact_paths
 
@@ -271,13 +271,7 @@ class _Launcher:
         parts = []
         for rank, code in self.rank_exits.items():
             host = self.hosts[rank] if rank < len(self.hosts) else "?"
-            if code is None:
-                how = "was stopped"
-            elif code < 0:
-                how = f"was killed by signal {-code}"
-            else:
-                how = f"exited with code {code}"
-            parts.append(f"rank {rank} on {host} {how}")
+            parts.append(f"rank {rank} on {host} {'was stopped' if code is None else how_it_ended(code)}")
             break
         errors = [e for e in self.errors if "Error" in e or "error" in e or "[mlx-router]" in e]
         if errors:
@@ -318,8 +312,7 @@ class GroupClient(WorkerClient):
 
     async def _launch(self, timeout: float) -> None:
         group = self.group
-        self._loop = asyncio.get_running_loop()
-        self._started = self._loop.create_future()
+        loop = self._expect_start()
         await asyncio.to_thread(check_hosts, group)
         port = await asyncio.to_thread(pick_port, group)
         key = secrets.token_bytes(32)
@@ -340,7 +333,7 @@ class GroupClient(WorkerClient):
         assert popen.stdin is not None
         popen.stdin.write(key.hex().encode() + b"\n")  # every rank reads it; rank 0 uses it
         popen.stdin.flush()
-        accepted: asyncio.Future[Any] = self._loop.run_in_executor(None, _accept, listener)
+        accepted: asyncio.Future[Any] = loop.run_in_executor(None, _accept, listener)
         try:
             deadline = time.monotonic() + timeout
             while not accepted.done():
@@ -382,6 +375,14 @@ class GroupClient(WorkerClient):
             return "stopped"
         assert isinstance(launcher, _Launcher)
         return f"group stopped: {launcher.describe_exit()}"
+
+    def _stopped_from_outside(self, code: int | None) -> bool:
+        """The first rank to end (the launcher stops the others), else the launcher, ended by a
+        stop signal."""
+        launcher = self._process
+        if isinstance(launcher, _Launcher) and launcher.rank_exits:
+            code = next(iter(launcher.rank_exits.values()))
+        return super()._stopped_from_outside(code)
 
     async def stop(self, grace: float = 5.0) -> None:
         await super().stop(grace)

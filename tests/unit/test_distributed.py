@@ -1,9 +1,14 @@
 """Groups of ranks without starting one: configuration, the launch command, the per-host shares,
-and how the launcher's report of a rank's end becomes a reason."""
+how the launcher's report of a rank's end becomes a reason, and what a worker or group that ends
+before it is ready reports."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +19,7 @@ from typing import Any
 import pytest
 
 from mlx_router.config.settings import ConfigError, load_settings
+from mlx_router.engine.client import EngineFailure, WorkerClient
 from mlx_router.engine.distributed import (
     GroupLaunchError,
     _Launcher,
@@ -23,7 +29,14 @@ from mlx_router.engine.distributed import (
     pick_port,
 )
 from mlx_router.engine.distributed_rank import _with_seed
-from mlx_router.engine.types import DistributedOptions, GenerationParams, GenerationRequest, LoadInfo, RankInfo
+from mlx_router.engine.types import (
+    DistributedOptions,
+    GenerationParams,
+    GenerationRequest,
+    LoadInfo,
+    RankInfo,
+    WorkerOptions,
+)
 
 HOSTFILE = {
     "hosts": [
@@ -158,7 +171,7 @@ def test_the_launchers_report_names_the_rank_that_ended_first() -> None:
         time.sleep(0.05)
     assert launcher.rank_exits == {1: -9, 0: -15}
     assert launcher.describe_exit() == (
-        "rank 1 on 10.0.0.2 was killed by signal 9; RuntimeError: [ring] connection to a peer was lost"
+        "rank 1 on 10.0.0.2 was killed by signal 9 (SIGKILL); RuntimeError: [ring] connection to a peer was lost"
     )
 
 
@@ -171,3 +184,56 @@ def test_rank_zero_gives_every_unseeded_sampled_request_a_seed() -> None:
     chosen = ("generate", GenerationRequest("c", GenerationParams(max_tokens=4, temperature=1.0, seed=7), prompt="x"))
     assert _with_seed(chosen) is chosen
     assert _with_seed(("cancel", "a")) == ("cancel", "a")
+
+
+def _sleeping_worker(loop: asyncio.AbstractEventLoop, *, spare: bool) -> WorkerClient:
+    """A worker client whose process (a ``sleep``, through the launcher's process interface)
+    never says it is ready."""
+    client = WorkerClient(WorkerOptions(model_id="m", model_path=""))
+    client._expect_start()
+    client._spare = spare
+    popen = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    client._process = _Launcher(popen, "m", ("127.0.0.1",))
+    return client
+
+
+def _end(client: WorkerClient, sig: signal.Signals) -> None:
+    """The process ends by ``sig`` and the client sees its pipe close."""
+    assert client.pid is not None
+    os.kill(client.pid, sig)
+    client._process.join(10)
+    client._on_disconnect()
+
+
+async def test_a_spare_stopped_with_the_routers_process_group_logs_no_unretrieved_failure() -> None:
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        client = _sleeping_worker(loop, spare=True)
+        _end(client, signal.SIGTERM)  # nobody waits for a spare's start
+        assert client.exit_reason == "worker process was stopped by signal 15 (SIGTERM)"
+        client._started = None
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unhandled == []
+
+
+@pytest.mark.parametrize(
+    ("sig", "message"),
+    [
+        (signal.SIGTERM, "the load was stopped: worker process was stopped by signal 15 (SIGTERM)"),
+        (signal.SIGKILL, "model load failed: worker process was killed by signal 9 (SIGKILL)"),
+    ],
+)
+async def test_a_load_ended_by_a_stop_signal_is_stopped_not_failed(sig: signal.Signals, message: str) -> None:
+    loop = asyncio.get_running_loop()
+    client = _sleeping_worker(loop, spare=False)
+    loading = loop.create_task(client.start(timeout=30))
+    await asyncio.sleep(0.05)
+    _end(client, sig)
+    with pytest.raises(EngineFailure) as failure:
+        await loading
+    assert failure.value.error.message == message
