@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
-from mlx_router.api.serving.chat import ChatJob, _chat_chunks, prepare_chat
+from mlx_router.api.serving.chat import ChatJob, chat_chunks, prepare_chat
 from mlx_router.api.serving.runner import Run, Runner
 from mlx_router.protocol.agents import Piece, Warnings, pieces
 from mlx_router.protocol.chat import ChatCompletionRequest
@@ -30,6 +31,13 @@ class ChatRun:
     cached_tokens: int
 
     @property
+    def cache_creation_tokens(self) -> int:
+        """Prompt tokens this request wrote to the prefix cache: every sequence that finishes
+        leaves its prompt's KV there (engine/batch.py), so all of the prompt not read from it
+        when the model's prefix cache is on, else none."""
+        return self.prompt_tokens - self.cached_tokens if self.chat.model.prefix_cache_bytes > 0 else 0
+
+    @property
     def stop_sequence(self) -> str | None:
         """The stop string that ended the answer, if one did (once :meth:`pieces` has ended)."""
         last = self.run.last.get(0)
@@ -42,7 +50,7 @@ class ChatRun:
 
     async def pieces(self) -> AsyncIterator[list[Piece] | None]:
         """The answer's pieces chunk by chunk (None: nothing yet, time for a keep-alive)."""
-        async for chunk in _chat_chunks(self.chat, self.run):
+        async for chunk in chat_chunks(self.chat, self.run):
             if chunk is None:
                 yield None
                 continue
@@ -51,9 +59,20 @@ class ChatRun:
                 yield found
 
 
-async def start_chat(runner: Runner, request: ChatCompletionRequest, warnings: Warnings) -> ChatRun:
-    """Prepare (images loaded), load the model and get the request admitted."""
-    chat = await prepare_chat(runner, request)
+async def start_chat(
+    runner: Runner,
+    request: ChatCompletionRequest,
+    warnings: Warnings,
+    reasoning: Literal["enable", "disable"] | None = None,
+) -> ChatRun:
+    """Prepare (images loaded), load the model and get the request admitted. Tools the model
+    cannot take are dropped with a warning (agent clients always send theirs), call arguments
+    stream as they are written, and ``reasoning``, when given, decides whether separated
+    reasoning is returned or dropped whatever the model's ``reasoning_response``."""
+    chat = await prepare_chat(runner, request, drop_unusable_tools=True)
+    chat.stream_arguments = True
+    if reasoning is not None:
+        chat.reasoning_response = reasoning
     for warning in chat.warnings:
         warnings.add(warning)
     run = await runner.start(chat.job)
