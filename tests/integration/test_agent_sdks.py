@@ -95,13 +95,19 @@ def test_messages_tool_round_trip(tiny_server: RunningServer) -> None:
         model=TOOLS_MODEL, max_tokens=200, messages=messages, tools=tools,
         tool_choice={"type": "tool", "name": "get_weather"}, extra_body={"temperature": 0},
     ) as stream:
-        kinds = [event.type for event in stream]
+        events = list(stream)
         first = stream.get_final_message()
+    kinds = [event.type for event in events]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
     assert first.stop_reason == "tool_use"
     [call] = [block for block in first.content if block.type == "tool_use"]
     assert call.name == "get_weather" and call.id
     jsonschema.validate(call.input, PARAMETERS)
+    # The arguments arrive as the grammar writes them, token by token, not in one piece.
+    partial = [e.delta.partial_json for e in events if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+    assert len(partial) > 2 and json.loads("".join(partial)) == call.input
+    # Every finished prompt is kept in the prefix cache: what was not read from it was written.
+    assert first.usage.cache_creation_input_tokens == first.usage.input_tokens > 0
     messages += [
         {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21 C"}]},
@@ -182,7 +188,7 @@ def test_responses_function_call_round_trip(tiny_server: RunningServer) -> None:
     ) as stream:
         kinds = [event.type for event in stream]
         first = stream.get_final_response()
-    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    assert kinds.count("response.function_call_arguments.delta") > 2 and kinds[-1] == "response.completed"
     [call] = [item for item in first.output if item.type == "function_call"]
     jsonschema.validate(json.loads(call.arguments), PARAMETERS)
     second = client.responses.create(
