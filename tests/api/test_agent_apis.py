@@ -457,3 +457,25 @@ async def test_cache_creation_tokens_are_the_prompt_written_to_the_cache(
     response = (await harness.client.post("/v1/responses", json=response_body())).json()
     validate(response, "Response")
     assert response["usage"]["input_tokens_details"]["cache_write_tokens"] == written
+
+
+TWO_CALLS = (
+    "<tool_call>\n", '{"name": "get_weather", "arguments": {"city": ', '"Paris"}}\n</tool_call>\n',
+    "<tool_call>\n", '{"name": "get_weather", "arguments": {"city": ', '"Rome"}}\n</tool_call>',
+)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+async def test_streamed_calls_follow_disable_parallel_tool_use(make_app: Any, tmp_path: Path, parallel: bool) -> None:
+    harness = await _app(make_app, tmp_path, chunks=TWO_CALLS)
+    choice = {"type": "auto", "disable_parallel_tool_use": not parallel}
+    events = sse_events((await harness.client.post("/v1/messages", json=message_body(tools=[WEATHER_TOOL], tool_choice=choice, stream=True))).text)
+    blocks = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert [b["type"] for b in blocks] == ["tool_use"] * (2 if parallel else 1)
+    assert len({b["id"] for b in blocks}) == len(blocks)
+    for index in range(len(blocks)):
+        partial = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["index"] == index]
+        assert len(partial) == 2 and json.loads("".join(partial)) == {"city": ["Paris", "Rome"][index]}
+    message = (await harness.client.post("/v1/messages", json=message_body(tools=[WEATHER_TOOL], tool_choice=choice))).json()
+    assert [b["input"] for b in message["content"]] == [{"city": "Paris"}, {"city": "Rome"}][: 2 if parallel else 1]
+    assert message["stop_reason"] == "tool_use"
