@@ -39,7 +39,7 @@ def setup_logging(
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(RequestIdFilter())
-        handler._mlx_router = True  # type: ignore[attr-defined]
+        handler._mlx_router = True  # type: ignore[attr-defined]  # a marker on a logging handler, read back by getattr
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("httpx", "httpcore", "multipart"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
@@ -16,23 +16,23 @@ __all__ = ["ManagerDep", "MetricsDep", "ReloaderDep", "RunnerDep", "SettingsDep"
 
 
 def _manager(request: Request) -> MLXModelManager:
-    return request.app.state.manager  # type: ignore[no-any-return]
+    return cast(MLXModelManager, request.app.state.manager)  # Starlette's app.state holds untyped values
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return cast(Settings, request.app.state.settings)  # Starlette's app.state holds untyped values
 
 
 def _runner(request: Request) -> Runner:
-    return request.app.state.runner  # type: ignore[no-any-return]
+    return cast(Runner, request.app.state.runner)  # Starlette's app.state holds untyped values
 
 
 def _metrics(request: Request) -> RouterMetrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return cast(RouterMetrics, request.app.state.metrics)  # Starlette's app.state holds untyped values
 
 
 def _reloader(request: Request) -> ConfigReloader:
-    return request.app.state.reloader  # type: ignore[no-any-return]
+    return cast(ConfigReloader, request.app.state.reloader)  # Starlette's app.state holds untyped values
 
 
 ManagerDep = Annotated[MLXModelManager, Depends(_manager)]

@@ -65,7 +65,7 @@ def _describe_errors(app: FastAPI) -> None:
         components.pop("ValidationError", None)
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the document
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:

@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _right_pad_prompts
@@ -24,7 +24,14 @@ from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 from mlx_router.engine.constrain import ConstraintGroup, ConstraintProcessor, TrackingSampler
 from mlx_router.engine.lm import LMEngine, attend_short_chunks_directly, logits_processors, make_sampler
 from mlx_router.engine.prefix_cache import DiskTier, PrefixCache, blockable
-from mlx_router.engine.types import Admission, BatchOptions, GenerationChunk, GenerationRequest, TokenLogprob
+from mlx_router.engine.types import (
+    Admission,
+    BatchOptions,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    TokenLogprob,
+)
 
 __all__ = ["BatchScheduler", "canonicalize_messages"]
 
@@ -80,6 +87,7 @@ class _Sequence:
             _keep_leading_space(self.detok)
 
     def consume(self, token: int, vector: mx.array, finish: str | None) -> GenerationChunk:
+        """One generated token; ``finish`` is mlx-lm's reason (``stop`` or ``length``) when it ended."""
         """One generated token (and the batch's verdict) in, the text that may be shown out."""
         if token in self.engine.eos_token_ids:
             finish = "stop"
@@ -102,7 +110,7 @@ class _Sequence:
             text=text,
             completion_tokens=self.completion_tokens,
             prompt_tokens=self.prompt_tokens,
-            finish_reason=finish,  # type: ignore[arg-type]
+            finish_reason=cast(FinishReason | None, finish),  # mlx-lm gives "stop", "length" or None
             logprobs=self._release_logprobs(final=finish is not None, cut=matched is not None),
             stop_sequence=matched,
         )
@@ -260,7 +268,7 @@ class BatchScheduler:
             max_tokens=max_tokens,
             reasoning_open=self.engine.reasoning_open(prompt_ids),
             cached_tokens=cached,
-            reasoning_format=self.engine.reasoning_format,  # type: ignore[arg-type]
+            reasoning_format=self.engine.reasoning_format,
             tool_format=self.engine.output_tool_format(request),
         )
 

@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from mlx_router.engine.types import (
     Admission,
@@ -305,7 +305,7 @@ class WorkerClient:
             finished = True
             if isinstance(item, EngineError):
                 raise EngineFailure(item)
-            return item  # type: ignore[no-any-return]
+            return cast(EmbeddingResult, item)  # the queue carries this request's result or its error
         finally:
             self._close(request.request_id, finished)
 

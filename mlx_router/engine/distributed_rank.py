@@ -132,7 +132,7 @@ class GroupRank(_Worker):
     def __init__(
         self, conn: Connection | None, options: WorkerOptions, channel: GroupChannel, strategy: str, step_timeout: float
     ) -> None:
-        super().__init__(conn, options)  # type: ignore[arg-type]
+        super().__init__(conn, options)  # type: ignore[arg-type]  # ranks other than 0 have no pipe and send nothing
         self.channel = channel
         self.strategy = strategy
         self.watchdog = _Watchdog(step_timeout, self._stalled)
@@ -172,7 +172,7 @@ class GroupRank(_Worker):
         group = self.channel.group
         pipeline = group if self.strategy == "pipeline" else None
         tensor = group if self.strategy == "tensor" else None
-        return sharded_load(model_path, pipeline_group=pipeline, tensor_group=tensor, return_config=True)  # type: ignore[no-any-return]
+        return sharded_load(model_path, pipeline_group=pipeline, tensor_group=tensor, return_config=True)  # type: ignore[no-any-return]  # mlx-lm's sharded_load is untyped
 
     def run(self) -> None:
         import mlx.core as mx

@@ -274,7 +274,7 @@ class EncoderEmbedder:
         out = self.model(ids, attention_mask=mask)
         pooling = pooling or self.default_pooling
         if pooling is None:
-            return out.text_embeds  # type: ignore[no-any-return]
+            return out.text_embeds  # type: ignore[no-any-return]  # mlx-embeddings' outputs are untyped
         return pool(out.last_hidden_state, lengths, pooling)
 
     @property

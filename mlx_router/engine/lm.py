@@ -22,10 +22,17 @@ from mlx_lm import load as mlx_lm_load
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from mlx_router.engine.constrain import ConstraintProcessor, Grammars
-from mlx_router.engine.types import EngineError, GenerationParams, GenerationRequest, LoadInfo, TokenLogprob
+from mlx_router.engine.types import (
+    EngineError,
+    EngineErrorKind,
+    GenerationParams,
+    GenerationRequest,
+    LoadInfo,
+    TokenLogprob,
+)
 from mlx_router.errors import redact_paths
 from mlx_router.text.constraints import forced_format
-from mlx_router.text.reasoning import detect_reasoning_format
+from mlx_router.text.reasoning import ReasoningFormat, detect_reasoning_format
 from mlx_router.text.templates import named_template
 from mlx_router.text.tools import FALLBACK_FORMAT, detect_tool_format, template_renders_tools
 from mlx_router.text.tools.prompt import describe_tools, flatten_tool_history
@@ -40,7 +47,7 @@ DEFAULT_CONTEXT_LENGTH = 4096
 class RequestRejected(Exception):
     """A request the model cannot serve (bad template input, prompt longer than the context)."""
 
-    def __init__(self, kind: str, message: str, param: str | None = None) -> None:
+    def __init__(self, kind: EngineErrorKind, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -98,7 +105,7 @@ class LMEngine:
     load_info: LoadInfo
     _pieces: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     _byte_decoder: dict[str, int] | None = None
-    reasoning_format: str = "think"
+    reasoning_format: ReasoningFormat = "think"
     tool_format: str = FALLBACK_FORMAT
     """The call syntax the chat template teaches (used when a request names none)."""
     renders_tools: bool = False
@@ -332,7 +339,7 @@ def attend_short_chunks_directly(model: Any) -> bool:
         probs = mx.softmax(scores, axis=-1, precise=True)
         return (probs @ values[:, :, None]).reshape(b, heads, length, values.shape[-1])
 
-    attention.short_chunks_direct = True  # type: ignore[attr-defined]
+    attention.short_chunks_direct = True  # type: ignore[attr-defined]  # a marker on a plain function, read back by getattr
     setattr(module, "scaled_dot_product_attention", attention)  # noqa: B010 (mlx-lm's module has no stub for it)
     return True
 

@@ -272,7 +272,7 @@ class VisionScheduler(BatchScheduler):
             prompt_tokens=len(prompt_ids),
             max_tokens=max_tokens,
             reasoning_open=self.engine.reasoning_open(prompt_ids),
-            reasoning_format=self.engine.reasoning_format,  # type: ignore[arg-type]
+            reasoning_format=self.engine.reasoning_format,
             tool_format=self.engine.output_tool_format(request),
         )
 

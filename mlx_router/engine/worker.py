@@ -170,7 +170,7 @@ class _Worker:
             try:
                 self.send(("admitted", scheduler.add(request)))
             except RequestRejected as exc:
-                self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))  # type: ignore[arg-type]
+                self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))
             except Exception as exc:  # noqa: BLE001 (any admission failure is this request's error)
                 self.log(logging.ERROR, f"request {request.request_id} failed at admission: {exc.__class__.__name__}: "
                          f"{describe_exception(exc)}")

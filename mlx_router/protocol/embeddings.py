@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import Field
 
@@ -37,7 +37,7 @@ class CreateEmbeddingRequest(OpenAIRequest):
             return [value]
         if value and isinstance(value[0], int):
             return [value]
-        return list(value)  # type: ignore[arg-type]
+        return cast(list[str | list[int]], list(value))  # a list of strings or of token-id lists
 
 
 class Embedding(OpenAIResponse):

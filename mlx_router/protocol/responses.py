@@ -15,7 +15,7 @@ server cannot do are dropped and named in the warnings, never refused: Codex sen
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
@@ -409,7 +409,7 @@ class ResponseBuilder:
 
     @property
     def output(self) -> list[dict[str, Any]]:
-        return self.response["output"]  # type: ignore[no-any-return]
+        return cast(list[dict[str, Any]], self.response["output"])
 
     def _event(self, kind: str, **fields: Any) -> Event:
         event = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -417,7 +417,7 @@ class ResponseBuilder:
         return kind, event
 
     def _snapshot(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.response))  # type: ignore[no-any-return]
+        return cast(dict[str, Any], json.loads(json.dumps(self.response)))
 
     def start(self) -> list[Event]:
         return [

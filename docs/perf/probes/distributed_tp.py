@@ -17,6 +17,9 @@ with logit_bias, so every stream generates exactly --max-tokens tokens):
 - ``mlx_lm-1gpu``: ``mlx_lm.server`` on GPU 0;
 - ``mlx_lm-tp2``: ``mlx.launch --backend nccl --hosts 127.0.0.1 -n 2 -- python -m mlx_lm.server``.
 
+On a machine with one GPU, ``--backend ring`` runs both ranks of the ``-tp2`` servers on GPU 0
+(NCCL cannot put two ranks on one device): it proves the path, not the speed-up of two GPUs.
+
 Per stream: TTFT (request sent to first content token) and decode rate ((tokens - 1) / (last
 token - first token)). Per round: TTFT p50 and p90, aggregate decode tok/s (tokens after each
 stream's first, over the time from the first stream's first token to the last stream's last),
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens generated per stream (default 256)")
     parser.add_argument("--prompt-words", type=int, default=400, help="prompt length in words (default 400)")
     parser.add_argument("--servers", default="router-1gpu,router-tp2,mlx_lm-1gpu,mlx_lm-tp2")
-    parser.add_argument("--backend", default="nccl", help="nccl (GPUs); ring runs the same probe on a CPU (a smoke test)")
+    parser.add_argument("--backend", default="nccl",
+                        help="nccl (one GPU per rank); ring puts both ranks on GPU 0 (a one-GPU machine) or on a CPU")
     parser.add_argument("--start-timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -209,10 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     bias = eos_bias(model)
     prompt = "Summarize this: " + " ".join(WORDS[i % len(WORDS)] for i in range(args.prompt_words))
     work = Path(tempfile.mkdtemp(prefix="tp-probe-"))
-    tp2 = {"hosts": ["127.0.0.1", "127.0.0.1"], "backend": args.backend, "strategy": "tensor"}
+    tp2: dict[str, Any] = {"hosts": ["127.0.0.1", "127.0.0.1"], "backend": args.backend, "strategy": "tensor"}
+    if os.environ.get("PYTHONPATH"):  # the ranks' PYTHONPATH is otherwise this checkout alone
+        tp2["env"] = {"PYTHONPATH": os.environ["PYTHONPATH"]}
+    # NCCL gives rank r GPU r; the ring backend leaves the devices alone, so both ranks share GPU 0.
+    tp2_gpus = "0,1" if args.backend == "nccl" else "0"
     makers = {
         "router-1gpu": lambda: router("router-1gpu", model, work, None, "0"),
-        "router-tp2": lambda: router("router-tp2", model, work, tp2, "0,1"),
+        "router-tp2": lambda: router("router-tp2", model, work, tp2, tp2_gpus),
         "mlx_lm-1gpu": lambda: mlx_lm("mlx_lm-1gpu", model, work, 1, args.backend),
         "mlx_lm-tp2": lambda: mlx_lm("mlx_lm-tp2", model, work, 2, args.backend),
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -18,7 +18,7 @@ router = APIRouter(tags=["Responses"])
 
 
 def _store(request: Request) -> ResponseStore:
-    return request.app.state.response_store  # type: ignore[no-any-return]
+    return cast(ResponseStore, request.app.state.response_store)  # Starlette's app.state holds untyped values
 
 
 StoreDep = Annotated[ResponseStore, Depends(_store)]
