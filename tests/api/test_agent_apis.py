@@ -442,16 +442,20 @@ async def test_tools_that_cannot_be_used_are_dropped_with_a_warning(
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools"
 
 
-@pytest.mark.parametrize("prefix_cache_bytes,written", [(None, 7), (0, 0)], ids=["cache-on", "cache-off"])
+@pytest.mark.parametrize(
+    "prefix_cache_bytes,prompt_tokens,written",
+    [(None, 100, 100), (0, 100, 0), (None, 63, 0)],
+    ids=["cache-on", "cache-off", "shorter-than-a-block"],
+)
 async def test_cache_creation_tokens_are_the_prompt_written_to_the_cache(
-    make_app: Any, tmp_path: Path, prefix_cache_bytes: int | None, written: int
+    make_app: Any, tmp_path: Path, prefix_cache_bytes: int | None, prompt_tokens: int, written: int
 ) -> None:
-    """Every finished prompt is kept in the prefix cache: what was not read from it (all 7
-    prompt tokens of the fake engine) is written, when the model's prefix cache is on."""
+    """Every finished sequence of at least one block (64 tokens) is kept in the prefix cache:
+    the prompt tokens not read from it are written, when the model's prefix cache is on."""
     models = {MODEL: {"supports_tools": True, "prefix_cache_bytes": prefix_cache_bytes}}
-    harness = await _app(make_app, tmp_path, models=models)
+    harness = await _app(make_app, tmp_path, models=models, script={"prompt_tokens": prompt_tokens})
     usage = (await harness.client.post("/v1/messages", json=message_body())).json()["usage"]
-    assert usage["cache_creation_input_tokens"] == written and usage["input_tokens"] == 7
+    assert usage["cache_creation_input_tokens"] == written and usage["input_tokens"] == prompt_tokens
     events = sse_events((await harness.client.post("/v1/messages", json=message_body(stream=True))).text)
     assert events[0][1]["message"]["usage"]["cache_creation_input_tokens"] == written
     response = (await harness.client.post("/v1/responses", json=response_body())).json()

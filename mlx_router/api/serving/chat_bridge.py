@@ -18,7 +18,7 @@ from mlx_router.api.serving.runner import Run, Runner
 from mlx_router.protocol.agents import Piece, Warnings, pieces
 from mlx_router.protocol.chat import ChatCompletionRequest
 
-__all__ = ["ChatRun", "count_prompt", "start_chat"]
+__all__ = ["ChatRun", "cache_writes", "count_prompt", "start_chat"]
 
 
 @dataclass
@@ -29,13 +29,8 @@ class ChatRun:
     run: Run
     prompt_tokens: int
     cached_tokens: int
-
-    @property
-    def cache_creation_tokens(self) -> int:
-        """Prompt tokens this request wrote to the prefix cache: every sequence that finishes
-        leaves its prompt's KV there (engine/batch.py), so all of the prompt not read from it
-        when the model's prefix cache is on, else none."""
-        return self.prompt_tokens - self.cached_tokens if self.chat.model.prefix_cache_bytes > 0 else 0
+    cache_creation_tokens: int
+    """Prompt tokens this request writes to the prefix cache (see :func:`cache_writes`)."""
 
     @property
     def stop_sequence(self) -> str | None:
@@ -77,7 +72,19 @@ async def start_chat(
         warnings.add(warning)
     run = await runner.start(chat.job)
     admission = run.admissions[0]
-    return ChatRun(chat, run, admission.prompt_tokens, admission.cached_tokens)
+    block_tokens = runner.settings.defaults.prefix_cache_block_tokens
+    written = cache_writes(admission.prompt_tokens, admission.cached_tokens, chat.model.prefix_cache_bytes, block_tokens)
+    return ChatRun(chat, run, admission.prompt_tokens, admission.cached_tokens, written)
+
+
+def cache_writes(prompt_tokens: int, cached_tokens: int, cache_bytes: int, block_tokens: int) -> int:
+    """Prompt tokens a request writes to the prefix cache: every sequence that finishes leaves
+    its KV there (``engine/batch.py``), all of it once it spans a block (``prefix_cache.py``
+    keeps nothing of a sequence shorter than one), so the prompt tokens not read from the cache
+    when the model's prefix cache is on and the prompt fills a block, else none."""
+    if cache_bytes <= 0 or prompt_tokens < block_tokens:
+        return 0
+    return prompt_tokens - cached_tokens
 
 
 async def count_prompt(runner: Runner, request: ChatCompletionRequest) -> int:
