@@ -256,3 +256,37 @@ def test_images_and_pdfs_reach_a_vision_model_through_both_apis(vision_server: R
     parts = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": png_uri("red")}]
     response = openai_client.responses.create(model=VLM, input=[{"role": "user", "content": parts}], max_output_tokens=1, store=False)
     assert response.usage is not None and response.usage.input_tokens == plain + IMAGE_TOKENS
+
+
+def test_thinking_and_reasoning_requests_decide_what_is_returned(tmp_path: Path, make_tiny_model: Any) -> None:
+    """A model whose template opens <think> and whose reasoning_response is unset: chat returns
+    the raw text, a Messages request with thinking gets it as a thinking block and one with
+    thinking disabled gets none of it, a Responses request with reasoning gets a reasoning item."""
+    folder = make_tiny_model("thinker")
+    config_file = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config["chat_template"] = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+    )
+    config_file.write_text(json.dumps(tokenizer_config))
+    (tmp_path / "srv").mkdir()
+    config = {"defaults": {"model_directory": str(folder.parent), "embedded_model": False}, "models": {"thinker": {}}}
+    server = start_server(tmp_path / "srv", config)
+    try:
+        ask: dict[str, Any] = {"model": "thinker", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+        raw = server.openai().chat.completions.create(temperature=0, **ask).choices[0].message.content
+        assert raw and raw.strip()
+        client = anthropic_client(server)
+        greedy = {"temperature": 0}
+        shown = client.messages.create(thinking={"type": "adaptive"}, extra_body=greedy, **ask)
+        assert [(b.type, getattr(b, "thinking", None)) for b in shown.content] == [("thinking", raw)]
+        hidden = client.messages.create(thinking={"type": "disabled"}, extra_body=greedy, **ask)
+        assert all(b.type == "text" and raw.strip() not in b.text for b in hidden.content)
+        response = server.openai().responses.create(
+            model="thinker", input="Hi", max_output_tokens=8, temperature=0, reasoning={"effort": "low"}
+        )
+        validate(response.model_dump(exclude_unset=True), "Response")
+        assert response.output[0].type == "reasoning" and response.output[0].summary[0].text == raw
+    finally:
+        server.stop()
