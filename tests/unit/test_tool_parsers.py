@@ -219,6 +219,9 @@ def test_a_streamed_call_cut_short_stands_as_written():
     _, calls, deltas = _streamed_deltas("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par')
     assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Par')]
     assert "".join(d.arguments for d in deltas) == '{"city": "Par'
+    # Closed but unreadable after its arguments streamed: it stands too, with those arguments.
+    _, calls, deltas = _streamed_deltas("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}} junk</tool_call>')
+    assert [(c.name, c.arguments, c.id) for c in calls] == [("get_weather", '{"city": "P"}', deltas[0].id)]
 
 
 def test_formats_without_a_readable_start_give_one_delta_per_call():

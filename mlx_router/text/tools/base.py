@@ -164,8 +164,7 @@ class ToolCallStream:
             body = self._region + self._buffer
             parsed = self._parse(body)
             if parsed is None and self._live is not None:  # cut short: the call stands as written
-                self._follow(body)
-                parsed = [ParsedCall(self._live.name, self._live.written, self._live.id)]
+                parsed = [ParsedCall(self._live.name, "")]
             if parsed is None:
                 content = self._opener + body
             else:
@@ -228,8 +227,7 @@ class ToolCallStream:
             self._region = body + end  # the marker was inside a value: the region goes on
             return True
         if parsed is None and self._live is not None:  # already streamed: the call stands as written
-            self._follow(body)
-            parsed = [ParsedCall(self._live.name, self._live.written or "{}", self._live.id)]
+            parsed = [ParsedCall(self._live.name, "")]
         if parsed is None:
             content.append(self._opener + body + end)
         else:
@@ -253,8 +251,8 @@ class ToolCallStream:
             self._deltas.append(CallDelta(self._live.id, None, piece))
 
     def _closed(self, body: str, parsed: list[ParsedCall]) -> list[ParsedCall]:
-        """A region's calls once it is closed: the first keeps the id it streamed under, with
-        the arguments as streamed; the others are one delta each."""
+        """A region's calls once it is closed: a streamed first call keeps its id and the
+        arguments as streamed (whatever ``parsed`` read); the others are one delta each."""
         self._follow(body)
         live, self._live = self._live, None
         if live is not None:
