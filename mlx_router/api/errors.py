@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlx_router.errors import InternalError, InvalidRequest, NotFound, RouterError
-from mlx_router.protocol.anthropic import anthropic_error, is_anthropic_path
+from mlx_router.protocol.anthropic import AnthropicErrorResponse, anthropic_error, is_anthropic_path
 from mlx_router.protocol.common import ErrorResponse
 
 __all__ = ["ERROR_DESCRIPTIONS", "error_response", "error_responses", "install_error_handlers", "validation_error"]
@@ -41,6 +41,11 @@ def error_response(error: RouterError, path: str = "") -> JSONResponse:
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` of a route: these statuses, each with the error envelope."""
     return {status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def anthropic_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of an Anthropic Messages route: these statuses, each with Anthropic's envelope."""
+    return {status: {"model": AnthropicErrorResponse, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
 
 
 def _describe_errors(app: FastAPI) -> None:

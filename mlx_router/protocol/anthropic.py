@@ -23,6 +23,8 @@ from mlx_router.protocol.chat import ChatCompletionRequest
 from mlx_router.protocol.common import new_id
 
 __all__ = [
+    "AnthropicErrorDetail",
+    "AnthropicErrorResponse",
     "CountTokensRequest",
     "CountTokensResponse",
     "Message",
@@ -516,3 +518,17 @@ class MessageBuilder:
         events.append(("content_block_stop", {"type": "content_block_stop", "index": len(self.message.content) - 1}))
         self._open = None
         return events
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    """``invalid_request_error``, ``authentication_error``, ``permission_error``, ``not_found_error``,
+    ``request_too_large``, ``rate_limit_error``, ``api_error`` or ``overloaded_error``."""
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Anthropic's error envelope, which the Messages routes answer errors in."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail

@@ -522,9 +522,11 @@ async def test_streaming_is_incremental(make_app: Any) -> None:
         async for text in response.aiter_text():
             received += text
             arrivals.append((time.monotonic() - started, text))
+    # "b" and "c" come 0.3 s apart after "a": "a" arrives well before the last chunk (a buffered
+    # stream delivers them together); measured as a gap, so a loaded machine cannot fail it.
     first_content = next(t for t, text in arrivals if '"content":"a"' in text)
-    assert first_content < 0.25, arrivals
-    assert arrivals[-1][0] >= 0.55
+    last_content = next(t for t, text in arrivals if '"content":"c"' in text)
+    assert last_content - first_content >= 0.4, arrivals
     assert parse_sse(received)[1][-1] == "[DONE]"
     assert harness.factory.cancellations == []
 

@@ -92,9 +92,9 @@ def test_status_page_shows_models_and_its_buttons_load_and_unload(
     browser.find_element(By.ID, "save-key").click()
     assert browser.execute_script("return sessionStorage.getItem('mlx-router-api-key')") == KEY
 
-    # The default model is loaded (and pinned: its Unload button is off).
+    # The default model is loaded; it is kept, not pinned, so its Unload button is on.
     wait.until(state_is("tiny-llama", "ready"))
-    assert not row("tiny-llama").find_element(By.CSS_SELECTOR, "button.unload").is_enabled()
+    wait.until(lambda _: row("tiny-llama").find_element(By.CSS_SELECTOR, "button.unload").is_enabled())
     wait.until(lambda _: not browser.find_element(By.ID, "notice").is_displayed())
 
     # Traffic and an error, to see them on the page.

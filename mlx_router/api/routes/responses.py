@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mlx_router.api.deps import RunnerDep
+from mlx_router.api.errors import error_responses
 from mlx_router.api.serving import responses
 from mlx_router.protocol.responses import ResponsesRequest
 from mlx_router.store.responses import ResponseStore
@@ -24,24 +25,35 @@ def _store(request: Request) -> ResponseStore:
 StoreDep = Annotated[ResponseStore, Depends(_store)]
 
 
-@router.post("/v1/responses", response_model=None, summary="Create a response (OpenAI Responses API; streaming with stream: true)")
+@router.post(
+    "/v1/responses",
+    response_model=None,
+    responses=error_responses(400, 401, 404, 413, 429, 500, 503, 504, 507),
+    summary="Create a response (OpenAI Responses API; streaming with stream: true)",
+)
 async def create_response(
     body: ResponsesRequest, runner: RunnerDep, store: StoreDep, request: Request
 ) -> JSONResponse | StreamingResponse:
     return await responses.create_response(runner, store, body, request)
 
 
-@router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")
+@router.get("/v1/responses/{response_id}", responses=error_responses(400, 401, 404), summary="Retrieve a stored response")
 async def get_response(response_id: str, store: StoreDep) -> dict[str, Any]:
     return await responses.get_response(store, response_id)
 
 
-@router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
+@router.delete(
+    "/v1/responses/{response_id}", responses=error_responses(400, 401, 404), summary="Delete a stored response"
+)
 async def delete_response(response_id: str, store: StoreDep) -> dict[str, Any]:
     return await responses.delete_response(store, response_id)
 
 
-@router.get("/v1/responses/{response_id}/input_items", summary="List a stored response's input items")
+@router.get(
+    "/v1/responses/{response_id}/input_items",
+    responses=error_responses(400, 401, 404),
+    summary="List a stored response's input items",
+)
 async def list_input_items(
     response_id: str,
     store: StoreDep,
