@@ -79,7 +79,8 @@ class ModelConfig(_Section):
     )
     supports_tools: bool | None = Field(
         None,
-        description="False refuses requests with tools; default: whether its chat template renders tools. "
+        description="False refuses chat requests with tools (Messages and Responses drop them with a warning); "
+        "default: whether its chat template renders tools. "
         "True for a template that cannot render them: the server describes the tools itself (Hermes style).",
     )
     tool_parser: str | None = Field(
@@ -91,7 +92,9 @@ class ModelConfig(_Section):
         None, description="Whether the model reads images; default from its config."
     )
     reasoning_response: Literal["enable", "disable"] | None = Field(
-        None, description="'enable' returns reasoning separately, 'disable' drops it."
+        None,
+        description="'enable' returns reasoning separately, 'disable' drops it; "
+        "Messages thinking and Responses reasoning requests decide for themselves.",
     )
     embedding_model: bool | None = Field(
         None,
@@ -281,7 +284,7 @@ class Defaults(_Section):
         "null: prefix-cache/ in server.data_directory."
     )
     enable_function_calling: bool = Field(
-        True, description="False refuses every request that carries tools."
+        True, description="False refuses chat requests that carry tools (Messages and Responses drop them with a warning)."
     )
     max_tools: int = Field(128, ge=1, le=4096, description="Most tools one request may offer.")
     grammar_cache_entries: int = Field(

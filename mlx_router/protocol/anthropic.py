@@ -32,6 +32,7 @@ __all__ = [
     "MessagesRequest",
     "anthropic_error",
     "is_anthropic_path",
+    "reasoning_choice",
     "to_chat",
 ]
 
@@ -381,6 +382,15 @@ def to_chat(req: MessagesRequest, *, max_tokens_limit: int) -> tuple[ChatComplet
     return chat_request(body, {"messages": "messages", "stop": "stop_sequences", "tools": "tools"}), warnings
 
 
+def reasoning_choice(req: MessagesRequest) -> Literal["enable", "disable"] | None:
+    """Whether the answer's separated reasoning is returned as ``thinking`` blocks: asked for
+    (``enabled``/``adaptive``) it is, whatever the model's ``reasoning_response``; ``disabled``
+    drops it (never shown as text); not asked: the model's setting."""
+    if req.thinking is None:
+        return None
+    return "disable" if req.thinking.type == "disabled" else "enable"
+
+
 # ---------------------------------------------------------------------- response
 
 
@@ -402,9 +412,15 @@ class Message(BaseModel):
     usage: Usage
 
 
-def usage_of(prompt_tokens: int, cached_tokens: int, output_tokens: int) -> Usage:
-    """Anthropic counts prompt tokens read from the cache apart from the others."""
-    return Usage(input_tokens=prompt_tokens - cached_tokens, output_tokens=output_tokens, cache_read_input_tokens=cached_tokens)
+def usage_of(prompt_tokens: int, cached_tokens: int, output_tokens: int, cache_creation_tokens: int = 0) -> Usage:
+    """Anthropic counts prompt tokens read from the cache apart from the others (``input_tokens``
+    is the rest, including ``cache_creation_input_tokens``, the part written to the cache)."""
+    return Usage(
+        input_tokens=prompt_tokens - cached_tokens,
+        output_tokens=output_tokens,
+        cache_creation_input_tokens=cache_creation_tokens,
+        cache_read_input_tokens=cached_tokens,
+    )
 
 
 Event = tuple[str, dict[str, Any]]
@@ -418,12 +434,12 @@ class MessageBuilder:
     ``signature_delta`` first) and opens the next. A tool call is one ``tool_use`` block whose
     ``input_json_delta`` events carry the arguments as they come."""
 
-    def __init__(self, model: str, prompt_tokens: int, cached_tokens: int) -> None:
+    def __init__(self, model: str, prompt_tokens: int, cached_tokens: int, cache_creation_tokens: int = 0) -> None:
         self.message = Message(
             id=new_id("msg").replace("-", "_"),
             content=[],
             model=model,
-            usage=usage_of(prompt_tokens, cached_tokens, 0),
+            usage=usage_of(prompt_tokens, cached_tokens, 0, cache_creation_tokens),
         )
         self._open: str | None = None
         self._arguments: list[str] = []

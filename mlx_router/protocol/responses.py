@@ -23,7 +23,7 @@ from mlx_router.protocol.agents import Piece, Warnings, chat_request
 from mlx_router.protocol.chat import ChatCompletionRequest
 from mlx_router.protocol.common import new_id, now
 
-__all__ = ["ResponseBuilder", "ResponsesRequest", "input_items", "to_chat"]
+__all__ = ["ResponseBuilder", "ResponsesRequest", "input_items", "reasoning_choice", "to_chat"]
 
 EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
 """Responses reasoning effort → the chat ``reasoning_effort`` handed to the template."""
@@ -283,6 +283,21 @@ def _tool_choice(choice: str | dict[str, Any] | None, warnings: Warnings) -> Any
     return "auto"
 
 
+def reasoning_choice(req: ResponsesRequest) -> Literal["enable", "disable"] | None:
+    """Whether the answer's separated reasoning is returned as ``reasoning`` items: asked for
+    (an ``effort`` other than ``none``, or a ``summary``) it is, whatever the model's
+    ``reasoning_response``; ``effort: none`` drops it (never shown as text); not asked: the
+    model's setting."""
+    reasoning = req.reasoning
+    if reasoning is None:
+        return None
+    if reasoning.effort == "none":
+        return "disable"
+    if reasoning.effort is not None or reasoning.summary is not None or reasoning.generate_summary is not None:
+        return "enable"
+    return None
+
+
 def to_chat(
     req: ResponsesRequest, history: list[dict[str, Any]], *, max_tokens_limit: int
 ) -> tuple[ChatCompletionRequest, Warnings]:
@@ -449,13 +464,14 @@ class ResponseBuilder:
         events.append(self._event("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0, delta=piece.text, logprobs=[]))
         return events
 
-    def finish_with(self, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> list[Event]:
+    def finish_with(self, prompt_tokens: int, cached_tokens: int, output_tokens: int, cache_write_tokens: int = 0) -> list[Event]:
         """The closing events once usage is known: ``response.completed`` or, for an answer cut
-        by the token limit, ``response.incomplete``."""
+        by the token limit, ``response.incomplete``. ``cache_write_tokens``: the prompt tokens
+        this request wrote to the prefix cache."""
         events = self._close()
         self.response["usage"] = {
             "input_tokens": prompt_tokens,
-            "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
+            "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": cache_write_tokens},
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt_tokens + output_tokens,

@@ -357,3 +357,129 @@ async def test_images_reach_the_media_path(make_app: Any, tmp_path: Path) -> Non
     part = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
     refused = await harness.client.post("/v1/responses", json=response_body(input=[{"role": "user", "content": [part]}]))
     assert refused.status_code == 400 and "cannot read images" in refused.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------------- gaps closed after the first round
+
+CALL_PIECES = ("Sure.", "<tool_call>\n", '{"name": "get_weather", ', '"arguments": {"ci', 'ty": "Pa', 'ris", "da', 'ys": 3}}', "\n</tool_call>")
+
+
+async def test_call_arguments_stream_as_they_are_written(make_app: Any, tmp_path: Path) -> None:
+    """A call written over several chunks reaches Claude Code as several input_json_delta events
+    and Codex as several function_call_arguments.delta events, one per chunk of arguments,
+    while chat completions still sends a call's arguments in one delta."""
+    harness = await _app(make_app, tmp_path, chunks=CALL_PIECES)
+    events = sse_events((await harness.client.post("/v1/messages", json=message_body(tools=[WEATHER_TOOL], stream=True))).text)
+    partial = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta"]
+    assert partial == ['{"ci', 'ty": "Pa', 'ris", "da', 'ys": 3}']
+    stop = next(d for n, d in events if n == "content_block_stop" and d["index"] == 1)
+    assert events.index(("content_block_stop", stop)) > max(i for i, (n, _) in enumerate(events) if n == "content_block_delta")
+
+    events = sse_events((await harness.client.post("/v1/responses", json=response_body(tools=[FUNCTION_TOOL], stream=True))).text)
+    for _, data in events:
+        validate(data, "ResponseStreamEvent")
+    deltas = [d["delta"] for n, d in events if n == "response.function_call_arguments.delta"]
+    assert deltas == ['{"ci', 'ty": "Pa', 'ris", "da', 'ys": 3}']
+    done = next(d for n, d in events if n == "response.function_call_arguments.done")
+    assert json.loads(done["arguments"]) == {"city": "Paris", "days": 3}
+
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_TOOL["input_schema"]}}]}
+    text = (await harness.client.post("/v1/chat/completions", json=chat)).text
+    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    pieces = [c["function"].get("arguments") for ch in chunks for choice in ch["choices"] for c in choice["delta"].get("tool_calls") or ()]
+    assert pieces == ["", '{"city": "Paris", "days": 3}']
+
+
+THINK_MODEL = {MODEL: {"supports_tools": True}}  # reasoning_response unset: chat leaves reasoning in the text
+
+
+async def test_thinking_asked_for_is_returned_whatever_the_model_setting(make_app: Any, tmp_path: Path) -> None:
+    harness = await _app(make_app, tmp_path, chunks=THINKING, models=THINK_MODEL)
+    message = (await harness.client.post("/v1/messages", json=message_body(thinking={"type": "adaptive"}))).json()
+    assert [b["type"] for b in message["content"]] == ["thinking", "text"]
+    assert message["content"][0]["thinking"] == "Paris is the capital." and message["content"][1]["text"] == "Paris."
+    disabled = (await harness.client.post("/v1/messages", json=message_body(thinking={"type": "disabled"}))).json()
+    assert disabled["content"] == [{"type": "text", "text": "Paris."}]
+    events = sse_events((await harness.client.post("/v1/messages", json=message_body(thinking={"type": "disabled"}, stream=True))).text)
+    assert [d["delta"] for n, d in events if n == "content_block_delta"] == [{"type": "text_delta", "text": "Paris."}]
+    response = (await harness.client.post("/v1/responses", json=response_body(reasoning={"effort": "high"}))).json()
+    assert [item["type"] for item in response["output"]] == ["reasoning", "message"]
+    assert response["output"][0]["summary"][0]["text"] == "Paris is the capital."
+    silent = (await harness.client.post("/v1/responses", json=response_body(reasoning={"effort": "none"}))).json()
+    assert [item["type"] for item in silent["output"]] == ["message"]
+    assert silent["output"][0]["content"][0]["text"] == "Paris."
+    # Not asked: the model's setting, as chat completions does (here the text keeps the markup).
+    plain = (await harness.client.post("/v1/messages", json=message_body())).json()
+    assert plain["content"] == [{"type": "text", "text": "<think>Paris is the capital.</think>Paris."}]
+    chat = (await harness.client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})).json()
+    assert chat["choices"][0]["message"]["content"] == "<think>Paris is the capital.</think>Paris."
+
+
+@pytest.mark.parametrize(
+    "models,defaults",
+    [({MODEL: {"supports_tools": False}}, {}), (TOOLS_MODEL, {"enable_function_calling": False})],
+    ids=["model-without-tools", "function-calling-off"],
+)
+async def test_tools_that_cannot_be_used_are_dropped_with_a_warning(
+    make_app: Any, tmp_path: Path, models: dict[str, Any], defaults: dict[str, Any]
+) -> None:
+    harness = await _app(make_app, tmp_path, chunks=CALL, models=models, defaults=defaults)
+    body = message_body(tools=[WEATHER_TOOL], tool_choice={"type": "any"})
+    response = await harness.client.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    warnings = json.loads(response.headers["X-MLX-Router-Warnings"])
+    assert any("get_weather" in w and "dropped" in w for w in warnings), warnings
+    assert [b["type"] for b in response.json()["content"]] == ["text"]  # the markup is text: no tools were offered
+    assert harness.factory.requests[-1].tools is None and harness.factory.requests[-1].params.constraint is None
+    response = await harness.client.post("/v1/responses", json=response_body(tools=[FUNCTION_TOOL], stream=True))
+    assert response.status_code == 200, response.text
+    assert any("get_weather" in w for w in json.loads(response.headers["X-MLX-Router-Warnings"]))
+    assert harness.factory.requests[-1].tools is None
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_TOOL["input_schema"]}}]}
+    refused = await harness.client.post("/v1/chat/completions", json=chat)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools"
+
+
+@pytest.mark.parametrize(
+    "prefix_cache_bytes,prompt_tokens,written",
+    [(None, 100, 100), (0, 100, 0), (None, 63, 0)],
+    ids=["cache-on", "cache-off", "shorter-than-a-block"],
+)
+async def test_cache_creation_tokens_are_the_prompt_written_to_the_cache(
+    make_app: Any, tmp_path: Path, prefix_cache_bytes: int | None, prompt_tokens: int, written: int
+) -> None:
+    """Every finished sequence of at least one block (64 tokens) is kept in the prefix cache:
+    the prompt tokens not read from it are written, when the model's prefix cache is on."""
+    models = {MODEL: {"supports_tools": True, "prefix_cache_bytes": prefix_cache_bytes}}
+    harness = await _app(make_app, tmp_path, models=models, script={"prompt_tokens": prompt_tokens})
+    usage = (await harness.client.post("/v1/messages", json=message_body())).json()["usage"]
+    assert usage["cache_creation_input_tokens"] == written and usage["input_tokens"] == prompt_tokens
+    events = sse_events((await harness.client.post("/v1/messages", json=message_body(stream=True))).text)
+    assert events[0][1]["message"]["usage"]["cache_creation_input_tokens"] == written
+    response = (await harness.client.post("/v1/responses", json=response_body())).json()
+    validate(response, "Response")
+    assert response["usage"]["input_tokens_details"]["cache_write_tokens"] == written
+
+
+TWO_CALLS = (
+    "<tool_call>\n", '{"name": "get_weather", "arguments": {"city": ', '"Paris"}}\n</tool_call>\n',
+    "<tool_call>\n", '{"name": "get_weather", "arguments": {"city": ', '"Rome"}}\n</tool_call>',
+)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+async def test_streamed_calls_follow_disable_parallel_tool_use(make_app: Any, tmp_path: Path, parallel: bool) -> None:
+    harness = await _app(make_app, tmp_path, chunks=TWO_CALLS)
+    choice = {"type": "auto", "disable_parallel_tool_use": not parallel}
+    events = sse_events((await harness.client.post("/v1/messages", json=message_body(tools=[WEATHER_TOOL], tool_choice=choice, stream=True))).text)
+    blocks = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert [b["type"] for b in blocks] == ["tool_use"] * (2 if parallel else 1)
+    assert len({b["id"] for b in blocks}) == len(blocks)
+    for index in range(len(blocks)):
+        partial = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["index"] == index]
+        assert len(partial) == 2 and json.loads("".join(partial)) == {"city": ["Paris", "Rome"][index]}
+    message = (await harness.client.post("/v1/messages", json=message_body(tools=[WEATHER_TOOL], tool_choice=choice))).json()
+    assert [b["input"] for b in message["content"]] == [{"city": "Paris"}, {"city": "Rome"}][: 2 if parallel else 1]
+    assert message["stop_reason"] == "tool_use"

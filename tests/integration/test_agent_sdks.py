@@ -95,13 +95,19 @@ def test_messages_tool_round_trip(tiny_server: RunningServer) -> None:
         model=TOOLS_MODEL, max_tokens=200, messages=messages, tools=tools,
         tool_choice={"type": "tool", "name": "get_weather"}, extra_body={"temperature": 0},
     ) as stream:
-        kinds = [event.type for event in stream]
+        events = list(stream)
         first = stream.get_final_message()
+    kinds = [event.type for event in events]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
     assert first.stop_reason == "tool_use"
     [call] = [block for block in first.content if block.type == "tool_use"]
     assert call.name == "get_weather" and call.id
     jsonschema.validate(call.input, PARAMETERS)
+    # The arguments arrive as the grammar writes them, token by token, not in one piece.
+    partial = [e.delta.partial_json for e in events if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+    assert len(partial) > 2 and json.loads("".join(partial)) == call.input
+    # Every finished prompt is kept in the prefix cache: what was not read from it was written.
+    assert first.usage.cache_creation_input_tokens == first.usage.input_tokens > 0
     messages += [
         {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21 C"}]},
@@ -182,7 +188,7 @@ def test_responses_function_call_round_trip(tiny_server: RunningServer) -> None:
     ) as stream:
         kinds = [event.type for event in stream]
         first = stream.get_final_response()
-    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    assert kinds.count("response.function_call_arguments.delta") > 2 and kinds[-1] == "response.completed"
     [call] = [item for item in first.output if item.type == "function_call"]
     jsonschema.validate(json.loads(call.arguments), PARAMETERS)
     second = client.responses.create(
@@ -250,3 +256,37 @@ def test_images_and_pdfs_reach_a_vision_model_through_both_apis(vision_server: R
     parts = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": png_uri("red")}]
     response = openai_client.responses.create(model=VLM, input=[{"role": "user", "content": parts}], max_output_tokens=1, store=False)
     assert response.usage is not None and response.usage.input_tokens == plain + IMAGE_TOKENS
+
+
+def test_thinking_and_reasoning_requests_decide_what_is_returned(tmp_path: Path, make_tiny_model: Any) -> None:
+    """A model whose template opens <think> and whose reasoning_response is unset: chat returns
+    the raw text, a Messages request with thinking gets it as a thinking block and one with
+    thinking disabled gets none of it, a Responses request with reasoning gets a reasoning item."""
+    folder = make_tiny_model("thinker")
+    config_file = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config["chat_template"] = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+    )
+    config_file.write_text(json.dumps(tokenizer_config))
+    (tmp_path / "srv").mkdir()
+    config = {"defaults": {"model_directory": str(folder.parent), "embedded_model": False}, "models": {"thinker": {}}}
+    server = start_server(tmp_path / "srv", config)
+    try:
+        ask: dict[str, Any] = {"model": "thinker", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+        raw = server.openai().chat.completions.create(temperature=0, **ask).choices[0].message.content
+        assert raw and raw.strip()
+        client = anthropic_client(server)
+        greedy = {"temperature": 0}
+        shown = client.messages.create(thinking={"type": "adaptive"}, extra_body=greedy, **ask)
+        assert [(b.type, getattr(b, "thinking", None)) for b in shown.content] == [("thinking", raw)]
+        hidden = client.messages.create(thinking={"type": "disabled"}, extra_body=greedy, **ask)
+        assert all(b.type == "text" and raw.strip() not in b.text for b in hidden.content)
+        response = server.openai().responses.create(
+            model="thinker", input="Hi", max_output_tokens=8, temperature=0, reasoning={"effort": "low"}
+        )
+        validate(response.model_dump(exclude_unset=True), "Response")
+        assert response.output[0].type == "reasoning" and response.output[0].summary[0].text == raw
+    finally:
+        server.stop()

@@ -168,3 +168,63 @@ def test_format_detected_from_template(template, expected):
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown tool format"):
         make_format("nope")
+
+
+def _streamed_deltas(fmt: str, text: str):
+    stream = ToolCallStream(make_format(fmt, TOOLS), stream_arguments=True)
+    content, calls, deltas = "", [], []
+    for ch in text:
+        c, k = stream.feed(ch)
+        content, calls, deltas = content + c, calls + k, deltas + stream.take_deltas()
+    c, k = stream.flush()
+    return content + c, calls + k, deltas + stream.take_deltas()
+
+
+@pytest.mark.parametrize("fmt,text,content,calls", [c for c in CASES if c[3]], ids=[_ids(c) for c in CASES if c[3]])
+def test_call_deltas_add_up_to_the_calls(fmt, text, content, calls):
+    """With stream_arguments, every call is also reported as deltas: the first of each names the
+    function, and the arguments pieces of one id join to that call's arguments."""
+    got_content, got_calls, deltas = _streamed_deltas(fmt, text)
+    assert got_content == content
+    assert _calls(got_calls) == _expected(calls)
+    assert [d.id for d in deltas if d.name is not None] == [c.id for c in got_calls]
+    for call in got_calls:
+        joined = "".join(d.arguments for d in deltas if d.id == call.id)
+        assert json.loads(joined or "{}") == json.loads(call.arguments)
+
+
+@pytest.mark.parametrize(
+    "fmt,text",
+    [
+        ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "note": "a}b\\"c", "days": 3}}\n</tool_call>'),
+        ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}'),
+        ("mistral", '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "days": 3}'),
+        ("mistral", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}]'),
+        ("harmony", '<|start|>to=functions.get_weather<|message|>{"city": "Paris", "days": 3}<|call|>'),
+    ],
+)
+def test_arguments_stream_while_the_call_is_written(fmt, text):
+    """For these formats the arguments arrive in many pieces, each before the call's markup
+    closes, and the pieces join to exactly the JSON the model wrote."""
+    _, calls, deltas = _streamed_deltas(fmt, text)
+    pieces = [d.arguments for d in deltas if d.arguments]
+    assert len(pieces) > 10
+    assert "".join(pieces) in text
+    assert json.loads("".join(pieces)) == json.loads(calls[0].arguments)
+
+
+def test_a_streamed_call_cut_short_stands_as_written():
+    """A call whose arguments had begun streaming when the output ended is kept (its start was
+    already sent), with the arguments written so far."""
+    _, calls, deltas = _streamed_deltas("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par')
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Par')]
+    assert "".join(d.arguments for d in deltas) == '{"city": "Par'
+    # Closed but unreadable after its arguments streamed: it stands too, with those arguments.
+    _, calls, deltas = _streamed_deltas("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}} junk</tool_call>')
+    assert [(c.name, c.arguments, c.id) for c in calls] == [("get_weather", '{"city": "P"}', deltas[0].id)]
+
+
+def test_formats_without_a_readable_start_give_one_delta_per_call():
+    text = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+    _, calls, deltas = _streamed_deltas("qwen3_coder", text)
+    assert [(d.id, d.name, d.arguments) for d in deltas] == [(calls[0].id, "get_weather", calls[0].arguments)]

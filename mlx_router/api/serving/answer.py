@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from mlx_router.engine.types import Admission
 from mlx_router.text.reasoning import HarmonySplitter, ReasoningSplitter, make_splitter
-from mlx_router.text.tools import ParsedCall, ToolCallStream, make_format
+from mlx_router.text.tools import CallDelta, ParsedCall, ToolCallStream, make_format
 
 __all__ = ["AnswerPiece", "AnswerReader"]
 
@@ -34,6 +34,8 @@ class AnswerPiece:
     content: str
     calls: list[ParsedCall] = field(default_factory=list)
     """Complete tool calls, in order."""
+    deltas: list[CallDelta] = field(default_factory=list)
+    """The calls as they are written (readers made with ``stream_arguments`` only)."""
 
 
 class AnswerReader:
@@ -52,10 +54,12 @@ class AnswerReader:
         reasoning_response: Literal["enable", "disable"] | None,
         tools: Sequence[dict[str, Any]] = (),
         constrained: bool = False,
+        stream_arguments: bool = False,
     ) -> AnswerReader:
         """The reader of a sequence as the worker admitted it. ``tools``: those offered (OpenAI
         shape); ``constrained``: the sequence follows a grammar, so it writes the answer at
-        once, even where the prompt opened a think block."""
+        once, even where the prompt opened a think block; ``stream_arguments``: also report
+        calls as :class:`~mlx_router.text.tools.CallDelta` pieces while they are written."""
         splitter = None
         if reasoning_response is not None or admission.reasoning_format == "harmony":
             splitter = make_splitter(
@@ -65,7 +69,7 @@ class AnswerReader:
             )
         reader = None
         if tools and admission.tool_format is not None:
-            reader = ToolCallStream(make_format(admission.tool_format, list(tools)))
+            reader = ToolCallStream(make_format(admission.tool_format, list(tools)), stream_arguments=stream_arguments)
         return cls(splitter, reader, show_reasoning=reasoning_response == "enable")
 
     def feed(self, text: str, *, final: bool) -> AnswerPiece:
@@ -78,9 +82,11 @@ class AnswerReader:
                 more_reasoning, more_content = self.splitter.flush()
                 reasoning, content = reasoning + more_reasoning, content + more_content
         calls: list[ParsedCall] = []
+        deltas: list[CallDelta] = []
         if self.tools is not None:
             content, calls = self._read_calls(content, final=final)
-        return AnswerPiece(reasoning if reasoning and self.show_reasoning else None, content, calls)
+            deltas = self.tools.take_deltas()
+        return AnswerPiece(reasoning if reasoning and self.show_reasoning else None, content, calls, deltas)
 
     def _read_calls(self, text: str, *, final: bool) -> tuple[str, list[ParsedCall]]:
         """At the end, a call that a length limit cut off after complete calls is dropped: its

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from mlx_router.api.serving.answer import AnswerReader
 from mlx_router.api.serving.runner import Job, Run, Runner, choice_params, request_ids
@@ -24,15 +24,18 @@ from mlx_router.protocol.chat import (
     Choice,
     ChunkChoice,
     Delta,
+    FunctionCallDelta,
     ResponseMessage,
+    ToolCallDelta,
     chat_logprobs,
     tool_call,
     tool_call_deltas,
 )
 from mlx_router.protocol.common import envelope, finish_reason
 from mlx_router.text.constraints import json_grammar, schema_depth, validate_grammar
+from mlx_router.text.tools import CallDelta
 
-__all__ = ["ChatJob", "chat_response", "chat_stream", "prepare_chat"]
+__all__ = ["ChatJob", "chat_chunks", "chat_response", "chat_stream", "prepare_chat"]
 
 
 @dataclass
@@ -48,25 +51,42 @@ class ChatJob:
     parallel_tool_calls: bool = True
     """False keeps only the first call of an answer."""
     warnings: tuple[str, ...] = ()
-    """What the image loaders had to leave out (``X-MLX-Router-Warnings``)."""
+    """What the image loaders had to leave out, and tools dropped (``X-MLX-Router-Warnings``)."""
+    reasoning_response: Literal["enable", "disable"] | None = None
+    """Whether separated reasoning is returned (``enable``), dropped (``disable``) or left in
+    the text (None): the model's ``reasoning_response``, which the agent APIs set per request."""
+    stream_arguments: bool = False
+    """Stream tool-call arguments as they are written (the agent APIs), not in one piece once
+    the call is read."""
 
     def reader(self, admission: Admission) -> AnswerReader:
         """How a choice's text is read: reasoning apart, then the calls of the tools offered."""
         return AnswerReader.for_admission(
-            admission, reasoning_response=self.model.reasoning_response, tools=self.tools, constrained=self.job.constrained
+            admission,
+            reasoning_response=self.reasoning_response,
+            tools=self.tools,
+            constrained=self.job.constrained,
+            stream_arguments=self.stream_arguments,
         )
 
 
 # ---------------------------------------------------------------------- preparing
 
 
-async def prepare_chat(runner: Runner, req: ChatCompletionRequest) -> ChatJob:
+async def prepare_chat(runner: Runner, req: ChatCompletionRequest, *, drop_unusable_tools: bool = False) -> ChatJob:
     """Validate a chat request against server and model settings and build its job, images
-    loaded; nothing runs yet."""
+    loaded; nothing runs yet. ``drop_unusable_tools``: tools that cannot be used here (turned
+    off, or a model without tool support) are dropped with a warning instead of refused."""
     req.unsupported_features()
     sampling = prepare_sampling(runner, req)
     entry = sampling.entry
     model = runner.manager.model_settings(entry)
+    dropped: tuple[str, ...] = ()
+    reason = _tools_unusable(runner, req, sampling) if req.tools else None
+    if reason is not None and drop_unusable_tools:
+        names = ", ".join(t.function.name for t in req.tools or ())
+        dropped = (f"tools ({names}) were dropped: {reason}",)
+        req = req.model_copy(update={"tools": None, "tool_choice": None, "parallel_tool_calls": None})
     tools, constraint = _tools_and_constraint(runner, req, sampling)
     refuse_images(req, entry, runner.manager.entries)
     params = replace(sampling.params(req), constraint=constraint)
@@ -94,8 +114,18 @@ async def prepare_chat(runner: Runner, req: ChatCompletionRequest) -> ChatJob:
         stream_format=sampling.stream_format,
         tools=tools,
         parallel_tool_calls=req.parallel_tool_calls is not False,
-        warnings=images.warnings if images is not None else (),
+        warnings=dropped + (images.warnings if images is not None else ()),
+        reasoning_response=model.reasoning_response,
     )
+
+
+def _tools_unusable(runner: Runner, req: ChatCompletionRequest, sampling: Sampling) -> str | None:
+    """Why the request's tools cannot be used with this server and model, if they cannot."""
+    if not runner.settings.defaults.enable_function_calling:
+        return "function calling is disabled on this server (defaults.enable_function_calling)"
+    if not sampling.entry.supports_tools:
+        return f"model {sampling.entry.id!r} does not support tools (supports_tools, or its chat template)"
+    return None
 
 
 def _tools_and_constraint(
@@ -104,14 +134,9 @@ def _tools_and_constraint(
     """The tools offered to the model and the grammar its output must follow, if any.
     Refuses tools where they are turned off and schemas the grammar engine cannot honour."""
     defaults = runner.settings.defaults
-    entry = sampling.entry
     if req.tools:
-        reason = None
-        if not defaults.enable_function_calling:
-            reason = "function calling is disabled on this server (defaults.enable_function_calling)"
-        elif not entry.supports_tools:
-            reason = f"model {entry.id!r} does not support tools (supports_tools, or its chat template)"
-        elif len(req.tools) > defaults.max_tools:
+        reason = _tools_unusable(runner, req, sampling)
+        if reason is None and len(req.tools) > defaults.max_tools:
             reason = f"at most {defaults.max_tools} tools are allowed (defaults.max_tools)"
         if reason is not None:
             raise InvalidRequest(f"Tools cannot be used here: {reason}.", param="tools")
@@ -189,15 +214,18 @@ async def chat_response(runner: Runner, chat: ChatJob) -> ChatCompletionResponse
 async def chat_stream(runner: Runner, chat: ChatJob) -> AsyncIterator[ChatCompletionChunk | None]:
     """Start generation (errors raise here), then return the chunk stream (None: keep-alive)."""
     run = await runner.start(chat.job)
-    return _chat_chunks(chat, run)
+    return chat_chunks(chat, run)
 
 
-async def _chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionChunk | None]:
+async def chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionChunk | None]:
+    """The chunks of a started job (None: keep-alive); the run's usage chunk last when asked."""
     chunk = envelope(ChatCompletionChunk, "chatcmpl", chat.job.entry.id)
     for index in range(len(chat.job.requests)):
         yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
     readers = [chat.reader(a) for a in run.admissions]
     called = [0] * len(run.admissions)
+    streaming: list[list[str]] = [[] for _ in run.admissions]
+    """Per choice, the ids of the calls streamed so far (``stream_arguments``)."""
     finishes: dict[int, str] = {}
     async for index, item in run.events:
         if item is None:
@@ -209,7 +237,11 @@ async def _chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionC
         if piece.content or piece.reasoning or logprobs:
             delta = Delta(content=piece.content or None, reasoning_content=piece.reasoning)
             yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
-        for call in piece.calls:
+        if chat.stream_arguments:
+            for delta in _streamed_call_deltas(piece.deltas, streaming[index], chat.parallel_tool_calls):
+                yield chunk([ChunkChoice(index=index, delta=delta)])
+            called[index] = len(streaming[index])
+        for call in [] if chat.stream_arguments else piece.calls:
             if called[index] and not chat.parallel_tool_calls:
                 break
             for delta in tool_call_deltas(call.id, call.name, call.arguments, called[index]):
@@ -222,3 +254,20 @@ async def _chat_chunks(chat: ChatJob, run: Run) -> AsyncIterator[ChatCompletionC
     run.log_done([finishes[i] for i in sorted(finishes)])
     if chat.include_usage:
         yield chunk([], run.usage())
+
+
+def _streamed_call_deltas(deltas: list[CallDelta], ids: list[str], parallel: bool) -> list[Delta]:
+    """Chat deltas of call pieces as they are written; ``ids``: the calls of this choice so far
+    (extended here). Without ``parallel``, the pieces of calls after the first are dropped."""
+    out = []
+    for piece in deltas:
+        if piece.id not in ids:
+            if ids and not parallel:
+                continue
+            ids.append(piece.id)
+            function = FunctionCallDelta(name=piece.name, arguments=piece.arguments)
+            out.append(Delta(tool_calls=[ToolCallDelta(index=len(ids) - 1, id=piece.id, type="function", function=function)]))
+        elif piece.arguments:
+            function = FunctionCallDelta(arguments=piece.arguments)
+            out.append(Delta(tool_calls=[ToolCallDelta(index=ids.index(piece.id), function=function)]))
+    return out

@@ -21,6 +21,7 @@ from mlx_router.protocol.anthropic import (
     MessageBuilder,
     MessagesRequest,
     anthropic_error,
+    reasoning_choice,
     to_chat,
 )
 
@@ -45,8 +46,8 @@ def _error_events(error: RouterError) -> list[NamedEvent]:
 
 async def create_message(runner: Runner, body: MessagesRequest, request: Request) -> JSONResponse | StreamingResponse:
     chat, warnings = to_chat(body, max_tokens_limit=runner.settings.defaults.max_tokens_limit)
-    started = await start_chat(runner, chat, warnings)
-    builder = MessageBuilder(body.model, started.prompt_tokens, started.cached_tokens)
+    started = await start_chat(runner, chat, warnings, reasoning_choice(body))
+    builder = MessageBuilder(body.model, started.prompt_tokens, started.cached_tokens, started.cache_creation_tokens)
     headers = warnings_header(tuple(warnings.items))
     logger.info(
         "messages model=%s stream=%s prompt_tokens=%d cached_tokens=%d ignored=%s",

@@ -17,7 +17,7 @@ from mlx_router.api.serving.runner import Runner
 from mlx_router.api.sse import NamedEvent, event_stream_response
 from mlx_router.api.vision import warnings_header
 from mlx_router.errors import NotFound, RouterError
-from mlx_router.protocol.responses import ResponseBuilder, ResponsesRequest, input_items, to_chat
+from mlx_router.protocol.responses import ResponseBuilder, ResponsesRequest, input_items, reasoning_choice, to_chat
 from mlx_router.store.responses import ResponseStore
 
 __all__ = ["create_response", "delete_response", "get_response", "list_input_items"]
@@ -39,7 +39,7 @@ async def create_response(
             raise _missing(body.previous_response_id, "previous_response_id")
         history = previous.history()
     chat, warnings = to_chat(body, history, max_tokens_limit=runner.settings.defaults.max_tokens_limit)
-    started = await start_chat(runner, chat, warnings)
+    started = await start_chat(runner, chat, warnings, reasoning_choice(body))
     keep = body.store is not False
     builder = ResponseBuilder(body, body.model, store=keep)
     items = input_items(body.items())
@@ -53,7 +53,7 @@ async def create_response(
         yield builder.start()
         async for found in started.pieces():
             yield None if found is None else [event for piece in found for event in builder.feed(piece)]
-        done = builder.finish_with(started.prompt_tokens, started.cached_tokens, started.output_tokens)
+        done = builder.finish_with(started.prompt_tokens, started.cached_tokens, started.output_tokens, started.cache_creation_tokens)
         if keep:
             await asyncio.to_thread(store.put, builder.response, items, [*history, *items])
         yield done

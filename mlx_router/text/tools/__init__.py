@@ -1,7 +1,7 @@
 """Tool calls: one parser per model family's format, a registry, and the stream that applies
 a format to model output (see ``base``)."""
 
-from mlx_router.text.tools.base import ParsedCall, ToolCallStream, ToolFormat, new_call_id, parse_tool_calls
+from mlx_router.text.tools.base import CallDelta, ParsedCall, ToolCallStream, ToolFormat, new_call_id, parse_tool_calls
 from mlx_router.text.tools.registry import (
     FALLBACK_FORMAT,
     FORMATS,
@@ -13,6 +13,7 @@ from mlx_router.text.tools.registry import (
 __all__ = [
     "FALLBACK_FORMAT",
     "FORMATS",
+    "CallDelta",
     "ParsedCall",
     "ToolCallStream",
     "ToolFormat",

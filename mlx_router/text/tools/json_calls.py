@@ -32,6 +32,16 @@ def json_values(text: str, separators: str = " \t\r\n;,") -> list[Any]:
         values.append(value)
 
 
+_NAMED_OBJECT = re.compile(r'\s*\[?\s*\{\s*"name"\s*:\s*"([^"\\]+)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
+
+
+def named_object_start(body: str) -> tuple[str, int] | None:
+    """``{"name": "f", "arguments": {`` (or ``parameters``, or the first of an array): the name
+    and where the arguments object starts, once the model has written that far."""
+    match = _NAMED_OBJECT.match(body)
+    return (match.group(1), match.end()) if match is not None else None
+
+
 def calls_from_objects(values: list[Any]) -> list[ParsedCall]:
     """Calls from decoded JSON: objects with a name and arguments, or arrays of them."""
     calls = []
@@ -57,6 +67,9 @@ class HermesFormat(ToolFormat):
     def parse(self, body: str) -> list[ParsedCall]:
         return calls_from_objects(json_values(body))
 
+    def arguments_start(self, body: str) -> tuple[str, int] | None:
+        return named_object_start(body)
+
     def unfinished(self, body: str) -> bool:
         try:
             json_values(body)
@@ -80,6 +93,9 @@ class Llama3JsonFormat(ToolFormat):
         body = body.replace("<|python_tag|>", ";").removesuffix("<|eom_id|>")
         return calls_from_objects(json_values(body))
 
+    def arguments_start(self, body: str) -> tuple[str, int] | None:
+        return named_object_start(body)
+
 
 _MISTRAL_HEADER = re.compile(r"\s*([\w.-]+)\s*(?:\[CALL_ID\]\s*([\w-]+)\s*)?\[ARGS\]")
 
@@ -90,6 +106,13 @@ class MistralFormat(ToolFormat):
 
     name = "mistral"
     starts = ("[TOOL_CALLS]",)
+
+    def arguments_start(self, body: str) -> tuple[str, int] | None:
+        match = _MISTRAL_HEADER.match(body)
+        if match is None:
+            return named_object_start(body)
+        start = len(body) - len(body[match.end() :].lstrip())
+        return (match.group(1), start) if body[start : start + 1] == "{" else None
 
     def parse(self, body: str) -> list[ParsedCall]:
         calls: list[ParsedCall] = []
@@ -154,3 +177,8 @@ class HarmonyFormat(ToolFormat):
         if not sep:
             raise ValueError("missing message body")
         return [ParsedCall.make(name.strip(), json.loads(arguments) if arguments.strip() else {})]
+
+    def arguments_start(self, body: str) -> tuple[str, int] | None:
+        name, sep, arguments = body.partition("<|message|>")
+        start = len(body) - len(arguments.lstrip())
+        return (name.strip(), start) if sep and name.strip() and body[start : start + 1] == "{" else None
