@@ -121,6 +121,8 @@ class MLXModelManager:
             emit=self._emit,
         )
         self._closing = False
+        self._shutting_down = False
+        """The server drains before it stops: a worker that ends then is not started again."""
         self.entries: dict[str, ModelEntry] = {}
         self.aliases = Aliases.from_config(settings.aliases)
         """Other names for served models (``aliases``), checked against the registry at start."""
@@ -296,7 +298,12 @@ class MLXModelManager:
         return model_id in self.pinned or model_id == self.default_model
 
     def _restarts_at_once(self, model_id: str) -> bool:
-        return self._kept(model_id) and model_id in self.entries and not self._closing
+        return self._kept(model_id) and model_id in self.entries and not (self._closing or self._shutting_down)
+
+    def begin_shutdown(self) -> None:
+        """The server is draining (new requests get 503): models whose workers end are not
+        loaded again, since nothing could use them."""
+        self._shutting_down = True
 
     # ---------------------------------------------------------------- keep-alive
 

@@ -221,6 +221,25 @@ async def test_default_model_restarts_after_a_crash(make_app: Any) -> None:
     assert harness.factory.calls == 2
 
 
+async def test_default_model_is_not_restarted_while_the_server_drains(make_app: Any) -> None:
+    """A worker that ends during a drain (as it does when the stop signal reaches it too) stays
+    down: nothing could use a new one, and loading it would hold the shutdown back."""
+    script = FakeEngineScript(crash_after=1, faulty_requests=1, first_chunk_delay=0.3)
+    harness = await make_app(script=script, defaults={"model": MODEL})
+    assert harness.factory.calls == 1
+    running = asyncio.ensure_future(harness.client.post(CHAT, json=chat_body()))
+    runner = harness.app.state.runner
+    deadline = time.monotonic() + 3
+    while runner.running == 0:
+        assert time.monotonic() < deadline, "the request never started"
+        await asyncio.sleep(0.01)
+    await runner.drain(5.0)
+    assert_error(await running, 503, code="worker_crashed")
+    await asyncio.sleep(0.2)
+    assert harness.factory.calls == 1
+    assert harness.manager.states[MODEL].value == "failed"
+
+
 async def test_failing_default_model_does_not_stop_the_server(make_app: Any) -> None:
     """A broken defaults.model must not take the server down: /health says why."""
     script = FakeEngineScript(start_error=EngineError("internal", "weights are corrupt"))

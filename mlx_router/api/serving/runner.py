@@ -382,6 +382,7 @@ class Runner:
         rest with an error (streams get an error event and their end marker)."""
         state = self.drain_state
         state.draining = True
+        self.manager.begin_shutdown()
         limit = time.monotonic() + deadline
         while state.queues and time.monotonic() < limit:
             await asyncio.sleep(0.05)
