@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, PromptProcessingBatch, _right_pad_prompts
+from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch, _right_pad_prompts
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
 from mlx_router.engine.constrain import ConstraintGroup, ConstraintProcessor, TrackingSampler
@@ -29,6 +31,7 @@ from mlx_router.engine.types import (
     BatchOptions,
     FinishReason,
     GenerationChunk,
+    GenerationParams,
     GenerationRequest,
     TokenLogprob,
 )
@@ -39,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_KEY = "model"
 """One prefix cache per worker, so one key: caches never mix models."""
+
+SHARED_SAMPLERS = 32
+"""Distinct sampling settings whose sampler unseeded requests share (least recently used go)."""
 
 _BILLING_LINE = re.compile(r"^x-anthropic-billing-header:.*$", re.MULTILINE)
 
@@ -110,7 +116,7 @@ class _Sequence:
             text=text,
             completion_tokens=self.completion_tokens,
             prompt_tokens=self.prompt_tokens,
-            finish_reason=cast(FinishReason | None, finish),  # mlx-lm gives "stop", "length" or None
+            finish_reason=cast("FinishReason | None", finish),  # mlx-lm gives "stop", "length" or None
             logprobs=self._release_logprobs(final=finish is not None, cut=matched is not None),
             stop_sequence=matched,
         )
@@ -191,6 +197,46 @@ class _BucketedPrompts(PromptProcessingBatch):
         mx.clear_cache()
 
 
+class _GroupedSampling(GenerationBatch):
+    """mlx-lm's decode batch, sampling each group of rows that share a sampler in one call.
+    mlx-lm samples a batch in one call only when every row holds the same sampler, else row by
+    row; one greedy or seeded request among sampled ones would make every row a call of its own."""
+
+    def _step(self) -> Any:
+        samplers = self.samplers
+        grouped = _by_sampler([self.fallback_sampler if s is None else s for s in samplers or ()])
+        if grouped is None:
+            return super()._step()
+        self.samplers = [grouped] * len(self.uids)
+        try:
+            return super()._step()
+        finally:
+            self.samplers = samplers
+
+
+def _by_sampler(samplers: list[Callable[[mx.array], mx.array]]) -> Callable[[mx.array], mx.array] | None:
+    """One sampler for a batch whose rows hold several: it calls each on the rows that hold it
+    and puts the tokens back in row order. None when grouping saves no call (one sampler for
+    all rows, which mlx-lm calls once, or one per row)."""
+    groups: dict[int, tuple[Callable[[mx.array], mx.array], list[int]]] = {}
+    for row, sampler in enumerate(samplers):
+        groups.setdefault(id(sampler), (sampler, []))[1].append(row)
+    if len(groups) in (1, len(samplers)):
+        return None
+    order = [row for _, rows in groups.values() for row in rows]
+    inverse = [0] * len(order)
+    for position, row in enumerate(order):
+        inverse[row] = position
+    indices = [mx.array(rows) for _, rows in groups.values()]
+    back = mx.array(inverse)
+
+    def sample(logprobs: mx.array) -> mx.array:
+        drawn = [sampler(logprobs[rows]) for (sampler, _), rows in zip(groups.values(), indices)]
+        return mx.concatenate(drawn)[back]
+
+    return sample
+
+
 class BatchScheduler:
     """Admits requests into one ``BatchGenerator`` and turns each step into chunks."""
 
@@ -204,6 +250,8 @@ class BatchScheduler:
         self._constrained: dict[int, ConstraintProcessor] = {}
         """Sequences under a grammar, by uid; their masks are computed together (``_group``)."""
         self._group: ConstraintGroup | None = None
+        self._samplers: OrderedDict[tuple[float, float, float, int], Callable[[mx.array], mx.array]] = OrderedDict()
+        """One sampler per sampling setting, shared by the unseeded requests that ask for it."""
         self.buckets = _use_buckets(engine, options)
         if self.buckets:
             attend_short_chunks_directly(engine.model)
@@ -222,6 +270,8 @@ class BatchScheduler:
         if self.buckets:
             # The prompt batch lives as long as the generator (``split`` keeps its class).
             generator._prompt_batch.__class__ = _BucketedPrompts
+        # So does the decode batch: new sequences are added to it with ``extend``.
+        generator._generation_batch.__class__ = _GroupedSampling
         return generator
 
     @property
@@ -234,7 +284,7 @@ class BatchScheduler:
             request = _with_messages(request, canonicalize_messages(request.messages))
         prompt_ids, max_tokens = self.engine.admit(request)
         processors = logits_processors(request.params)
-        sampler = make_sampler(request.params)
+        sampler = self.sampler(request.params)
         constraint = self.engine.constraint_processor(request)
         if constraint is not None:
             processors.append(constraint)  # last: the mask has the final word
@@ -271,6 +321,24 @@ class BatchScheduler:
             reasoning_format=self.engine.reasoning_format,
             tool_format=self.engine.output_tool_format(request),
         )
+
+    def sampler(self, params: GenerationParams) -> Callable[[mx.array], mx.array]:
+        """The sampler of a new sequence. mlx-lm samples a batch in one call only when every
+        sequence holds the same sampler object, else row by row (one graph per row and step), so
+        unseeded requests with equal settings share one sampler and one random key: their rows
+        are still drawn independently. A seeded request keeps a key of its own, so its seed
+        reproduces its tokens whatever runs beside it; greedy decoding is one function for all."""
+        if params.temperature == 0 or params.seed is not None:
+            return make_sampler(params)
+        key = (params.temperature, params.top_p, params.min_p, params.top_k)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            sampler = self._samplers[key] = make_sampler(params)
+            if len(self._samplers) > SHARED_SAMPLERS:
+                self._samplers.popitem(last=False)  # sequences that hold it keep it
+        else:
+            self._samplers.move_to_end(key)
+        return sampler
 
     def cancel(self, request_id: str) -> int | None:
         """Drop a sequence (queued, prefilling or decoding); it produces nothing more.
