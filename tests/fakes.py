@@ -135,6 +135,8 @@ class FakeWorkerClient:
         self.cancellations: list[str] = []
         self.completed: list[str] = []
         self.embedding_requests: list[EmbeddingRequest] = []
+        self.counted: list[GenerationRequest] = []
+        """Requests given to :meth:`count` (never to :attr:`requests`: nothing is admitted)."""
         self._streams: set[str] = set()
 
     # -------------------------------------------------------------- WorkerClient interface
@@ -217,6 +219,18 @@ class FakeWorkerClient:
                 self.cancellations.append(rid)
                 if self.factory is not None:
                     self.factory.cancellations.append(rid)
+
+    async def count(self, request: GenerationRequest) -> int:
+        """The script's ``prompt_tokens`` (what its admissions report); ``admission_delay`` and
+        ``admission_error`` apply."""
+        if not self.alive:
+            raise EngineFailure(EngineError("worker_crashed", f"the model's {self.exit_reason or 'worker is not running'}"))
+        self.counted.append(request)
+        await asyncio.sleep(self.script.admission_delay)
+        error = self.script.admission_error
+        if error is not None:
+            raise EngineFailure(EngineError(error.kind, error.message, request.request_id))
+        return self.script.prompt_tokens
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Unit vectors (input ``i`` along axis ``i``), one "token" per word or id; the script's

@@ -322,6 +322,13 @@ class BatchScheduler:
             tool_format=self.engine.output_tool_format(request),
         )
 
+    def count(self, request: GenerationRequest) -> int:
+        """The prompt tokens :meth:`add` would admit the request with (its template, tools and
+        images included), without admitting it: nothing is prefilled or generated."""
+        if request.messages is not None:
+            request = _with_messages(request, canonicalize_messages(request.messages))
+        return self.engine.count_tokens(request)
+
     def sampler(self, params: GenerationParams) -> Callable[[mx.array], mx.array]:
         """The sampler of a new sequence. mlx-lm samples a batch in one call only when every
         sequence holds the same sampler object, else row by row (one graph per row and step), so

@@ -240,6 +240,10 @@ class WorkerClient:
                 stream = self._streams.get(fields[0])
                 if stream is not None:
                     stream.put_nowait(GenerationChunk(*fields))
+        elif kind == "counted":
+            stream = self._streams.get(msg[1])
+            if stream is not None:
+                stream.put_nowait(msg[2])
         elif kind in ("admitted", "embedded"):
             stream = self._streams.get(msg[1].request_id)
             if stream is not None:
@@ -342,6 +346,19 @@ class WorkerClient:
                     return
         finally:
             self._close(request.request_id, finished, delivered)
+
+    async def count(self, request: GenerationRequest) -> int:
+        """The prompt tokens the worker would admit ``request`` with (chat template, tools and
+        images included); nothing is admitted, prefilled or generated."""
+        stream = self._open(request.request_id)
+        try:
+            self._send(("count", request))
+            item = await stream.get()
+        finally:
+            self._close(request.request_id, finished=True)  # a count holds nothing to cancel
+        if isinstance(item, EngineError):
+            raise EngineFailure(item)
+        return int(item)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """The vectors of one embedding request; leaving early (cancelled) cancels it."""

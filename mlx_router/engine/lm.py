@@ -189,6 +189,10 @@ class LMEngine:
             ids = ids["input_ids"]
         return list(ids)
 
+    def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens :meth:`encode` gives, nothing admitted (what ``count_tokens`` answers)."""
+        return len(self.encode(request))
+
     def template_input(self, request: GenerationRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The messages and variables for the chat template: the request's tools go to a
         template that renders them, else the server describes them (and earlier calls) itself."""

@@ -49,6 +49,10 @@ class Engine(Protocol):
         """The admission, then the chunks of one request; closing the iterator cancels it."""
         ...
 
+    async def count(self, request: GenerationRequest) -> int:
+        """The prompt tokens ``request`` would be admitted with; nothing runs."""
+        ...
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """The vectors of one embedding request; cancelling the call cancels it."""
         ...

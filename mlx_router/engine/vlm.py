@@ -171,6 +171,13 @@ class VLMEngine(LMEngine):
         self._inputs[request.request_id] = inputs
         return [int(t) for t in inputs["input_ids"][0].tolist()]
 
+    def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens, image tokens included; the processor's outputs are not kept."""
+        try:
+            return len(self.encode(request))
+        finally:
+            self._inputs.pop(request.request_id, None)
+
     def prepare(self, request: GenerationRequest) -> tuple[list[int], int, dict[str, Any]]:
         """Prompt ids, max_tokens bounded by the context, and what the batch needs to prefill
         them: the prompt's embeddings with the image features in place, and its positions."""

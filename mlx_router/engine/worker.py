@@ -4,11 +4,12 @@ Protocol over a ``multiprocessing`` pipe (tuples, pickled):
 
 router → worker
     ``("load", WorkerOptions)`` first, to a spare process started without a model;
-    ``("generate", GenerationRequest)``, ``("embed", EmbeddingRequest)``,
-    ``("cancel", request_id, delivered_tokens)``, ``("shutdown",)``
+    ``("generate", GenerationRequest)``, ``("count", GenerationRequest)``,
+    ``("embed", EmbeddingRequest)``, ``("cancel", request_id, delivered_tokens)``, ``("shutdown",)``
 worker → router
     ``("ready", LoadInfo)`` or ``("load_failed", kind, message)`` once, after the load;
     ``("admitted", Admission)`` when a request is tokenized and accepted (before prefill);
+    ``("counted", request_id, prompt_tokens)`` for a ``count``: tokenized only, not admitted;
     ``("step", [chunk, ...])`` once per decode step, for all active sequences, each chunk a
     plain tuple of :class:`GenerationChunk`'s fields in order (pickled ~20x faster than the
     dataclass);
@@ -29,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -150,8 +152,6 @@ class _Worker:
 
     def handle(self, scheduler: Any, msg: tuple[Any, ...]) -> bool:
         """Apply one message from the router; False for ``shutdown``."""
-        from mlx_router.engine.lm import RequestRejected, classify_exception
-
         kind = msg[0]
         if kind == "shutdown":
             if hasattr(scheduler, "close"):
@@ -166,16 +166,23 @@ class _Worker:
         elif kind == "embed":
             self.admit_embedding(msg[1])
         elif kind == "generate":
-            request = msg[1]
-            try:
-                self.send(("admitted", scheduler.add(request)))
-            except RequestRejected as exc:
-                self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))
-            except Exception as exc:  # noqa: BLE001 (any admission failure is this request's error)
-                self.log(logging.ERROR, f"request {request.request_id} failed at admission: {exc.__class__.__name__}: "
-                         f"{describe_exception(exc)}")
-                self.send(("error", classify_exception(exc, request.request_id)))
+            self.admit(msg[1], lambda request: ("admitted", scheduler.add(request)))
+        elif kind == "count":
+            self.admit(msg[1], lambda request: ("counted", request.request_id, scheduler.count(request)))
         return True
+
+    def admit(self, request: GenerationRequest, answer: Callable[[GenerationRequest], tuple[Any, ...]]) -> None:
+        """Send ``answer(request)``, or the request's error when tokenizing or admitting it fails."""
+        from mlx_router.engine.lm import RequestRejected, classify_exception
+
+        try:
+            self.send(answer(request))
+        except RequestRejected as exc:
+            self.send(("error", EngineError(exc.kind, exc.message, request.request_id, exc.param)))
+        except Exception as exc:  # noqa: BLE001 (any admission failure is this request's error)
+            self.log(logging.ERROR, f"request {request.request_id} failed at admission: {exc.__class__.__name__}: "
+                     f"{describe_exception(exc)}")
+            self.send(("error", classify_exception(exc, request.request_id)))
 
     def step(self, scheduler: Any) -> None:
         """One batch step; its chunks go to the router. A failed step fails the whole batch, not

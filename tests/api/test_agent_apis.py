@@ -194,7 +194,9 @@ async def test_count_tokens_equals_input_tokens(make_app: Any, tmp_path: Path) -
     assert counted.status_code == 200, counted.text
     message = (await harness.client.post("/v1/messages", json=body)).json()
     assert counted.json() == {"input_tokens": message["usage"]["input_tokens"]}
-    assert harness.factory.requests[0].tools == harness.factory.requests[1].tools
+    (client,) = harness.factory.clients
+    assert [r.tools for r in client.counted] == [harness.factory.requests[0].tools]
+    assert len(harness.factory.requests) == 1  # the count was tokenized only, never admitted
 
 
 # ---------------------------------------------------------------------- OpenAI Responses

@@ -53,9 +53,11 @@ def test_messages_create_stream_and_count_tokens(tiny_server: RunningServer) -> 
     message = client.messages.create(max_tokens=5, extra_body={"temperature": 0}, **kwargs)
     assert message.type == "message" and message.id.startswith("msg_")
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 5
-    # count_tokens prefilled the same prompt: the message reads it from the prefix cache.
-    assert message.usage.input_tokens + message.usage.cache_read_input_tokens == counted
-    assert message.usage.cache_read_input_tokens > 0
+    # count_tokens only tokenized the prompt: nothing of it was in the prefix cache.
+    assert message.usage.input_tokens == counted and message.usage.cache_read_input_tokens == 0
+    again = client.messages.create(max_tokens=1, extra_body={"temperature": 0}, **kwargs)
+    assert again.usage.input_tokens + again.usage.cache_read_input_tokens == counted
+    assert again.usage.cache_read_input_tokens > 0
     with client.messages.stream(max_tokens=5, extra_body={"temperature": 0}, **kwargs) as stream:
         texts = list(stream.text_stream)
         final = stream.get_final_message()
@@ -64,6 +66,20 @@ def test_messages_create_stream_and_count_tokens(tiny_server: RunningServer) -> 
     counted = client.messages.count_tokens(**fresh).input_tokens
     other = client.messages.create(max_tokens=1, **{**fresh, "system": "Another system prompt."})
     assert other.usage.input_tokens + other.usage.cache_read_input_tokens != counted  # the system prompt counts
+
+
+def test_count_tokens_counts_a_prompt_longer_than_the_context(tiny_server: RunningServer) -> None:
+    """A client counts to learn how much to cut: the count of a prompt the model cannot take is
+    still given, while the message itself is refused with a 400 that says why."""
+    import anthropic
+
+    client = anthropic_client(tiny_server)
+    kwargs: dict[str, Any] = {"model": "tiny-short", "messages": [{"role": "user", "content": "many words " * 40}]}
+    counted = client.messages.count_tokens(**kwargs).input_tokens
+    assert counted > 48
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(max_tokens=5, **kwargs)
+    assert f"{counted} tokens" in str(refused.value)
 
 
 def test_messages_clamp_max_tokens_to_the_context(tiny_server: RunningServer) -> None:
@@ -244,7 +260,10 @@ def test_images_and_pdfs_reach_a_vision_model_through_both_apis(vision_server: R
     red = png_uri("red").split(",", 1)[1]
     pdf = pdf_uri(2).split(",", 1)[1]
     plain = tokens()
-    assert tokens({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": red}}) == plain + IMAGE_TOKENS
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": red}}
+    assert tokens(image) == plain + IMAGE_TOKENS
+    counted = client.messages.count_tokens(model=VLM, messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}])
+    assert counted.input_tokens == plain + IMAGE_TOKENS  # the image's tokens counted by the model's processor
     document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}
     chat = vision_server.openai().chat.completions.create(
         model=VLM, max_tokens=1,

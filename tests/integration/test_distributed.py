@@ -141,6 +141,18 @@ def test_seeded_sampling_is_the_single_process_sampling(group_server: RunningSer
     assert unseeded["usage"]["completion_tokens"] == 16  # every rank drew the same tokens (rank 0 chose the seed)
 
 
+def test_a_group_counts_tokens_as_one_process_does(group_server: RunningServer) -> None:
+    """A count goes through rank 0's plan like any message and comes back once."""
+    body = {"max_tokens": 1, "messages": [{"role": "user", "content": "Count me, please."}], "system": "Be brief."}
+    with group_server.client() as client:
+        counts = [client.post("/v1/messages/count_tokens", json={**body, "model": m}) for m in ("tq-pipe", "tq", "tq-pipe")]
+        message = client.post("/v1/messages", json={**body, "model": "tq-pipe"})
+    assert [c.status_code for c in counts] == [200] * 3, [c.text for c in counts]
+    assert len({c.json()["input_tokens"] for c in counts}) == 1
+    usage = message.json()["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == counts[0].json()["input_tokens"]
+
+
 def test_stream_stop_string_and_prefix_cache_on_a_group(group_server: RunningServer) -> None:
     client = group_server.openai()
     full = client.chat.completions.create(model="tq-pipe", messages=MESSAGES, max_tokens=30, temperature=0)

@@ -1,11 +1,14 @@
-"""S concurrent sampled streams against mlx-router (python main.py): aggregate tok/s per round,
-each client reading to [DONE]. Three rounds.
+"""S concurrent streams against mlx-router (python main.py): per round, the aggregate tok/s (each
+client reading to [DONE]) and the CPU time per generated token of the router process and of its
+workers. ROUNDS rounds (default 3).
 
-Usage: python docs/perf/probes/sampled_streams.py MODEL_DIR MAX_TOKENS STREAMS TEMPERATURE
+Usage: python docs/perf/probes/sampled_streams.py MODEL_DIR MAX_TOKENS STREAMS TEMPERATURE [ROUNDS]
 """
 import asyncio, json, os, subprocess, sys, time
 import httpx
+import psutil
 model = sys.argv[1]; N = int(sys.argv[2]); S = int(sys.argv[3]); temp = float(sys.argv[4])
+ROUNDS = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 port = 18778
 cfg = {"defaults": {"model": os.path.basename(model), "model_directory": os.path.dirname(model), "embedded_model": False,
         "warmup_tokens": 4, "max_tokens": N, "cache_size": 1, "max_batch_size": 64},
@@ -27,11 +30,19 @@ async def one(c, i):
     return toks
 async def main():
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=200)) as c:
-        for rep in range(3):
+        router = psutil.Process(p.pid)
+        def cpu(proc):
+            t = proc.cpu_times()
+            return t.user + t.system
+        for rep in range(ROUNDS):
+            workers = router.children(recursive=True)
+            before = cpu(router), sum(cpu(w) for w in workers)
             t = time.perf_counter()
             toks = await asyncio.gather(*(one(c, rep * 1000 + i) for i in range(S)))
             wall = time.perf_counter() - t
-            print(f"rep {rep}: {S} streams T={temp}: {sum(toks)} tokens, {sum(toks) / wall:.0f} tok/s", flush=True)
+            spent = [(a - b) * 1000 / sum(toks) for a, b in zip((cpu(router), sum(cpu(w) for w in workers)), before)]
+            print(f"rep {rep}: {S} streams T={temp}: {sum(toks)} tokens, {sum(toks) / wall:.0f} tok/s; CPU ms per token: "
+                  f"router {spent[0]:.3f}, workers {spent[1]:.3f}", flush=True)
 try:
     for _ in range(300):
         try:

@@ -87,11 +87,10 @@ def cache_writes(prompt_tokens: int, cached_tokens: int, cache_bytes: int, block
     return prompt_tokens - cached_tokens
 
 
-async def count_prompt(runner: Runner, request: ChatCompletionRequest) -> int:
-    """The templated prompt's tokens as the worker counts them: the request (given
-    ``max_tokens: 1``) is admitted, which tokenizes it with the model's template, and run out;
-    its prefill also leaves the prompt in the prefix cache for the request that follows."""
-    started = await start_chat(runner, request, Warnings())
-    async for _ in started.pieces():
-        pass
-    return started.prompt_tokens
+async def count_prompt(runner: Runner, request: ChatCompletionRequest, warnings: Warnings) -> int:
+    """The templated prompt's tokens as the worker counts them (prepared as :func:`start_chat`
+    prepares it: the same tools dropped, the same images); only tokenized, never run."""
+    chat = await prepare_chat(runner, request, drop_unusable_tools=True)
+    for warning in chat.warnings:
+        warnings.add(warning)
+    return await runner.count(chat.job)

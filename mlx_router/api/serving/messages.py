@@ -68,5 +68,5 @@ async def create_message(runner: Runner, body: MessagesRequest, request: Request
 
 async def count_tokens(runner: Runner, body: CountTokensRequest) -> JSONResponse:
     chat, warnings = to_chat(body, max_tokens_limit=1)
-    counted = CountTokensResponse(input_tokens=await count_prompt(runner, chat))
+    counted = CountTokensResponse(input_tokens=await count_prompt(runner, chat, warnings))
     return JSONResponse(counted.model_dump(), headers=warnings_header(tuple(warnings.items)))

@@ -286,6 +286,16 @@ class Runner:
         run.events = _chunks(run, early, items)
         return run
 
+    async def count(self, job: Job) -> int:
+        """The prompt tokens of the job's first request as its model's worker would admit it
+        (chat template, tools and images included), loading the model if needed; nothing is
+        prefilled or generated, and a prompt longer than the context is still counted."""
+        try:
+            async with self.manager.acquire(job.entry.id, 1) as lm:
+                return await lm.client.count(job.requests[0])
+        except EngineFailure as exc:
+            raise engine_error(exc.error, job.prompt_param) from None
+
     async def _items(self, job: Job) -> AsyncGenerator[_Item, None]:
         """(choice, Admission | chunk | None) for every choice; counts the request."""
         deadline = None if job.stream else time.monotonic() + self.settings.defaults.timeout
