@@ -151,21 +151,26 @@ class ReasoningConfig(_Wire):
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
-class ResponsesRequest(_Wire):
-    model: str = Field(..., min_length=1, max_length=512)
+class _Input(_Wire):
+    """The fields of a response request that make its prompt."""
+
     input: str | list[InputItem] | None = None
     instructions: str | None = None
     previous_response_id: str | None = None
-    store: bool | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+
+
+class ResponsesRequest(_Input):
+    model: str = Field(..., min_length=1, max_length=512)
+    store: bool | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    truncation: Literal["auto", "disabled"] | None = None
     include: list[str] | None = None
     metadata: dict[str, str] | None = Field(None, max_length=16)
     prompt_cache_key: str | None = None
@@ -179,6 +184,25 @@ class ResponsesRequest(_Wire):
         if isinstance(self.input, str):
             return [MessageItem(role="user", content=self.input)]
         return list(self.input)
+
+
+class InputTokensRequest(_Input):
+    """``POST /v1/responses/input_tokens``: the parts of a response request that make its input.
+    Without ``model`` the server's default model (``defaults.model``) counts."""
+
+    model: str | None = Field(None, min_length=1, max_length=512)
+
+    def as_request(self, model: str) -> ResponsesRequest:
+        """The response request whose input this is (other fields kept, so they are reported)."""
+        fields = {name: getattr(self, name) for name in _Input.model_fields}
+        return ResponsesRequest(model=model, **fields, **(self.model_extra or {}))
+
+
+class InputTokens(BaseModel):
+    """The answer of ``POST /v1/responses/input_tokens`` (``TokenCountsResource``)."""
+
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
 
 
 # ---------------------------------------------------------------------- request → chat

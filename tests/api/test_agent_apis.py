@@ -242,6 +242,37 @@ async def test_response_is_valid_and_stored(make_app: Any, tmp_path: Path) -> No
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "previous_response_id"
 
 
+async def test_input_tokens_counts_a_response_request_without_running_it(make_app: Any, tmp_path: Path) -> None:
+    harness = await _app(make_app, tmp_path, defaults={"model": MODEL})
+    first = (await harness.client.post("/v1/responses", json=response_body(instructions="Be brief."))).json()
+    body = {"model": MODEL, "input": "More", "instructions": "Be brief.", "previous_response_id": first["id"], "personality": "x"}
+    counted = await harness.client.post("/v1/responses/input_tokens", json=body)
+    assert counted.status_code == 200, counted.text
+    validate(counted.json(), "TokenCountsResource")
+    assert counted.json() == {"object": "response.input_tokens", "input_tokens": first["usage"]["input_tokens"]}
+    assert "personality" in counted.headers["x-mlx-router-warnings"]
+    (client,) = harness.factory.clients
+    assert [(m["role"], m["content"]) for m in client.counted[0].messages] == [
+        ("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello, world!"), ("user", "More"),
+    ]
+    assert len(harness.factory.requests) == 1  # counted, never admitted
+    without_model = await harness.client.post("/v1/responses/input_tokens", json={"input": "Hi"})
+    assert without_model.status_code == 200 and client.counted[-1].messages == ({"role": "user", "content": "Hi"},)
+    for bad, status, param in (
+        ({"input": "Hi", "previous_response_id": "resp_nope"}, 404, "previous_response_id"),
+        ({"model": "no-such-model", "input": "Hi"}, 404, "model"),
+        ({"input": 5}, 400, "input"),
+    ):
+        refused = await harness.client.post("/v1/responses/input_tokens", json=bad)
+        assert refused.status_code == status, refused.text
+        validate(refused.json(), "ErrorResponse")
+        assert refused.json()["error"]["param"] == param, refused.text
+    no_default = await _app(make_app, tmp_path / "other")
+    refused = await no_default.client.post("/v1/responses/input_tokens", json={"input": "Hi"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+    assert refused.headers["x-should-retry"] == "false"
+
+
 async def test_response_store_false_keeps_nothing(make_app: Any, tmp_path: Path) -> None:
     harness = await _app(make_app, tmp_path)
     body = (await harness.client.post("/v1/responses", json=response_body(store=False))).json()

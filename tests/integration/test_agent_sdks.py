@@ -174,10 +174,13 @@ def test_responses_create_continue_and_stream(tiny_server: RunningServer) -> Non
     first = client.responses.create(model="tiny-llama", input=opening, max_output_tokens=4, temperature=0)
     validate(first.model_dump(exclude_unset=True), "Response")
     assert first.status == "incomplete" and first.output_text
+    counted = client.responses.input_tokens.count(model="tiny-llama", input="And again", previous_response_id=first.id)
+    validate(counted.model_dump(exclude_unset=True), "TokenCountsResource")
     second = client.responses.create(model="tiny-llama", input="And again", previous_response_id=first.id, max_output_tokens=4)
     assert second.previous_response_id == first.id
     assert second.usage is not None and first.usage is not None
     assert second.usage.input_tokens > first.usage.input_tokens  # the first turn is in the prompt
+    assert counted.input_tokens == second.usage.input_tokens  # counted by the same worker and template
     assert second.usage.input_tokens_details.cached_tokens > 0  # the first turn came from the prefix cache
     items = client.responses.input_items.list(second.id)
     assert [item.content[0].text for item in items.data] == ["And again"]  # type: ignore[union-attr]

@@ -40,6 +40,7 @@ ROOTS = (
     "Response",
     "ResponseStreamEvent",
     "ResponseItemList",
+    "TokenCountsResource",
 )
 
 REF_PREFIX = "#/components/schemas/"

@@ -1,4 +1,5 @@
-"""``/v1/responses`` (OpenAI Responses API): create, retrieve, delete, list input items."""
+"""``/v1/responses`` (OpenAI Responses API): create, count input tokens, retrieve, delete, list
+input items."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from mlx_router.api.deps import RunnerDep
 from mlx_router.api.errors import error_responses
 from mlx_router.api.serving import responses
-from mlx_router.protocol.responses import ResponsesRequest
+from mlx_router.protocol.responses import InputTokens, InputTokensRequest, ResponsesRequest
 from mlx_router.store.responses import ResponseStore
 
 __all__ = ["router"]
@@ -35,6 +36,16 @@ async def create_response(
     body: ResponsesRequest, runner: RunnerDep, store: StoreDep, request: Request
 ) -> JSONResponse | StreamingResponse:
     return await responses.create_response(runner, store, body, request)
+
+
+@router.post(
+    "/v1/responses/input_tokens",
+    response_model=InputTokens,
+    responses=error_responses(400, 401, 404, 413, 429, 500, 503, 507),
+    summary="Count the input tokens of a response request (tokenized by the model, nothing generated)",
+)
+async def count_input_tokens(body: InputTokensRequest, runner: RunnerDep, store: StoreDep) -> JSONResponse:
+    return await responses.count_input_tokens(runner, store, body)
 
 
 @router.get("/v1/responses/{response_id}", responses=error_responses(400, 401, 404), summary="Retrieve a stored response")

@@ -12,15 +12,23 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mlx_router.api.disconnect import unless_disconnected
-from mlx_router.api.serving.chat_bridge import start_chat
+from mlx_router.api.serving.chat_bridge import count_prompt, start_chat
 from mlx_router.api.serving.runner import Runner
 from mlx_router.api.sse import NamedEvent, event_stream_response
 from mlx_router.api.vision import warnings_header
-from mlx_router.errors import NotFound, RouterError
-from mlx_router.protocol.responses import ResponseBuilder, ResponsesRequest, input_items, reasoning_choice, to_chat
+from mlx_router.errors import InvalidRequest, NotFound, RouterError
+from mlx_router.protocol.responses import (
+    InputTokens,
+    InputTokensRequest,
+    ResponseBuilder,
+    ResponsesRequest,
+    input_items,
+    reasoning_choice,
+    to_chat,
+)
 from mlx_router.store.responses import ResponseStore
 
-__all__ = ["create_response", "delete_response", "get_response", "list_input_items"]
+__all__ = ["count_input_tokens", "create_response", "delete_response", "get_response", "list_input_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +37,32 @@ def _missing(response_id: str, param: str | None = None) -> NotFound:
     return NotFound(f"No response with id {response_id!r} is stored (never stored, deleted or expired).", param=param)
 
 
+async def _history(store: ResponseStore, previous_response_id: str | None) -> list[dict[str, Any]]:
+    """The stored items a request continues (none without ``previous_response_id``)."""
+    if previous_response_id is None:
+        return []
+    previous = await asyncio.to_thread(store.get, previous_response_id)
+    if previous is None:
+        raise _missing(previous_response_id, "previous_response_id")
+    return previous.history()
+
+
+async def count_input_tokens(runner: Runner, store: ResponseStore, body: InputTokensRequest) -> JSONResponse:
+    """The input tokens a response request would have (instructions, tools and the stored
+    history of ``previous_response_id`` included), tokenized by the model's worker, never run."""
+    model = body.model or runner.settings.defaults.model
+    if model is None:
+        raise InvalidRequest("model is required: this server has no default model (defaults.model).", param="model")
+    req = body.as_request(model)
+    chat, warnings = to_chat(req, await _history(store, req.previous_response_id), max_tokens_limit=1)
+    counted = InputTokens(input_tokens=await count_prompt(runner, chat, warnings))
+    return JSONResponse(counted.model_dump(), headers=warnings_header(tuple(warnings.items)))
+
+
 async def create_response(
     runner: Runner, store: ResponseStore, body: ResponsesRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
-    history: list[dict[str, Any]] = []
-    if body.previous_response_id is not None:
-        previous = await asyncio.to_thread(store.get, body.previous_response_id)
-        if previous is None:
-            raise _missing(body.previous_response_id, "previous_response_id")
-        history = previous.history()
+    history = await _history(store, body.previous_response_id)
     chat, warnings = to_chat(body, history, max_tokens_limit=runner.settings.defaults.max_tokens_limit)
     started = await start_chat(runner, chat, warnings, reasoning_choice(body))
     keep = body.store is not False
