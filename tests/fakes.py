@@ -39,6 +39,7 @@ from mlx_router.engine.types import (
     GenerationChunk,
     GenerationRequest,
     LoadInfo,
+    WorkerMemory,
     WorkerOptions,
 )
 
@@ -83,6 +84,8 @@ class FakeEngineScript:
     start_error: EngineError | None = None
     """start() raises EngineFailure(start_error) after start_delay."""
     weight_bytes: int = 1234
+    memory: WorkerMemory | None = None
+    """What the loaded fake reports as MLX's memory (``client.memory``)."""
     context_length: int = 2048
     backend: str = "cpu"
     # generate()
@@ -131,6 +134,7 @@ class FakeWorkerClient:
         self.crashed = False
         self.exit_reason: str | None = None
         self.load_info: LoadInfo | None = None
+        self.memory: WorkerMemory | None = None
         self.requests: list[GenerationRequest] = []
         self.cancellations: list[str] = []
         self.completed: list[str] = []
@@ -160,6 +164,7 @@ class FakeWorkerClient:
         if script.start_error is not None:
             raise EngineFailure(script.start_error)
         self.started = True
+        self.memory = script.memory
         self.load_info = LoadInfo(
             load_seconds=script.start_delay,
             weight_bytes=script.weight_bytes,

@@ -30,6 +30,7 @@ from mlx_router.engine.types import (
     GenerationChunk,
     GenerationRequest,
     LoadInfo,
+    WorkerMemory,
     WorkerOptions,
 )
 
@@ -144,6 +145,9 @@ class WorkerClient:
         counted by the worker."""
         self.on_cancelled: Callable[[str, int], None] | None = None
         """Called with the model id and that count for each cancelled sequence."""
+        self.memory: WorkerMemory | None = None
+        """MLX's memory in the worker as last reported (None before the first report, and for
+        groups, whose ranks report at load only)."""
 
     @property
     def alive(self) -> bool:
@@ -240,6 +244,8 @@ class WorkerClient:
                 stream = self._streams.get(fields[0])
                 if stream is not None:
                     stream.put_nowait(GenerationChunk(*fields))
+        elif kind == "memory":
+            self.memory = msg[1]
         elif kind == "counted":
             stream = self._streams.get(msg[1])
             if stream is not None:

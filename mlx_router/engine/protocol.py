@@ -17,6 +17,7 @@ from mlx_router.engine.types import (
     GenerationChunk,
     GenerationRequest,
     LoadInfo,
+    WorkerMemory,
     WorkerOptions,
 )
 
@@ -34,6 +35,11 @@ class Engine(Protocol):
     @property
     def in_flight(self) -> int:
         """Sequences it is running or holding in its queue."""
+        ...
+
+    @property
+    def memory(self) -> WorkerMemory | None:
+        """MLX's memory in its process as last reported (None when it has not reported)."""
         ...
 
     @property

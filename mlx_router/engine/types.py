@@ -21,6 +21,7 @@ __all__ = [
     "LoadInfo",
     "RankInfo",
     "TokenLogprob",
+    "WorkerMemory",
     "WorkerOptions",
 ]
 
@@ -159,6 +160,17 @@ class GenerationChunk:
             self.request_id, self.text, self.completion_tokens, self.prompt_tokens, self.finish_reason, self.logprobs,
             self.stop_sequence,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMemory:
+    """MLX's memory in a worker process, as it last reported it (``mx.get_active_memory``,
+    ``get_peak_memory``, ``get_cache_memory``): weights, KV caches and the prefix cache are
+    active; freed buffers MLX keeps for reuse are its cache."""
+
+    active_bytes: int
+    peak_bytes: int
+    cache_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ worker → router
     the tokens it had generated, and how many of them came after the ``delivered_tokens`` the
     router had passed on when its client went away;
     ``("error", EngineError)`` for a request that failed;
+    ``("memory", WorkerMemory)`` after the load, then at most every ``MEMORY_REPORT_SECONDS``
+    while generating and once when the last sequence ends;
     ``("log", levelno, message)`` for lines the router should log.
 
 A reader thread drains the pipe into a queue so the router never blocks on a full pipe and
@@ -30,6 +32,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -40,11 +43,15 @@ from mlx_router.engine.types import (
     EngineError,
     GenerationParams,
     GenerationRequest,
+    WorkerMemory,
     WorkerOptions,
 )
 from mlx_router.errors import redact_paths
 
 __all__ = ["worker_main"]
+
+MEMORY_REPORT_SECONDS = 1.0
+"""How often a generating worker reports MLX's memory (and once more when it goes idle)."""
 
 
 def _reader(conn: Connection, inbox: queue.Queue[tuple[Any, ...]]) -> None:
@@ -67,6 +74,7 @@ class _Worker:
         self.send_lock = threading.Lock()
         self.embeddings: Any = None
         """The model's :class:`~mlx_router.engine.embed.EmbeddingQueue` (none for vision models)."""
+        self.memory_reported = 0.0
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self.send_lock:
@@ -92,6 +100,7 @@ class _Worker:
             self.send(("load_failed", kind, describe_exception(exc)))
             return
         self.send(("ready", engine.load_info))
+        self.report_memory()
         self.loop(scheduler)
 
     def load(self) -> tuple[Any, Any]:
@@ -149,6 +158,15 @@ class _Worker:
                     self.send(("embedded" if isinstance(result, EmbeddingResult) else "error", result))
             if scheduler.active:
                 self.step(scheduler)
+                if not scheduler.active or time.monotonic() - self.memory_reported >= MEMORY_REPORT_SECONDS:
+                    self.report_memory()
+
+    def report_memory(self) -> None:
+        import mlx.core as mx
+
+        self.memory_reported = time.monotonic()
+        memory = WorkerMemory(int(mx.get_active_memory()), int(mx.get_peak_memory()), int(mx.get_cache_memory()))
+        self.send(("memory", memory))
 
     def handle(self, scheduler: Any, msg: tuple[Any, ...]) -> bool:
         """Apply one message from the router; False for ``shutdown``."""

@@ -754,6 +754,7 @@ class MLXModelManager:
                     queued=max(0, sequences - running),
                     weight_bytes=resident.load_info.weight_bytes if resident else entry.weight_bytes,
                     cost_bytes=self.cost_bytes(entry),
+                    mlx_memory=resident.client.memory if resident else None,
                 )
             )
         return stats
@@ -776,6 +777,8 @@ class MLXModelManager:
                     idle_seconds=round(now - resident.last_used, 1) if resident else None,
                     cost_gb=round(stats.cost_bytes / GB, 3),
                     weight_gb=round(stats.weight_bytes / GB, 3),
+                    mlx_active_gb=round(memory.active_bytes / GB, 3) if (memory := stats.mlx_memory) else None,
+                    mlx_peak_gb=round(memory.peak_bytes / GB, 3) if memory else None,
                     keep_alive=self.keep_alive(stats.id),
                     pid=resident.client.pid if resident else None,
                     retiring=stats.id in self.residency.retiring,

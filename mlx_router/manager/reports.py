@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mlx_router.engine.types import WorkerMemory
+
 __all__ = [
     "AdminModelList",
     "AdminModelRow",
@@ -105,6 +107,8 @@ class ModelStats:
     """Sequences waiting: for the model to load or take its turn, or in the worker beyond its batch."""
     weight_bytes: int
     cost_bytes: int
+    mlx_memory: WorkerMemory | None = None
+    """MLX's memory in the model's worker as last reported (resident models of one process)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,11 @@ class AdminModelRow:
     idle_seconds: float | None
     cost_gb: float
     weight_gb: float
+    mlx_active_gb: float | None
+    """MLX's active memory in the worker now (weights, KV caches, prefix cache); None when not
+    resident or served by a group."""
+    mlx_peak_gb: float | None
+    """The most MLX's active memory has been in the worker since it started."""
     keep_alive: float
     pid: int | None
     retiring: bool

@@ -202,6 +202,10 @@ class ManagerCollector:
                 resident_cost += stats.cost_bytes
                 by_name["mlx_router_model_weight_bytes"].add_metric([stats.id], stats.weight_bytes)
                 by_name["mlx_router_model_cost_bytes"].add_metric([stats.id], stats.cost_bytes)
+            if stats.mlx_memory is not None:
+                by_name["mlx_router_model_mlx_active_bytes"].add_metric([stats.id], stats.mlx_memory.active_bytes)
+                by_name["mlx_router_model_mlx_peak_bytes"].add_metric([stats.id], stats.mlx_memory.peak_bytes)
+                by_name["mlx_router_model_mlx_cache_bytes"].add_metric([stats.id], stats.mlx_memory.cache_bytes)
         snapshot = manager.monitor.snapshot()
         by_name["mlx_router_models_resident"].add_metric([], manager.resident_count)
         by_name["mlx_router_memory_budget_bytes"].add_metric([], manager.budget_bytes)
@@ -227,6 +231,13 @@ class ManagerCollector:
                               labels=model),
             GaugeMetricFamily("mlx_router_model_cost_bytes", "What a resident model counts against the memory "
                               "budget (weights plus KV allowance).", labels=model),
+            GaugeMetricFamily("mlx_router_model_mlx_active_bytes", "MLX's active memory in the model's worker as "
+                              "last reported (weights, KV caches, prefix cache; at most 1 s old while it generates).",
+                              labels=model),
+            GaugeMetricFamily("mlx_router_model_mlx_peak_bytes", "The most MLX's active memory has been in the "
+                              "model's worker since it started.", labels=model),
+            GaugeMetricFamily("mlx_router_model_mlx_cache_bytes", "Freed buffers MLX keeps for reuse in the "
+                              "model's worker.", labels=model),
             GaugeMetricFamily("mlx_router_models_resident", "Models resident now (defaults.cache_size bounds it)."),
             GaugeMetricFamily("mlx_router_memory_budget_bytes", "Memory budget of all resident models."),
             GaugeMetricFamily("mlx_router_memory_resident_bytes", "Sum of the resident models' costs."),

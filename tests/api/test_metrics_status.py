@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlx_router.engine.types import EngineError
+from mlx_router.engine.types import EngineError, WorkerMemory
 from mlx_router.metrics.history import BUCKET_SECONDS
 from tests.fakes import CRASH_REASON, MODEL, FakeEngineScript, assert_error, chat_body
 
@@ -93,6 +93,25 @@ async def test_generation_counts_tokens_and_latencies_per_model(make_app: Any) -
     assert value(found, "mlx_router_models_resident") == 1
     assert value(found, "mlx_router_model_in_flight", model=MODEL) == 0
     assert value(found, "mlx_router_model_queue_depth", model=MODEL) == 0
+
+
+async def test_mlx_memory_as_the_worker_reports_it(make_app: Any) -> None:
+    """The worker's last memory report is a gauge per model and a column of the admin list;
+    a model that has not reported has neither (no zero that looks measured)."""
+    silent = await make_app()
+    assert (await silent.client.post(CHAT, json=chat_body())).status_code == 200
+    assert value(await scrape(silent), "mlx_router_model_mlx_active_bytes", model=MODEL) is None
+    (row,) = (await silent.client.get("/v1/admin/models")).json()["data"]
+    assert row["mlx_active_gb"] is None and row["mlx_peak_gb"] is None
+    memory = WorkerMemory(active_bytes=3 * 2**30, peak_bytes=5 * 2**30, cache_bytes=7 * 2**20)
+    harness = await make_app(FakeEngineScript(memory=memory))
+    assert (await harness.client.post(CHAT, json=chat_body())).status_code == 200
+    found = await scrape(harness)
+    assert value(found, "mlx_router_model_mlx_active_bytes", model=MODEL) == memory.active_bytes
+    assert value(found, "mlx_router_model_mlx_peak_bytes", model=MODEL) == memory.peak_bytes
+    assert value(found, "mlx_router_model_mlx_cache_bytes", model=MODEL) == memory.cache_bytes
+    (row,) = (await harness.client.get("/v1/admin/models")).json()["data"]
+    assert (row["mlx_active_gb"], row["mlx_peak_gb"]) == (3.0, 5.0)
 
 
 async def test_state_gauges_are_read_at_scrape_time(make_app: Any) -> None:

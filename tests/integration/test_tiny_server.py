@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -40,6 +41,26 @@ def test_non_streaming_completion_with_real_usage(tiny_server: RunningServer, ti
     assert result.usage.total_tokens == len(prompt_ids) + 12
     assert result.choices[0].finish_reason == "length"
     assert result.choices[0].message.content
+
+
+def test_the_worker_reports_mlx_memory(tiny_server: RunningServer) -> None:
+    """MLX's memory as the worker measures it (after its load and when it goes idle): the
+    weights at least, and the peak above what is active."""
+    client = tiny_server.openai()
+    client.chat.completions.create(model="tiny-llama", messages=MESSAGES, max_tokens=4, temperature=0)
+    with tiny_server.client() as http:
+        text = http.get("/metrics").text
+        rows = {row["id"]: row for row in http.get("/v1/admin/models").json()["data"]}
+
+    def gauge(name: str) -> float:
+        found = re.search(rf'^mlx_router_model_mlx_{name}_bytes\{{model="tiny-llama"\}} ([0-9.e+]+)$', text, re.MULTILINE)
+        assert found, text
+        return float(found.group(1))
+
+    active, peak = gauge("active"), gauge("peak")
+    assert active > 0 and peak >= active and gauge("cache") >= 0
+    # (the report sent as the worker went idle may land between the two reads: no equality here)
+    assert rows["tiny-llama"]["mlx_peak_gb"] is not None and rows["tiny-llama"]["mlx_active_gb"] is not None
 
 
 def test_stream_matches_non_stream_and_reports_usage(tiny_server: RunningServer) -> None:
