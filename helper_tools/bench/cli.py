@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent streams per round, comma-separated (default: 1,8,32)")
     p.add_argument("--prompt-tokens", type=positive, help="prompt length in tokens (default: 64 for tiny, else 512)")
     p.add_argument("--max-tokens", type=positive, default=128, help="tokens generated per request (default: 128)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature of the throughput rounds, unseeded, for all three systems (direct: "
+                        "one sampler for the batch); the prefix, disconnect and agent phases stay greedy (default: 0)")
     p.add_argument("--repeat", type=positive, default=1, help="rounds per concurrency, fresh prompts each; the "
                    "round with the median aggregate tok/s is reported, all are in the JSON (default: 1)")
     p.add_argument("--prefix-tokens", type=positive, default=2048,
@@ -121,6 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("one of --model or --make is required")
     if args.prompt_tokens is None:
         args.prompt_tokens = 64 if args.make == "tiny" else 512
+    if not 0.0 <= args.temperature <= 2.0:
+        parser.error(f"--temperature must be between 0 and 2, not {args.temperature:g}")
     args.phases = [p for p in PHASES if p in (args.only or set(PHASES)) and p not in args.skip]
     return args
 
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine_info(), "phases": {}, "runs": {}, "prefix": {}, "memory": {},
                               "settings": {"concurrency": args.concurrency, "prompt_tokens": args.prompt_tokens,
                                            "repeat": args.repeat,
-                                           "max_tokens": args.max_tokens, "prefix_tokens": args.prefix_tokens,
+                                           "max_tokens": args.max_tokens, "temperature": args.temperature,
+                                           "prefix_tokens": args.prefix_tokens,
                                            "session_tokens": args.session_tokens,
                                            "phases": args.phases, "work_dir": str(work)}}
     print(f"work dir (logs, configs): {work}", flush=True)

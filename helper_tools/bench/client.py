@@ -18,8 +18,9 @@ from helper_tools.bench.stats import summarize_streams
 __all__ = ["chat_payload", "http_client", "run_round", "stream_chat"]
 
 
-def chat_payload(model: str, messages: Messages, max_tokens: int, eos_bias: list[int]) -> dict[str, Any]:
-    payload: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+def chat_payload(model: str, messages: Messages, max_tokens: int, eos_bias: list[int],
+                 temperature: float = 0.0) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
                                "stream": True, "stream_options": {"include_usage": True}}
     if eos_bias:
         payload["logit_bias"] = {str(t): -100 for t in eos_bias}

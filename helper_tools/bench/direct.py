@@ -28,13 +28,14 @@ def direct_worker(spec_path: Path, out_path: Path) -> int:
 
     import mlx.core as mx
     from mlx_lm import batch_generate, load, stream_generate
-    from mlx_lm.sample_utils import make_logits_processors
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     spec = json.loads(spec_path.read_text())
     model, tokenizer = load(spec["model"])[:2]
     bias = {int(t): -100.0 for t in spec["eos_bias"]}
     procs = make_logits_processors(logit_bias=bias) if bias else None
     extra: dict[str, Any] = {"logits_processors": procs} if procs else {}
+    sampled = {"sampler": make_sampler(temp=spec["temperature"])} if spec.get("temperature") else {}
 
     def ids(messages: list[dict[str, str]]) -> list[int]:
         out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -52,9 +53,9 @@ def direct_worker(spec_path: Path, out_path: Path) -> int:
         for messages in level["prompts"]:
             prompts = [ids(m) for m in messages]
             if int(c) == 1:
-                measured.append(_direct_single(model, tokenizer, prompts[0], n, stream_generate, extra))
+                measured.append(_direct_single(model, tokenizer, prompts[0], n, stream_generate, extra | sampled))
             else:
-                measured.append(_direct_batch(model, tokenizer, prompts, n, extra))
+                measured.append(_direct_batch(model, tokenizer, prompts, n, extra | sampled))
             measured[-1]["prompt_tokens"] = [len(prompts[0])]
         result["runs"][c] = median_round(measured)
     result["memory"] = {"mlx_peak_gb": mx.get_peak_memory() / 1e9, "mlx_active_gb": mx.get_active_memory() / 1e9,
@@ -107,6 +108,7 @@ def _direct_batch(model: Any, tokenizer: Any, prompts: list[list[int]], max_toke
 def phase_direct(run: Run) -> None:
     args = run.args
     spec = {"model": str(run.model_path), "max_tokens": args.max_tokens, "eos_bias": run.eos_bias,
+            "temperature": args.temperature,
             "warmup": run.workload.round(1, args.prompt_tokens, "warm-direct"),
             "rounds": {str(c): {"prompts": run.prompts[c], "warmup": run.warmups[c]} for c in args.concurrency}}
     spec_path, out_path = run.work / "direct-spec.json", run.work / "direct-out.json"

@@ -28,7 +28,7 @@ def drive_server(run: Run, server: Server, key: str, model: str) -> None:
         asyncio.run(run_round(server.base_url, warmups, args.request_timeout))
         rounds = []
         for messages in run.prompts[c]:
-            payloads = [chat_payload(model, m, args.max_tokens, bias) for m in messages]
+            payloads = [chat_payload(model, m, args.max_tokens, bias, args.temperature) for m in messages]
             rounds.append(asyncio.run(run_round(server.base_url, payloads, args.request_timeout)))
         report["runs"][key][str(c)] = median_round(rounds)
         print(f"  {server.name} {c} stream(s): {fmt(report['runs'][key][str(c)]['aggregate_tps'])} tok/s", flush=True)

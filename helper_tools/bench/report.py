@@ -35,7 +35,9 @@ def _header(report: dict[str, Any]) -> list[str]:
     return [(f"machine: {m.get('platform')}, {m.get('cpu_count')} CPUs, {m.get('device')} {m.get('gpus') or ''}, "
              f"mlx {m.get('mlx_version')}, mlx-lm {m.get('mlx-lm_version')}"),
             (f"model: {report.get('model', {}).get('path')}  prompt ~{settings['prompt_tokens']} tokens, "
-             f"{settings['max_tokens']} generated per request, {settings.get('repeat', 1)} round(s) per level")]
+             f"{settings['max_tokens']} generated per request"
+             f"{f', temperature {t:g}' if (t := settings.get('temperature')) else ''}, "
+             f"{settings.get('repeat', 1)} round(s) per level")]
 
 
 def _runs(report: dict[str, Any]) -> list[str]:

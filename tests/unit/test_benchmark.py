@@ -163,6 +163,7 @@ def test_parse_args_defaults() -> None:
     args = cli.parse_args(["--make", "tiny"])
     assert args.concurrency == [1, 8, 32]
     assert args.prompt_tokens == 64 and args.max_tokens == 128 and args.prefix_tokens == 2048
+    assert args.temperature == 0.0 and cli.parse_args(["--make", "tiny", "--temperature", "0.7"]).temperature == 0.7
     assert args.phases == list(cli.PHASES)
     assert cli.parse_args(["--model", "/m"]).prompt_tokens == 512
     assert cli.parse_args(["--make", "llama-1b", "--prompt-tokens", "100"]).prompt_tokens == 100
@@ -184,6 +185,8 @@ def test_parse_args_lists_and_phases() -> None:
         ["--model", "/m", "--concurrency", "0"],
         ["--model", "/m", "--concurrency", "a,b"],
         ["--model", "/m", "--only", "warp"],
+        ["--model", "/m", "--temperature", "2.5"],
+        ["--model", "/m", "--temperature", "warm"],
     ],
 )
 def test_parse_args_refuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -248,6 +251,7 @@ def test_chat_payload() -> None:
     assert payload == {"model": "m", "messages": messages, "max_tokens": 16, "temperature": 0, "stream": True,
                        "stream_options": {"include_usage": True}}
     assert chat_payload("m", messages, 16, [2, 0])["logit_bias"] == {"2": -100, "0": -100}
+    assert chat_payload("m", messages, 16, [], 0.7)["temperature"] == 0.7
 
 
 # ---------------------------------------------------------------------------------------------- client

@@ -4,6 +4,7 @@
 # in .devC (a `git archive` of the branch) and the wheels of ../shared/gpu-host/prepare.sh in .devB:
 #   bash .devC/docs/perf/probes/gpu_run.sh 1b     # install, Llama-3.2-1B bf16, probes
 #   bash .devC/docs/perf/probes/gpu_run.sh 8b     # Llama-3.1-8B 4-bit
+#   bash .devC/docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
 # Results go to $OUT (at most 8 files come back, so work folders travel as .tgz).
 set -u
 part=$1
@@ -19,7 +20,7 @@ bench() {  # KIND CONCURRENCY SECONDS [NAME [BENCHMARK ARGS...]]
   kind=$1 levels=$2 seconds=$3 name=${4:-$1}
   shift 4 2>/dev/null || shift $#
   timeout -s INT -k 20 "$seconds" python3 helper_tools/benchmark.py --make "$kind" --cache-dir /tmp/bench-cache \
-    --concurrency "$levels" --repeat 3 --skip server --work-dir "/tmp/w-$name" --json "$out/gpu-$name.json" "$@" \
+    --concurrency "$levels" --repeat 3 --skip "${BENCH_SKIP-server}" --work-dir "/tmp/w-$name" --json "$out/gpu-$name.json" "$@" \
     > "$out/gpu-$name.txt" 2>&1
   echo "benchmark $name exit $?" >> "$out/gpu-$name.txt"
   tar czf "$out/work-$name.tgz" --exclude prefix-cache --exclude '*.safetensors' -C /tmp "w-$name" 2>/dev/null
@@ -36,6 +37,10 @@ case $part in
     bench llama-1b 1 110 llama-1b-scenarios --only prefix,disconnect,agent
     timeout 50 python3 docs/perf/probes/first_token.py /tmp/bench-cache/llama-1b/random-llama-1b > "$out/probes-1b-again.txt" 2>&1
     bench llama-8b-4bit 1,8,32 $((575 - SECONDS)) llama-8b-4bit
+    ;;
+  sampled)  # the throughput rounds with unseeded sampling, mlx_lm.server included (its samplers are per request)
+    BENCH_SKIP= bench llama-1b 1,8,32 400 llama-1b-sampled --only direct,server,router --temperature 0.7
+    timeout 60 python3 docs/perf/probes/sampling.py /tmp/bench-cache/llama-1b/random-llama-1b 32 > "$out/probes-sampling.txt" 2>&1
     ;;
   8b)
     bench llama-8b-4bit 1,8,32 440
