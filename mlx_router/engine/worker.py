@@ -244,6 +244,8 @@ class _EmbeddingOnly:
 
         raise RequestRejected("invalid_request", "this is an embedding model: it serves /v1/embeddings only", "model")
 
+    count = add  # it has no chat template to count a prompt with
+
     def cancel(self, request_id: str) -> None:
         return None
 

@@ -126,6 +126,10 @@ def test_chat_to_an_embedding_model_is_400(server: RunningServer) -> None:
     with server.client() as http:
         response = http.post("/v1/chat/completions", json={"model": "tiny-bert", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 400 and "embedding model" in response.json()["error"]["message"]
+    with server.client() as http:  # nor can its prompt be counted: it has no chat template
+        counted = http.post("/v1/messages/count_tokens", json={"model": "tiny-bert", "messages": [{"role": "user", "content": "hi"}]})
+    assert counted.status_code == 400 and counted.json()["error"]["type"] == "invalid_request_error"
+    assert "embedding model" in counted.json()["error"]["message"]
 
 
 def test_embeddings_beside_a_running_generation(client: Any) -> None:
