@@ -192,10 +192,15 @@ class InputTokensRequest(_Input):
 
     model: str | None = Field(None, min_length=1, max_length=512)
 
-    def as_request(self, model: str) -> ResponsesRequest:
-        """The response request whose input this is (other fields kept, so they are reported)."""
+    def as_request(self, model: str) -> tuple[ResponsesRequest, dict[str, Any]]:
+        """The response request whose input this is, with the unknown fields kept (so
+        :func:`to_chat` reports them); and the fields of a response request that a count has
+        no use for (``temperature``, ``store``, …), left out unread, to be reported too."""
         fields = {name: getattr(self, name) for name in _Input.model_fields}
-        return ResponsesRequest(model=model, **fields, **(self.model_extra or {}))
+        extra = self.model_extra or {}
+        unused = {name: value for name, value in extra.items() if name in ResponsesRequest.model_fields}
+        unknown = {name: value for name, value in extra.items() if name not in unused}
+        return ResponsesRequest(model=model, **fields, **unknown), unused
 
 
 class InputTokens(BaseModel):

@@ -245,12 +245,14 @@ async def test_response_is_valid_and_stored(make_app: Any, tmp_path: Path) -> No
 async def test_input_tokens_counts_a_response_request_without_running_it(make_app: Any, tmp_path: Path) -> None:
     harness = await _app(make_app, tmp_path, defaults={"model": MODEL})
     first = (await harness.client.post("/v1/responses", json=response_body(instructions="Be brief."))).json()
-    body = {"model": MODEL, "input": "More", "instructions": "Be brief.", "previous_response_id": first["id"], "personality": "x"}
+    body = {"model": MODEL, "input": "More", "instructions": "Be brief.", "previous_response_id": first["id"], "personality": "x",
+            "temperature": "hot"}  # a response's field a count does not use: reported, never read
     counted = await harness.client.post("/v1/responses/input_tokens", json=body)
     assert counted.status_code == 200, counted.text
     validate(counted.json(), "TokenCountsResource")
     assert counted.json() == {"object": "response.input_tokens", "input_tokens": first["usage"]["input_tokens"]}
     assert "personality" in counted.headers["x-mlx-router-warnings"]
+    assert "temperature" in counted.headers["x-mlx-router-warnings"]
     (client,) = harness.factory.clients
     assert [(m["role"], m["content"]) for m in client.counted[0].messages] == [
         ("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello, world!"), ("user", "More"),

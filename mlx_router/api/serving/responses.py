@@ -53,8 +53,9 @@ async def count_input_tokens(runner: Runner, store: ResponseStore, body: InputTo
     model = body.model or runner.settings.defaults.model
     if model is None:
         raise InvalidRequest("model is required: this server has no default model (defaults.model).", param="model")
-    req = body.as_request(model)
+    req, unused = body.as_request(model)
     chat, warnings = to_chat(req, await _history(store, req.previous_response_id), max_tokens_limit=1)
+    warnings.ignored_fields(unused)
     counted = InputTokens(input_tokens=await count_prompt(runner, chat, warnings))
     return JSONResponse(counted.model_dump(), headers=warnings_header(tuple(warnings.items)))
 
