@@ -97,6 +97,8 @@ _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 def _item_kind(value: Any) -> str:
     if isinstance(value, dict):
         kind = value.get("type") or ("message" if "role" in value else None)
+    elif isinstance(value, OtherItem):  # an item already read (serialized again)
+        return "other"
     else:
         kind = getattr(value, "type", None) or "message"
     return kind if kind in _ITEM_TYPES else "other"
@@ -126,9 +128,19 @@ class HostedTool(_Wire):
     name: str | None = None
 
 
+def _tool_kind(value: Any) -> str | None:
+    """``function`` tools apart from the hosted ones; None for what is not a tool object at all
+    (``null``, a string), which the discriminator's own error then names."""
+    if isinstance(value, dict):
+        return "function" if value.get("type") == "function" else "hosted"
+    if isinstance(value, (FunctionTool, HostedTool)):
+        return "function" if isinstance(value, FunctionTool) else "hosted"
+    return None
+
+
 Tool = Annotated[
     Annotated[FunctionTool, Tag("function")] | Annotated[HostedTool, Tag("hosted")],
-    Discriminator(lambda v: "function" if (v.get("type") if isinstance(v, dict) else v.type) == "function" else "hosted"),
+    Discriminator(_tool_kind, custom_error_type="invalid_tool", custom_error_message="a tool must be an object"),
 ]
 
 
@@ -195,12 +207,12 @@ class InputTokensRequest(_Input):
     def as_request(self, model: str) -> tuple[ResponsesRequest, dict[str, Any]]:
         """The response request whose input this is, with the unknown fields kept (so
         :func:`to_chat` reports them); and the fields of a response request that a count has
-        no use for (``temperature``, ``store``, …), left out unread, to be reported too."""
-        fields = {name: getattr(self, name) for name in _Input.model_fields}
-        extra = self.model_extra or {}
-        unused = {name: value for name, value in extra.items() if name in ResponsesRequest.model_fields}
-        unknown = {name: value for name, value in extra.items() if name not in unused}
-        return ResponsesRequest(model=model, **fields, **unknown), unused
+        no use for (``temperature``, ``store``, …), left out unread, to be reported too. Built
+        from this request's own JSON, so every item is read the way a response request reads it."""
+        data = self.model_dump(mode="json", exclude_unset=True, exclude={"model"})  # unknown fields included
+        unused = {name: data.pop(name) for name in list(data) if name in ResponsesRequest.model_fields
+                  and name not in _Input.model_fields}
+        return ResponsesRequest.model_validate({**data, "model": model}), unused
 
 
 class InputTokens(BaseModel):

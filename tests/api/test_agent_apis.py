@@ -260,8 +260,12 @@ async def test_input_tokens_counts_a_response_request_without_running_it(make_ap
     assert len(harness.factory.requests) == 1  # counted, never admitted
     without_model = await harness.client.post("/v1/responses/input_tokens", json={"input": "Hi"})
     assert without_model.status_code == 200 and client.counted[-1].messages == ({"role": "user", "content": "Hi"},)
+    odd_items = [{"type": ""}, {"type": "x", "v": 1}, {"role": "user", "content": "Hi"}]
+    odd = await harness.client.post("/v1/responses/input_tokens", json={"input": odd_items})
+    assert odd.status_code == 200, odd.text  # items of unknown types are reported, as a response request reports them
+    assert client.counted[-1].messages == ({"role": "user", "content": "Hi"},) and odd.headers["x-mlx-router-warnings"]
     for bad, status, param in (
-        ({"input": "Hi", "previous_response_id": "resp_nope"}, 404, "previous_response_id"),
+        ({"input": "Hi", "tools": [None]}, 400, "tools[0]"),
         ({"model": "no-such-model", "input": "Hi"}, 404, "model"),
         ({"input": 5}, 400, "input"),
     ):
@@ -269,6 +273,9 @@ async def test_input_tokens_counts_a_response_request_without_running_it(make_ap
         assert refused.status_code == status, refused.text
         validate(refused.json(), "ErrorResponse")
         assert refused.json()["error"]["param"] == param, refused.text
+    created = await harness.client.post("/v1/responses", json=response_body(tools=[None]))
+    assert created.status_code == 400 and created.json()["error"]["param"] == "tools[0]", created.text
+    assert created.json()["error"]["message"] == "Invalid value for tools[0]: a tool must be an object"
     no_default = await _app(make_app, tmp_path / "other")
     refused = await no_default.client.post("/v1/responses/input_tokens", json={"input": "Hi"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
