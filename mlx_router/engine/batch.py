@@ -36,7 +36,7 @@ from mlx_router.engine.types import (
     TokenLogprob,
 )
 
-__all__ = ["BatchScheduler", "canonicalize_messages"]
+__all__ = ["BatchScheduler", "canonical_request", "canonicalize_messages"]
 
 logger = logging.getLogger(__name__)
 
@@ -280,8 +280,7 @@ class BatchScheduler:
 
     def add(self, request: GenerationRequest) -> Admission:
         """Tokenize, bound by the context, reuse a cached prefix and queue the sequence."""
-        if request.messages is not None:
-            request = _with_messages(request, canonicalize_messages(request.messages))
+        request = canonical_request(request)
         prompt_ids, max_tokens = self.engine.admit(request)
         processors = logits_processors(request.params)
         sampler = self.sampler(request.params)
@@ -325,8 +324,7 @@ class BatchScheduler:
     def count(self, request: GenerationRequest) -> int:
         """The prompt tokens :meth:`add` would admit the request with (its template, tools and
         images included), without admitting it: nothing is prefilled or generated."""
-        if request.messages is not None:
-            request = _with_messages(request, canonicalize_messages(request.messages))
+        request = canonical_request(request)
         return self.engine.count_tokens(request)
 
     def sampler(self, params: GenerationParams) -> Callable[[mx.array], mx.array]:
@@ -477,8 +475,11 @@ def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUP
     )
 
 
-def _with_messages(request: GenerationRequest, messages: tuple[dict[str, Any], ...]) -> GenerationRequest:
-    if messages == request.messages:
+def canonical_request(request: GenerationRequest) -> GenerationRequest:
+    """The request with its messages canonical (:func:`canonicalize_messages`): what admission
+    and counting tokenize, so both see the same prompt."""
+    if request.messages is None:
         return request
-    return replace(request, messages=messages)
+    messages = canonicalize_messages(request.messages)
+    return request if messages == request.messages else replace(request, messages=messages)
 

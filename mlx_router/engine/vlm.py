@@ -34,7 +34,7 @@ from mlx_vlm.utils import load as mlx_vlm_load
 from mlx_vlm.utils import load_config, prepare_inputs, should_add_special_tokens
 from PIL import Image
 
-from mlx_router.engine.batch import BatchScheduler, _Sequence, canonicalize_messages
+from mlx_router.engine.batch import BatchScheduler, _Sequence, canonical_request
 from mlx_router.engine.lm import (
     DEFAULT_CONTEXT_LENGTH,
     LMEngine,
@@ -258,8 +258,7 @@ class VisionScheduler(BatchScheduler):
 
     def add(self, request: GenerationRequest) -> Admission:
         """Tokenize (images expanded), embed, bound by the context and queue the sequence."""
-        if request.messages is not None:
-            request = replace(request, messages=canonicalize_messages(request.messages))
+        request = canonical_request(request)
         prompt_ids, max_tokens, features = self.engine.prepare(request)
         processors: list[LogitsProcessor] = list(logits_processors(request.params))
         constraint = self.engine.constraint_processor(request)

@@ -64,12 +64,10 @@ async def start_chat(
     cannot take are dropped with a warning (agent clients always send theirs), call arguments
     stream as they are written, and ``reasoning``, when given, decides whether separated
     reasoning is returned or dropped whatever the model's ``reasoning_response``."""
-    chat = await prepare_chat(runner, request, drop_unusable_tools=True)
+    chat = await _prepare(runner, request, warnings)
     chat.stream_arguments = True
     if reasoning is not None:
         chat.reasoning_response = reasoning
-    for warning in chat.warnings:
-        warnings.add(warning)
     run = await runner.start(chat.job)
     admission = run.admissions[0]
     block_tokens = runner.settings.defaults.prefix_cache_block_tokens
@@ -90,7 +88,13 @@ def cache_writes(prompt_tokens: int, cached_tokens: int, cache_bytes: int, block
 async def count_prompt(runner: Runner, request: ChatCompletionRequest, warnings: Warnings) -> int:
     """The templated prompt's tokens as the worker counts them (prepared as :func:`start_chat`
     prepares it: the same tools dropped, the same images); only tokenized, never run."""
+    return await runner.count((await _prepare(runner, request, warnings)).job)
+
+
+async def _prepare(runner: Runner, request: ChatCompletionRequest, warnings: Warnings) -> ChatJob:
+    """The chat job of an agent API's request: tools the model cannot take are dropped (agent
+    clients always send theirs), and what was left out goes to ``warnings``."""
     chat = await prepare_chat(runner, request, drop_unusable_tools=True)
     for warning in chat.warnings:
         warnings.add(warning)
-    return await runner.count(chat.job)
+    return chat
