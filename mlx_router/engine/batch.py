@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch, PromptProcessingBatch, _right_pad_prompts
-from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, LRUPromptCache, make_prompt_cache
 
 from mlx_router.engine.constrain import ConstraintGroup, ConstraintProcessor, TrackingSampler
 from mlx_router.engine.lm import LMEngine, attend_short_chunks_directly, logits_processors, make_sampler
@@ -197,12 +197,42 @@ class _BucketedPrompts(PromptProcessingBatch):
         mx.clear_cache()
 
 
+class _DecodeCache(BatchKVCache):
+    """mlx-lm's batch cache, giving a decode step no mask when no row is padded.
+
+    mlx-lm's batch cache always hands attention a mask array, even when it masks nothing. On
+    the CUDA backend a mask array rules out both fused decode kernels (the vector kernel and
+    cuDNN), so every layer's attention ran as separate matrix products, a softmax and the mask's
+    conversion. A batch has no padding when it holds one stream (the prefill widths' padding is
+    cut when a sequence moves from prefill to decode, as is the padding all rows share when a
+    batch shrinks), and then decodes as ``stream_generate`` does. Padded rows keep the mask."""
+
+    _checked: mx.array | None = None
+    _padded: bool = True
+
+    def make_mask(self, N: int, return_array: bool = False, **kwargs: Any) -> Any:
+        if N == 1 and not return_array and kwargs.get("window_size") is None and not self._has_padding():
+            return None
+        return super().make_mask(N, return_array=return_array, **kwargs)
+
+    def _has_padding(self) -> bool:
+        """Read on the host once per new padding array (a batch that grew or shrank)."""
+        if self._checked is not self.left_padding:
+            self._checked = self.left_padding
+            self._padded = bool(mx.any(self.left_padding > 0).item())
+        return self._padded
+
+
 class _GroupedSampling(GenerationBatch):
     """mlx-lm's decode batch, sampling each group of rows that share a sampler in one call.
     mlx-lm samples a batch in one call only when every row holds the same sampler, else row by
-    row; one greedy or seeded request among sampled ones would make every row a call of its own."""
+    row; one greedy or seeded request among sampled ones would make every row a call of its own.
+    Its layers' batch caches become :class:`_DecodeCache` (a mask only where rows are padded)."""
 
     def _step(self) -> Any:
+        for c in self.prompt_cache:
+            if type(c) is BatchKVCache:
+                c.__class__ = _DecodeCache
         samplers = self.samplers
         grouped = _by_sampler([self.fallback_sampler if s is None else s for s in samplers or ()])
         if grouped is None:
