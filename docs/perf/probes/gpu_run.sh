@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The GPU run behind docs/PERFORMANCE.md, in two parts that each fit the host's 10 minutes per
-# command. On the host, from the root of the carried working tree, with this repository's source
-# in .devC (a `git archive` of the branch) and the wheels of ../shared/gpu-host/prepare.sh in .devB:
-#   bash .devC/docs/perf/probes/gpu_run.sh 1b     # install, Llama-3.2-1B bf16, probes
-#   bash .devC/docs/perf/probes/gpu_run.sh 8b     # Llama-3.1-8B 4-bit
-#   bash .devC/docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
+# The GPU run behind docs/PERFORMANCE.md, in parts that each fit the host's 10 minutes per
+# command. On the host, from the root of the carried working tree (the source is read from .devC,
+# a `git archive` of the branch, when it is there, else from the tree itself), with the wheels of
+# ../shared/gpu-host/prepare.sh in .devB (py-spy's wheel added there for the `profile` parts):
+#   bash docs/perf/probes/gpu_run.sh 1b     # install, Llama-3.2-1B bf16, probes
+#   bash docs/perf/probes/gpu_run.sh 8b     # Llama-3.1-8B 4-bit
+#   bash docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
+#   bash docs/perf/probes/gpu_run.sh engine   # install, one stream's decode step (probe), the 1B at 1-128 streams
+#   bash docs/perf/probes/gpu_run.sh profile8b  # py-spy of router and worker (1B, 1 and 32 streams), the 8B at 1/8/32
 # Results go to $OUT (at most 8 files come back, so work folders travel as .tgz).
 set -u
 part=$1
@@ -14,8 +17,10 @@ mkdir -p "$out"
 if ! PYTHONPATH=/tmp/site python3 -c 'import mlx.core' 2>/dev/null; then
   bash .devB/install.sh > "$out/install-$part.txt" 2>&1 || { cat "$out/install-$part.txt"; exit 3; }
 fi
-export PYTHONPATH=/tmp/site:$root/.devC HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-cd "$root/.devC"
+src=$root/.devC
+[ -d "$src" ] || src=$root
+export PYTHONPATH=/tmp/site:$src HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+cd "$src"
 bench() {  # KIND CONCURRENCY SECONDS [NAME [BENCHMARK ARGS...]]
   kind=$1 levels=$2 seconds=$3 name=${4:-$1}
   shift 4 2>/dev/null || shift $#
@@ -25,7 +30,30 @@ bench() {  # KIND CONCURRENCY SECONDS [NAME [BENCHMARK ARGS...]]
   echo "benchmark $name exit $?" >> "$out/gpu-$name.txt"
   tar czf "$out/work-$name.tgz" --exclude prefix-cache --exclude '*.safetensors' -C /tmp "w-$name" 2>/dev/null
 }
+spy() {  # NAME CONCURRENCY TOKENS SECONDS: the router and its worker under py-spy from the router's start
+  name=$1 levels=$2 tokens=$3 seconds=$4
+  timeout -s INT -k 10 "$seconds" python3 helper_tools/benchmark.py --make llama-1b --cache-dir /tmp/bench-cache \
+    --concurrency "$levels" --repeat 3 --only router --max-tokens "$tokens" --work-dir "/tmp/w-spy-$name" \
+    > "$out/spy-$name.txt" 2>&1 &
+  bench_pid=$!
+  for _ in $(seq 1 200); do router=$(pgrep -f 'main.py --config' | head -1); [ -n "$router" ] && break; sleep 0.1; done
+  /tmp/site/bin/py-spy record -r 250 --subprocesses --nonblocking --format raw -d $((seconds - 10)) -p "$router" \
+    -o "/tmp/spy-$name.raw" >> "$out/spy-$name.txt" 2>&1
+  wait "$bench_pid"
+}
 case $part in
+  engine)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-engine.txt" 2>&1
+    python3 -c "from pathlib import Path; from helper_tools.bench.models import make_model; print(make_model('llama-1b', Path('/tmp/bench-cache'), 170))" >> "$out/probes-engine.txt" 2>&1
+    timeout 60 python3 docs/perf/probes/decode_step.py /tmp/bench-cache/llama-1b/random-llama-1b >> "$out/probes-engine.txt" 2>&1
+    bench llama-1b 1,8,32,64,128 $((585 - SECONDS))
+    ;;
+  profile8b)
+    spy 1b-1 1 1024 70
+    spy 1b-32 32 512 75
+    tar czf "$out/spy.tgz" -C /tmp $(cd /tmp && ls spy-*.raw) 2>/dev/null
+    BENCH_SKIP=server,agent bench llama-8b-4bit 1,8,32 $((585 - SECONDS)) llama-8b-4bit
+    ;;
   1b)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-1b.txt" 2>&1
     bench llama-1b 1,8,32,64,128 400
