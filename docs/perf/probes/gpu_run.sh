@@ -46,7 +46,7 @@ case $part in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-engine.txt" 2>&1
     python3 -c "from pathlib import Path; from helper_tools.bench.models import make_model; print(make_model('llama-1b', Path('/tmp/bench-cache'), 170))" >> "$out/probes-engine.txt" 2>&1
     timeout 60 python3 docs/perf/probes/decode_step.py /tmp/bench-cache/llama-1b/random-llama-1b >> "$out/probes-engine.txt" 2>&1
-    bench llama-1b 1,8,32,64,128 $((585 - SECONDS))
+    bench llama-1b "${LEVELS:-1,8,32,64,128}" $((${PART_SECONDS:-585} - SECONDS))
     ;;
   profile8b)
     spy 1b-32 32 512 75
