@@ -1,12 +1,13 @@
 """The router's own cost per streamed token, with no model in the loop.
 
 Usage: PYTHONPATH=. python docs/perf/probes/router_chunks.py [--streams 1,32,128] [--seconds 6]
-       [--max-tokens 256] [--chunk-delay 0] [--profile FILE]
+       [--max-tokens 256] [--chunk-delay 0] [--burst 1] [--profile FILE]
 
 A child process serves the real app (``create_app``: every route and middleware, uvicorn over a
 real socket) whose model is the scripted fake engine of the API tests (``tests/fakes.py``),
 scripted to emit its chunks as fast as the event loop runs them (``--chunk-delay`` seconds
-between chunks otherwise). Nothing generates text: what the child spends is the router's work
+between chunks otherwise), one per step, or ``--burst`` back to back: a worker that is ahead of
+the router, whose step messages reach it several at a time. Nothing generates text: what the child spends is the router's work
 per token (runner, converters, serialization, SSE framing, ASGI, h11) plus the fake's own small
 cost of making a ``GenerationChunk``.
 
@@ -41,7 +42,7 @@ TOKEN = "tok"
 """Every chunk's text: a content chunk carries ``"content":"tok"``."""
 
 
-def serve(models: str, listener: socket.socket, chunks: int, chunk_delay: float, profile: str | None) -> None:
+def serve(models: str, listener: socket.socket, chunks: int, chunk_delay: float, burst: int, profile: str | None) -> None:
     import uvicorn
 
     from mlx_router.api.app import create_app
@@ -56,7 +57,7 @@ def serve(models: str, listener: socket.socket, chunks: int, chunk_delay: float,
             "models": {MODEL: {"max_batch_size": 512, "max_queue": 512}},
         }
     )
-    script = FakeEngineScript(chunks=(TOKEN,) * chunks, chunk_delay=chunk_delay)
+    script = FakeEngineScript(chunks=(TOKEN,) * chunks, chunk_delay=chunk_delay, chunks_per_step=burst)
     manager = MLXModelManager(settings, client_factory=fake_client_factory(script))
     app = create_app(settings, manager=manager)
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=1)
@@ -134,13 +135,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per stream count")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per request")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="the fake's seconds between chunks")
+    parser.add_argument("--burst", type=int, default=1, help="chunks the fake delivers back to back")
     parser.add_argument("--profile", help="write the server's cProfile statistics here")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         listener = socket.socket(fileno=args.fd)
-        serve(args.serve, listener, args.max_tokens, args.chunk_delay, args.profile)
+        serve(args.serve, listener, args.max_tokens, args.chunk_delay, args.burst, args.profile)
         return
 
     from mlx_router.fabricate import make_tiny_llm
@@ -152,13 +154,14 @@ def main() -> None:
         listener.listen(1024)
         port = listener.getsockname()[1]
         command = [sys.executable, __file__, "--serve", models, "--fd", str(listener.fileno())]
-        command += ["--max-tokens", str(args.max_tokens), "--chunk-delay", str(args.chunk_delay)]
+        command += ["--max-tokens", str(args.max_tokens), "--chunk-delay", str(args.chunk_delay), "--burst", str(args.burst)]
         command += ["--profile", args.profile] if args.profile else []
         child = subprocess.Popen(command, pass_fds=[listener.fileno()], env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             server = psutil.Process(child.pid)
             asyncio.run(drive(port, 1, 1.0, args.max_tokens))  # loads the fake model, warms up
             print(f"router_chunks: {args.max_tokens} tokens per request, chunk delay {args.chunk_delay:g} s, "
+                  f"{args.burst} chunk(s) per fake step, "
                   f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
             for streams in (int(s) for s in args.streams.split(",")):
                 before = cpu_seconds(server)
