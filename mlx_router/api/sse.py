@@ -27,6 +27,7 @@ from starlette.types import Send
 
 from mlx_router.errors import InternalError, RouterError
 from mlx_router.metrics.context import note_error
+from mlx_router.protocol.chat import ChatCompletionChunk, chunk_json
 
 __all__ = [
     "MEDIA_TYPES",
@@ -50,6 +51,8 @@ MEDIA_TYPES: dict[str, str] = {
 
 
 def _dump(item: BaseModel | dict[str, object]) -> str:
+    if isinstance(item, ChatCompletionChunk):
+        return chunk_json(item)
     if isinstance(item, BaseModel):
         return item.model_dump_json(exclude_none=False)
     return json.dumps(item, separators=(",", ":"))
