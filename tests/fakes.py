@@ -97,6 +97,9 @@ class FakeEngineScript:
     """Seconds between the Admission and the first chunk (prefill)."""
     chunk_delay: float = 0.0
     """Seconds before each later chunk (decode steps)."""
+    chunks_per_step: int = 1
+    """Chunks delivered back to back, with no pause between them: several decode steps that
+    reach the router at once, as when it is behind its worker."""
     error_after: int | None = None
     """Raise EngineFailure(error) after this many chunks were yielded."""
     error: EngineError = field(default_factory=lambda: EngineError("internal", "scripted engine failure"))
@@ -206,7 +209,8 @@ class FakeWorkerClient:
                 if faulty and script.error_after is not None and i == script.error_after:
                     finished = True
                     raise EngineFailure(EngineError(script.error.kind, script.error.message, rid))
-                await asyncio.sleep(script.first_chunk_delay if i == 0 else script.chunk_delay)
+                if i % script.chunks_per_step == 0:
+                    await asyncio.sleep(script.first_chunk_delay if i == 0 else script.chunk_delay)
                 last = i == len(texts) - 1
                 if last:
                     finished = True

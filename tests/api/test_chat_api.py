@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mlx_router.api.sse import write_stream
+from mlx_router.api.sse import stream_response, write_stream
 from mlx_router.engine.types import EngineError
 from mlx_router.protocol.chat import ChatCompletionChunk, ChunkChoice, Delta
 from tests.fakes import MODEL, FakeEngineScript, assert_error, chat_body
@@ -583,6 +583,65 @@ async def test_keepalive_during_slow_first_token_end_to_end(make_app: Any) -> No
     events, _ = parse_sse(text)
     assert_chunk_stream(events, texts=CHUNKS, finish="stop")
 
+
+
+# --------------------------------------------------------------------------- coalescing
+
+
+async def _chunk_items(texts: tuple[str, ...], pause: float | None) -> AsyncIterator[ChatCompletionChunk | None]:
+    """Chunks of ``texts``, all ready at once (``pause`` None) or ``pause`` seconds apart."""
+    for text in texts:
+        if pause is not None:
+            await asyncio.sleep(pause)
+        yield ChatCompletionChunk(id="chatcmpl-x", created=1, model=MODEL, choices=[ChunkChoice(delta=Delta(content=text))])
+
+
+async def _body_messages(response: Any) -> list[dict[str, Any]]:
+    """The ASGI body messages a response sends (a client that never hangs up)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "method": "POST", "headers": []}
+    await response(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    return sent[1:-1]
+
+
+@pytest.mark.parametrize("fmt", ["sse", "json_lines", "json_array"])
+async def test_frames_ready_together_go_in_one_body_message(fmt: str) -> None:
+    """Frames that are ready at once are one ASGI message, with the bytes of the frames in order."""
+    messages = await _body_messages(stream_response(_chunk_items(CHUNKS, None), fmt))  # type: ignore[arg-type]
+    expected = "".join([part async for part in write_stream(_chunk_items(CHUNKS, None), fmt)])  # type: ignore[arg-type]
+    assert len(messages) == 1, messages
+    assert messages[0]["body"] == expected.encode() and messages[0]["more_body"] is True
+
+
+async def test_a_frame_that_comes_alone_is_sent_at_once() -> None:
+    """No frame waits for the next one: frames that come apart are one message each (the last
+    chunk and ``[DONE]``, made together, are one)."""
+    messages = await _body_messages(stream_response(_chunk_items(CHUNKS, 0.02), "sse"))
+    expected = [part async for part in write_stream(_chunk_items(CHUNKS, 0.02), "sse")]
+    assert [m["body"] for m in messages] == [part.encode() for part in expected[:-2]] + ["".join(expected[-2:]).encode()]
+
+
+async def test_chunks_that_arrive_together_are_coalesced_end_to_end(make_app: Any) -> None:
+    """A worker step that brings several chunks makes fewer body messages than frames; the
+    stream is the same."""
+    texts = tuple(f"t{i}" for i in range(12))
+    harness = await make_app(script=FakeEngineScript(chunks=texts, chunks_per_step=4))
+    async with harness.stream_client.stream("POST", CHAT, json=chat_body(stream=True)) as response:
+        parts = [part async for part in response.aiter_raw()]
+    received = b"".join(parts).decode()
+    events, payloads = parse_sse(received)
+    assert_chunk_stream(events, texts=texts, finish="stop")
+    assert len(parts) < len(payloads) / 2, [len(p) for p in parts]
 
 
 # --------------------------------------------------------------------------- backpressure
