@@ -7,6 +7,7 @@
 #   bash docs/perf/probes/gpu_run.sh 8b     # Llama-3.1-8B 4-bit
 #   bash docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
 #   bash docs/perf/probes/gpu_run.sh engine   # install, one stream's decode step (probe), the 1B at 1-128 streams
+#     (LEVELS, PART_SECONDS, BENCH_SKIP to fit; SPY_SECONDS > 30 adds py-spy of the 1B at 32 streams)
 #   bash docs/perf/probes/gpu_run.sh profile8b  # py-spy of router and worker (1B, 32 streams), the 8B at 1/8/32
 # Results go to $OUT (at most 8 files come back, so work folders travel as .tgz).
 set -u
@@ -46,7 +47,11 @@ case $part in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-engine.txt" 2>&1
     python3 -c "from pathlib import Path; from helper_tools.bench.models import make_model; print(make_model('llama-1b', Path('/tmp/bench-cache'), 170))" >> "$out/probes-engine.txt" 2>&1
     timeout 60 python3 docs/perf/probes/decode_step.py /tmp/bench-cache/llama-1b/random-llama-1b >> "$out/probes-engine.txt" 2>&1
-    bench llama-1b "${LEVELS:-1,8,32,64,128}" $((${PART_SECONDS:-585} - SECONDS))
+    bench llama-1b "${LEVELS:-1,8,32,64,128}" $((${PART_SECONDS:-585} - SECONDS - ${SPY_SECONDS:-0}))
+    if [ "${SPY_SECONDS:-0}" -gt 30 ]; then
+      spy 1b-32 32 512 $((${PART_SECONDS:-585} - SECONDS))
+      tar czf "$out/spy.tgz" -C /tmp $(cd /tmp && ls spy-*.raw) 2>/dev/null
+    fi
     ;;
   profile8b)
     spy 1b-32 32 512 75
