@@ -329,7 +329,9 @@ class PrefixCache:
             values = [mx.contiguous(c.values[..., start:end, :]) for c in cache]
             new.append((digest, _Block.of(keys, values), parent, tuple(tokens[start:end])))
         if new:
-            mx.eval([b.keys + b.values for _, b, _, _ in new])
+            # Copied behind the decode step in flight, without waiting for it: a wait here, once
+            # per finished sequence, stalled the host while the GPU drained.
+            mx.async_eval([b.keys + b.values for _, b, _, _ in new])
         for digest, block, parent, block_tokens in new:
             self._add(digest, block, parent, block_tokens)
         if self.disk is not None:
