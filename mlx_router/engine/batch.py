@@ -203,9 +203,9 @@ class _DecodeCache(BatchKVCache):
     mlx-lm's batch cache always hands attention a mask array, even when it masks nothing. On
     the CUDA backend a mask array rules out both fused decode kernels (the vector kernel and
     cuDNN), so every layer's attention ran as separate matrix products, a softmax and the mask's
-    conversion. A batch has no padding when it holds one stream (the prefill widths' padding is
-    cut when a sequence moves from prefill to decode, as is the padding all rows share when a
-    batch shrinks), and then decodes as ``stream_generate`` does. Padded rows keep the mask."""
+    conversion. A batch of one stream has no padding (the prefill widths' padding is cut when a
+    sequence moves from prefill to decode, as is the padding all rows share when a batch
+    shrinks), and then decodes as ``stream_generate`` does. Larger batches keep the mask."""
 
     _checked: mx.array | None = None
     _padded: bool = True
@@ -216,7 +216,11 @@ class _DecodeCache(BatchKVCache):
         return super().make_mask(N, return_array=return_array, **kwargs)
 
     def _has_padding(self) -> bool:
-        """Read on the host once per new padding array (a batch that grew or shrank)."""
+        """Read on the host once per new padding array of a batch of one (it shrank to one); a
+        larger batch is taken as padded, since its rows rarely have one length, so that a batch
+        that grows never waits for the step in flight to read its new padding."""
+        if self.left_padding.shape[0] > 1:
+            return True
         if self._checked is not self.left_padding:
             self._checked = self.left_padding
             self._padded = bool(mx.any(self.left_padding > 0).item())
