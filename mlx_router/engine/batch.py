@@ -233,6 +233,16 @@ class _GroupedSampling(GenerationBatch):
     row; one greedy or seeded request among sampled ones would make every row a call of its own.
     Its layers' batch caches become :class:`_DecodeCache` (a mask only where rows are padded)."""
 
+    on_decoded: Callable[[list[Any]], None] | None = None
+    """Called with each decode step's responses as soon as they are sampled, before the
+    generator runs the prefill chunk of the same step (:attr:`BatchScheduler.emit`)."""
+
+    def next(self) -> list[Any]:
+        responses = super().next()
+        if self.on_decoded is not None:
+            self.on_decoded(responses)
+        return responses
+
     def _step(self) -> Any:
         for c in self.prompt_cache:
             if type(c) is BatchKVCache:
@@ -291,6 +301,13 @@ class BatchScheduler:
             attend_short_chunks_directly(engine.model)
         self._warm_widths = prefill_widths(options.prefill_step_size) if self.buckets and options.prefill_warmup else []
         """Prefill widths still to prepare while the worker is idle (longest last)."""
+        self.emit: Callable[[list[GenerationChunk]], None] | None = None
+        """Where a step's decoded chunks go as soon as they are sampled (the worker's pipe). mlx-lm
+        runs a step's decode, then a prefill chunk for waiting prompts, in one call: without this
+        the running streams' tokens, and the first tokens of the prompts that just finished their
+        prefill, waited for the next prompts' prefill, a whole chunk of up to
+        ``prefill_batch_size`` prompts. None: :meth:`step` returns every chunk."""
+        self._early: list[tuple[Any, _Sequence, GenerationChunk]] | None = None
         self._generator = self._new_generator()
 
     def _new_generator(self) -> BatchGenerator:
@@ -306,6 +323,7 @@ class BatchScheduler:
             generator._prompt_batch.__class__ = _BucketedPrompts
         # So does the decode batch: new sequences are added to it with ``extend``.
         generator._generation_batch.__class__ = _GroupedSampling
+        generator._generation_batch.on_decoded = self._decoded
         return generator
 
     @property
@@ -392,15 +410,17 @@ class BatchScheduler:
         return sequence.completion_tokens if sequence is not None else None
 
     def step(self) -> list[GenerationChunk]:
-        """One decode step for every decoding sequence (and one prefill chunk for new ones)."""
-        _prompt_responses, responses = self._generator.next()
-        chunks: list[GenerationChunk] = []
-        for response in responses:
-            sequence = self._sequences.get(response.uid)
-            if sequence is None:
-                continue
-            chunk = sequence.consume(int(response.token), response.logprobs, response.finish_reason)
-            chunks.append(chunk)
+        """One decode step for every decoding sequence (and one prefill chunk for new ones).
+        Returns the step's chunks, or none when :attr:`emit` has had them already."""
+        self._early = []
+        try:
+            _prompt_responses, responses = self._generator.next()
+            early = self._early
+        finally:
+            self._early = None
+        decoded = early or self._consume(responses)
+        chunks = [] if early else [chunk for _, _, chunk in decoded]
+        for response, sequence, chunk in decoded:
             if chunk.finish_reason is None:
                 continue
             self._finish(response.uid, sequence)
@@ -411,6 +431,24 @@ class BatchScheduler:
                 for cache, tokens in caches.values():
                     self._remember(tokens, cache)
         return chunks
+
+    def _consume(self, responses: list[Any]) -> list[tuple[Any, _Sequence, GenerationChunk]]:
+        """The chunks of a decode step's responses (sequences cancelled since are skipped)."""
+        decoded = []
+        for response in responses:
+            sequence = self._sequences.get(response.uid)
+            if sequence is not None:
+                decoded.append((response, sequence, sequence.consume(int(response.token), response.logprobs, response.finish_reason)))
+        return decoded
+
+    def _decoded(self, responses: list[Any]) -> None:
+        """A decode step was sampled, inside :meth:`step`: its chunks go to :attr:`emit` now;
+        ending the finished sequences waits until the generator's call returns."""
+        if self.emit is None or self._early is None or not responses:
+            return
+        self._early = self._consume(responses)
+        if self._early:
+            self.emit([chunk for _, _, chunk in self._early])
 
     def fail_all(self) -> list[str]:
         """After an error in a step: drop every sequence and start a fresh batch."""

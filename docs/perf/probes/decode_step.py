@@ -13,14 +13,14 @@ import sys
 import time
 
 sys.path.insert(0, ".")
-import mlx.core as mx  # noqa: E402
-from mlx_lm import stream_generate  # noqa: E402
-from mlx_lm.generate import BatchGenerator  # noqa: E402
+import mlx.core as mx
+from mlx_lm import stream_generate
+from mlx_lm.generate import BatchGenerator
 
-from mlx_router.engine import batch  # noqa: E402
-from mlx_router.engine.batch import BatchScheduler  # noqa: E402
-from mlx_router.engine.lm import LMEngine  # noqa: E402
-from mlx_router.engine.types import BatchOptions, GenerationParams, GenerationRequest  # noqa: E402
+from mlx_router.engine import batch
+from mlx_router.engine.batch import BatchScheduler
+from mlx_router.engine.lm import LMEngine
+from mlx_router.engine.types import BatchOptions, GenerationParams, GenerationRequest
 
 engine = LMEngine.load(sys.argv[1], context_length=8192, chat_template=None)
 model, tok = engine.model, engine.tokenizer
