@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from fastapi.responses import StreamingResponse
@@ -104,19 +104,15 @@ class FrameStreamingResponse(StreamingResponse):
     message.
 
     Every body message costs the same walk through the middlewares, h11 and a socket write,
-    whatever its size. A task writes ``frames`` into a list while this one sends: one frame
+    whatever its size. A task writes the body's frames into a list while this one sends: one frame
     that comes alone is sent at once, as before (no timer, no added latency); frames that came
     while the last send was under way, or that one step of the source made without waiting,
     are joined and sent in one message. The bytes are those of the frames in order.
     Cancelling the response (the client went away) cancels the task, and so the source."""
 
-    def __init__(self, frames: AsyncIterator[str], media_type: str, headers: Mapping[str, str]) -> None:
-        super().__init__(frames, media_type=media_type, headers=headers)
-        self.frames = frames
-
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        ready: list[str] = []
+        ready: list[bytes] = []
         waiting: asyncio.Future[None] | None = None
 
         def wake(_: object = None) -> None:
@@ -124,8 +120,8 @@ class FrameStreamingResponse(StreamingResponse):
                 waiting.set_result(None)
 
         async def produce() -> None:
-            async for frame in self.frames:
-                ready.append(frame)
+            async for frame in self.body_iterator:
+                ready.append(frame.encode(self.charset) if isinstance(frame, str) else bytes(frame))
                 wake()
 
         producer = asyncio.ensure_future(produce())
@@ -136,7 +132,7 @@ class FrameStreamingResponse(StreamingResponse):
                     waiting = asyncio.get_running_loop().create_future()
                     await waiting
                     continue
-                body = "".join(ready).encode(self.charset)
+                body = b"".join(ready)
                 ready.clear()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             producer.result()
