@@ -8,7 +8,6 @@
 #   bash docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
 #   bash docs/perf/probes/gpu_run.sh engine   # install, one stream's decode step (probe), the 1B at 1-128 streams
 #     (LEVELS, PART_SECONDS, BENCH_SKIP to fit; SPY_SECONDS > 30 adds py-spy of the 1B at 32 streams)
-#   bash docs/perf/probes/gpu_run.sh profile8b  # py-spy of router and worker (1B, 32 streams), the 8B at 1/8/32
 # Results go to $OUT (at most 8 files come back, so work folders travel as .tgz).
 set -u
 part=$1
@@ -52,11 +51,6 @@ case $part in
       spy 1b-32 32 512 $((${PART_SECONDS:-585} - SECONDS))
       tar czf "$out/spy.tgz" -C /tmp $(cd /tmp && ls spy-*.raw) 2>/dev/null
     fi
-    ;;
-  profile8b)
-    spy 1b-32 32 512 75
-    tar czf "$out/spy.tgz" -C /tmp $(cd /tmp && ls spy-*.raw) 2>/dev/null
-    BENCH_SKIP=server,agent bench llama-8b-4bit 1,8,32 $((${PART_SECONDS:-585} - SECONDS)) llama-8b-4bit
     ;;
   1b)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-1b.txt" 2>&1
