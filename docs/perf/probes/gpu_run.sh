@@ -2,7 +2,7 @@
 # The GPU run behind docs/PERFORMANCE.md, in parts that each fit the host's 10 minutes per
 # command. On the host, from the root of the carried working tree (the source is read from .devC,
 # a `git archive` of the branch, when it is there, else from the tree itself), with the wheels of
-# ../shared/gpu-host/prepare.sh in .devB (py-spy's wheel added there for the `profile` parts):
+# ../shared/gpu-host/prepare.sh in .devB (py-spy's wheel added there for SPY_SECONDS):
 #   bash docs/perf/probes/gpu_run.sh 1b     # install, Llama-3.2-1B bf16, probes
 #   bash docs/perf/probes/gpu_run.sh 8b     # Llama-3.1-8B 4-bit
 #   bash docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
