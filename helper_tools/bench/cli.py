@@ -80,6 +80,17 @@ def parse_phases(text: str) -> set[str]:
     return names
 
 
+def router_default(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` for the router's ``defaults``: VALUE as JSON (a bare word stays a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared system prompt of the prefix test (default: 2048)")
     p.add_argument("--session-tokens", type=positive, default=16384,
                    help="system prompt of the agent session (default: 16384)")
+    p.add_argument("--router-default", type=router_default, action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of mlx-router's configuration (its defaults section) for this run, VALUE in "
+                        "JSON, e.g. buffer_cache_bytes=0; repeatable")
     p.add_argument("--only", type=parse_phases, help="run only these phases (comma-separated)")
     p.add_argument("--skip", type=parse_phases, default=set(), help="skip these phases (comma-separated)")
     p.add_argument("--json", type=Path, help="write every raw number here")

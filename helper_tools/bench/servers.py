@@ -142,6 +142,7 @@ def router_server(run: Run) -> Server:
                      "prefix_cache_directory": str(run.work / "prefix-cache")},
         "server": {"port": port, "log_file": str(run.work / "router.log")},
     }
+    config["defaults"].update(dict(args.router_default))
     if "agent" in args.phases:
         from helper_tools.bench.models import make_model
         from helper_tools.bench.scenarios import OTHER_MODEL

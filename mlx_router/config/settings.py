@@ -261,6 +261,12 @@ class Defaults(_Section):
         "them while the model is idle after its load, so new prompt lengths cost no kernel preparation; null: on "
         "a CUDA GPU only."
     )
+    buffer_cache_bytes: int | None = Field(
+        None, ge=0, le=1 << 40, description="Bytes of freed MLX buffers a model's worker keeps for reuse instead of "
+        "emptying MLX's buffer cache after every prompt chunk, as mlx-lm does (0: emptied). On a CUDA GPU every "
+        "buffer given back must be allocated again (cudaMallocManaged, then page faults on first use), which new "
+        "prompts and cache hits paid; null: 2 GiB on a CUDA GPU, 0 elsewhere."
+    )
     prefix_cache_bytes: int | None = Field(
         None,
         ge=0,

@@ -166,23 +166,37 @@ def prefill_widths(limit: int) -> list[int]:
     return sorted({prefill_width(n, limit) for n in range(1, limit + 1)})
 
 
-class _BucketedPrompts(PromptProcessingBatch):
-    """mlx-lm's prompt batch, with each prefill chunk right-padded to a :func:`prefill_width`.
+class _Prompts(PromptProcessingBatch):
+    """mlx-lm's prompt batch, with each prefill chunk right-padded to a :func:`prefill_width`
+    (``pad``) and MLX's buffer cache left alone after a chunk (``keep_buffers``).
 
     The CUDA backend prepares kernels for every new shape it meets (70-100 ms each on an H100,
     up to a second inside a batch), so a server whose prompts all have different lengths would
     pay that on most requests. The padding goes after the real tokens, which the causal mask
     keeps from seeing it; the batch cache then moves it to the left, where it stays masked (the
-    same path mlx-lm takes for a batch of prompts of different lengths)."""
+    same path mlx-lm takes for a batch of prompts of different lengths).
+
+    mlx-lm empties MLX's buffer cache after every chunk. On the CUDA backend that gives every
+    cached buffer back (``cudaFree``) and makes the next step allocate each one again
+    (``cudaMallocManaged``, then page faults as the GPU first touches it); with ``keep_buffers``
+    the cache stays, bounded by MLX's cache limit (``BatchOptions.buffer_cache_bytes``)."""
+
+    pad = False
+    keep_buffers = False
 
     def prompt(self, tokens: list[list[int]]) -> None:
-        if len(self.uids) != len(tokens) or not tokens or max(len(t) for t in tokens) > self.prefill_step_size:
+        if (
+            len(self.uids) != len(tokens)
+            or not tokens
+            or max(len(t) for t in tokens) > self.prefill_step_size
+            or not (self.pad or self.keep_buffers)
+        ):
             super().prompt(tokens)
             return
         for recorded, new in zip(self.tokens, tokens):
             recorded += new
         lengths = [len(t) for t in tokens]
-        width = prefill_width(max(lengths), self.prefill_step_size)
+        width = prefill_width(max(lengths), self.prefill_step_size) if self.pad else max(lengths)
         padding = [width - n for n in lengths]
         inputs = _right_pad_prompts(tokens, max_length=width)
         if max(padding) > 0:
@@ -194,7 +208,8 @@ class _BucketedPrompts(PromptProcessingBatch):
             for c in self.prompt_cache:
                 c.finalize()
             mx.eval([c.state for c in self.prompt_cache])
-        mx.clear_cache()
+        if not self.keep_buffers:
+            mx.clear_cache()
 
 
 class _DecodeCache(BatchKVCache):
@@ -299,6 +314,9 @@ class BatchScheduler:
         self.buckets = _use_buckets(engine, options)
         if self.buckets:
             attend_short_chunks_directly(engine.model)
+        self.buffer_cache_bytes = _buffer_cache_bytes(engine, options)
+        if self.buffer_cache_bytes:
+            mx.set_cache_limit(self.buffer_cache_bytes)
         self._warm_widths = prefill_widths(options.prefill_step_size) if self.buckets and options.prefill_warmup else []
         """Prefill widths still to prepare while the worker is idle (longest last)."""
         self.emit: Callable[[list[GenerationChunk]], None] | None = None
@@ -318,9 +336,10 @@ class BatchScheduler:
             prefill_batch_size=self.options.prefill_batch_size,
             prefill_step_size=self.options.prefill_step_size,
         )
-        if self.buckets:
-            # The prompt batch lives as long as the generator (``split`` keeps its class).
-            generator._prompt_batch.__class__ = _BucketedPrompts
+        # The prompt batch lives as long as the generator (``split`` keeps its class).
+        prompts = generator._prompt_batch
+        prompts.__class__ = _Prompts
+        prompts.pad, prompts.keep_buffers = self.buckets, self.buffer_cache_bytes > 0
         # So does the decode batch: new sequences are added to it with ``extend``.
         generator._generation_batch.__class__ = _GroupedSampling
         generator._generation_batch.on_decoded = self._decoded
@@ -523,6 +542,14 @@ def _use_buckets(engine: LMEngine, options: BatchOptions) -> bool:
     return wanted and blockable(make_prompt_cache(engine.model))
 
 
+def _buffer_cache_bytes(engine: LMEngine, options: BatchOptions) -> int:
+    """MLX buffers kept for reuse (0: emptied after every prefill chunk): as configured, else
+    2 GiB on a CUDA GPU, where giving buffers back and allocating them again is costly."""
+    if options.buffer_cache_bytes is not None:
+        return options.buffer_cache_bytes
+    return 2 << 30 if engine.load_info.backend == "gpu" and sys.platform.startswith("linux") else 0
+
+
 def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUPromptCache | None:
     """Blocks for full-attention models (with a disk tier when configured), mlx-lm's cache of
     whole sequences for the others, nothing when the budget is 0."""
@@ -542,6 +569,8 @@ def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUP
             )
         except OSError as exc:
             logger.warning("prefix cache: no disk tier (%s)", exc)
+        else:
+            disk.keep_buffers = _buffer_cache_bytes(engine, options) > 0
     return PrefixCache(
         layers=len(layers), block_tokens=options.prefix_cache_block_tokens, max_bytes=options.prefix_cache_bytes, disk=disk
     )

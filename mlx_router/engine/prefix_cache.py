@@ -96,6 +96,11 @@ def model_identity(model_path: str, block_tokens: int) -> str:
 class DiskTier:
     """Blocks as safetensors files in one folder per model identity, bounded in bytes."""
 
+    keep_buffers = False
+    """Leave MLX's buffer cache alone after a write (the scheduler keeps buffers for reuse): the
+    copies, read on the host, then return to the cache, a few MB per block, instead of the whole
+    cache being given back to the system."""
+
     def __init__(self, directory: str, model_path: str, block_tokens: int, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.block_tokens = block_tokens
@@ -202,9 +207,10 @@ class DiskTier:
             logger.warning("prefix cache: cannot write %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
             return True
-        finally:  # the copies' memory goes back to the system, not to buffers the model reuses
+        finally:
             del arrays
-            mx.clear_cache()
+            if not self.keep_buffers:  # the copies' memory goes back to the system, not to buffers the model reuses
+                mx.clear_cache()
         self._files[digest] = size
         self.nbytes += size
         self._bound()

@@ -267,6 +267,9 @@ class BatchOptions:
     prompts (None: on a CUDA GPU only)."""
     prefill_warmup: bool = True
     """With padded widths: prepare every width while the worker is idle after the load."""
+    buffer_cache_bytes: int | None = None
+    """Bytes of freed MLX buffers kept for reuse after a prompt chunk (0: MLX's buffer cache is
+    emptied after every prefill chunk, as mlx-lm does; None: 2 GiB on a CUDA GPU, else 0)."""
     prefix_cache_bytes: int = 1 << 30
     """Bytes of KV kept for reuse across requests (0 turns the prefix cache off)."""
     prefix_cache_entries: int = 64

@@ -481,6 +481,7 @@ class MLXModelManager:
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
             prefill_buckets=defaults.prefill_buckets,
+            buffer_cache_bytes=defaults.buffer_cache_bytes,
             prefix_cache_bytes=view.prefix_cache_bytes,
             prefix_cache_entries=defaults.prefix_cache_entries,
             prefix_cache_block_tokens=defaults.prefix_cache_block_tokens,

@@ -196,6 +196,14 @@ def test_parse_args_refuses(argv: list[str], capsys: pytest.CaptureFixture[str])
     assert "error" in capsys.readouterr().err
 
 
+def test_router_default_takes_json_values() -> None:
+    args = cli.parse_args(["--model", "/m", "--router-default", "buffer_cache_bytes=0",
+                           "--router-default", "prefill_buckets=true", "--router-default", "chat_template=chatml"])
+    assert args.router_default == [("buffer_cache_bytes", 0), ("prefill_buckets", True), ("chat_template", "chatml")]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--model", "/m", "--router-default", "no-equals-sign"])
+
+
 def test_help_lists_the_phases(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["-h"])

@@ -8,6 +8,8 @@
 #   bash docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
 #   bash docs/perf/probes/gpu_run.sh engine   # install, one stream's decode step (probe), the 1B at 1-128 streams
 #     (LEVELS, PART_SECONDS, BENCH_SKIP to fit; SPY_SECONDS > 30 adds py-spy of the 1B at 32 streams)
+#   bash docs/perf/probes/gpu_run.sh alloc    # install, clear_cache.py (MLX's buffer cache emptied or kept), the 1B
+#     at LEVELS (default 1,32) with the prefix scenario, then served again with buffer_cache_bytes 0
 # Results go to $OUT (at most 8 files come back, so work folders travel as .tgz).
 set -u
 part=$1
@@ -42,6 +44,17 @@ spy() {  # NAME CONCURRENCY TOKENS SECONDS: the router and its worker under py-s
   wait "$bench_pid"
 }
 case $part in
+  alloc)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-alloc.txt" 2>&1
+    python3 -c "from pathlib import Path; from helper_tools.bench.models import make_model; print(make_model('llama-1b', Path('/tmp/bench-cache'), 170))" >> "$out/probes-alloc.txt" 2>&1
+    timeout 240 python3 docs/perf/probes/clear_cache.py /tmp/bench-cache/llama-1b/random-llama-1b >> "$out/probes-alloc.txt" 2>&1
+    echo "clear_cache.py exit $?" >> "$out/probes-alloc.txt"
+    BENCH_SKIP=${BENCH_SKIP-server,agent,disconnect} bench llama-1b "${LEVELS:-1,32}" $(((${PART_SECONDS:-585} - SECONDS) * 3 / 5))
+    # the same served, MLX's buffer cache emptied after every prefill chunk (as before), mlx-lm direct not run again
+    BENCH_SKIP=${BENCH_SKIP-server,agent,disconnect},direct bench llama-1b "${LEVELS:-1,32}" $((${PART_SECONDS:-585} - SECONDS)) \
+      llama-1b-emptied --router-default buffer_cache_bytes=0
+    cat "$out/probes-alloc.txt"
+    ;;
   engine)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-engine.txt" 2>&1
     python3 -c "from pathlib import Path; from helper_tools.bench.models import make_model; print(make_model('llama-1b', Path('/tmp/bench-cache'), 170))" >> "$out/probes-engine.txt" 2>&1
