@@ -4,6 +4,7 @@ driven with one set of rounds per concurrency level, then given its scenarios.""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from helper_tools.bench.client import chat_payload, run_round
@@ -11,17 +12,25 @@ from helper_tools.bench.context import Run
 from helper_tools.bench.report import fmt
 from helper_tools.bench.scenarios import scenarios_for
 from helper_tools.bench.servers import Server, mlx_lm_server, router_server
-from helper_tools.bench.stats import median_round
+from helper_tools.bench.stats import median_round, ratio
 
-__all__ = ["drive_server", "phase_router", "phase_server"]
+__all__ = ["drive_server", "phase_router", "phase_server", "wait_warm"]
 
 
 def drive_server(run: Run, server: Server, key: str, model: str) -> None:
-    """Start ``server``, warm it up, then ``--repeat`` rounds per concurrency (the median is kept)."""
+    """Start ``server``; time its first request and, once its idle warm-up is over, a second
+    one; then ``--repeat`` rounds per concurrency (the median is kept)."""
     args, report, bias = run.args, run.report, run.eos_bias
     report["phases"][key]["startup_s"] = server.start(args.start_timeout)
-    warm = [chat_payload(model, m, 8, bias) for m in run.workload.round(1, args.prompt_tokens, f"warm-{key}")]
-    asyncio.run(run_round(server.base_url, warm, args.request_timeout))
+    ttfts = []
+    for n in (1, 2):
+        if n == 2:
+            warmup_s = wait_warm(server, args.start_timeout)
+        one = [chat_payload(model, m, 8, bias) for m in run.workload.round(1, args.prompt_tokens, f"warm{n}-{key}")]
+        ttfts.append(asyncio.run(run_round(server.base_url, one, args.request_timeout)).get("ttft_p50_s"))
+    report.setdefault("first_request", {})[server.name] = {
+        "first_ttft_s": ttfts[0], "second_ttft_s": ttfts[1], "first_over_second": ratio(ttfts[0], ttfts[1]),
+        "idle_warmup_s": warmup_s}
     report["runs"][key] = {}
     for c in args.concurrency:
         warmups = [chat_payload(model, m, 4, bias) for m in run.warmups[c]]
@@ -32,6 +41,25 @@ def drive_server(run: Run, server: Server, key: str, model: str) -> None:
             rounds.append(asyncio.run(run_round(server.base_url, payloads, args.request_timeout)))
         report["runs"][key][str(c)] = median_round(rounds)
         print(f"  {server.name} {c} stream(s): {fmt(report['runs'][key][str(c)]['aggregate_tps'])} tok/s", flush=True)
+
+
+def wait_warm(server: Server, timeout: float) -> float | None:
+    """Seconds until no model of ``server`` is preparing prefill widths in idle time (mlx-router's
+    ``/v1/health`` ``warming``); None for a server that does not say (mlx_lm.server)."""
+    import httpx
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        response = httpx.get(f"{server.base_url}/v1/health", timeout=10)
+        if response.status_code != 200:
+            return None
+        models = response.json().get("loaded_models") or []
+        if not any("warming" in m for m in models):
+            return None
+        if not any(m["warming"] for m in models):
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    raise RuntimeError(f"the idle warm-up did not end within {timeout:.0f} s")
 
 
 def _record_memory(run: Run, server: Server, extra: dict[str, Any] | None = None) -> None:

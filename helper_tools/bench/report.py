@@ -73,6 +73,16 @@ def _prefix(report: dict[str, Any]) -> list[str]:
                                p.get("second_prompt_tokens")] for k, p in prefix.items()])]
 
 
+def _first_request(report: dict[str, Any]) -> list[str]:
+    first = report.get("first_request") or {}
+    if not first:
+        return []
+    heads = ["first request", "1st TTFT ms", "idle warm-up s", "2nd TTFT ms", "1st/2nd"]
+    return ["", render_table(heads, [[k, fmt(f.get("first_ttft_s"), ".0f", 1000), fmt(f.get("idle_warmup_s"), ".1f"),
+                                      fmt(f.get("second_ttft_s"), ".0f", 1000), fmt(f.get("first_over_second"), ".2f")]
+                                     for k, f in first.items()])]
+
+
 def _disconnect(report: dict[str, Any]) -> list[str]:
     disc = report.get("disconnect") or {}
     if not disc:
@@ -118,7 +128,7 @@ def _footer(report: dict[str, Any]) -> list[str]:
 
 
 SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
-    _header, _runs, _ratios, _prefix, _disconnect, _agent, _memory, _targets, _footer,
+    _header, _runs, _ratios, _first_request, _prefix, _disconnect, _agent, _memory, _targets, _footer,
 )
 """The report's parts in order, each a function of the report returning its lines (none when
 it has nothing to show). A new scenario adds its section here."""

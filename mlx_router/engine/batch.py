@@ -512,6 +512,11 @@ class BatchScheduler:
         self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
         self.prefix_cache.trim_to(n_bytes=self.options.prefix_cache_bytes - active)
 
+    @property
+    def warming(self) -> int:
+        """Prefill widths still to prepare in idle time (0 once every one is ready)."""
+        return len(self._warm_widths)
+
     def idle_work(self) -> bool:
         """One piece of work for a moment without sequences: prepare the kernels of one prefill
         width, else write one block to the disk tier. False when there is none."""

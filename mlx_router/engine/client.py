@@ -148,6 +148,9 @@ class WorkerClient:
         self.memory: WorkerMemory | None = None
         """MLX's memory in the worker as last reported (None before the first report, and for
         groups, whose ranks report at load only)."""
+        self.warming = False
+        """The worker is preparing its prefill widths in idle time (a request that arrives
+        meanwhile waits for the width being prepared)."""
 
     @property
     def alive(self) -> bool:
@@ -246,6 +249,11 @@ class WorkerClient:
                     stream.put_nowait(GenerationChunk(*fields))
         elif kind == "memory":
             self.memory = msg[1]
+        elif kind == "warming":
+            self.warming = True
+        elif kind == "warmed":
+            self.warming = False
+            logger.info("[%s] %d prefill widths prepared in %.1f s of idle time", self.options.model_id, msg[1], msg[2])
         elif kind == "counted":
             stream = self._streams.get(msg[1])
             if stream is not None:

@@ -8,6 +8,8 @@ router → worker
     ``("embed", EmbeddingRequest)``, ``("cancel", request_id, delivered_tokens)``, ``("shutdown",)``
 worker → router
     ``("ready", LoadInfo)`` or ``("load_failed", kind, message)`` once, after the load;
+    ``("warming", widths)`` after ``ready`` when prefill widths are to be prepared in idle time,
+    and ``("warmed", widths, seconds)`` once they are (``seconds``: the idle time it took);
     ``("admitted", Admission)`` when a request is tokenized and accepted (before prefill);
     ``("counted", request_id, prompt_tokens)`` for a ``count``: tokenized only, not admitted;
     ``("step", [chunk, ...])`` once per decode step, for all active sequences (sent as soon as the
@@ -104,6 +106,8 @@ class _Worker:
             scheduler.emit = self.send_chunks
         self.send(("ready", engine.load_info))
         self.report_memory()
+        if getattr(scheduler, "warming", 0):
+            self.send(("warming", scheduler.warming))
         self.loop(scheduler)
 
     def load(self) -> tuple[Any, Any]:
@@ -143,11 +147,19 @@ class _Worker:
 
     def loop(self, scheduler: Any) -> None:
         idle_work = getattr(scheduler, "idle_work", None)
+        warming, warm_seconds = getattr(scheduler, "warming", 0), 0.0
         while True:
             embedding = self.embeddings is not None and self.embeddings.active
             block = not scheduler.active and not embedding
-            if block and idle_work is not None and self.inbox.empty() and idle_work():
-                continue  # idle: one piece of background work, then look at the inbox again
+            if block and idle_work is not None and self.inbox.empty():
+                started = time.monotonic()
+                if idle_work():  # idle: one piece of background work, then look at the inbox again
+                    if warming:
+                        warm_seconds += time.monotonic() - started
+                        if not scheduler.warming:
+                            self.send(("warmed", warming, warm_seconds))
+                            warming = 0
+                    continue
             while True:
                 try:
                     msg = self.inbox.get(block=block)

@@ -841,6 +841,7 @@ class MLXModelManager:
                 backend=r.load_info.backend,
                 pinned=mid in self.pinned,
                 default=mid == self.default_model,
+                warming=getattr(r.client, "warming", False),
             )
             for mid, r in self.residency.resident.items()
         ]

@@ -155,6 +155,8 @@ class LoadedModelReport:
     backend: str
     pinned: bool
     default: bool
+    warming: bool = False
+    """Its worker is still preparing prefill widths in idle time (``defaults.prefill_buckets``)."""
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,27 @@ def test_the_worker_counts_the_tokens_it_generated_after_a_client_left(tmp_path:
     assert generated >= 8
     assert 0 <= after < generated
     print(f"tokens after the close: {after:.0f} of {generated}")
+
+
+def test_padded_widths_are_prepared_while_idle_and_health_says_so(tmp_path: Path, tiny_models_root: Path) -> None:
+    """With padded prefill widths the worker prepares them after its load; /v1/health shows
+    ``warming`` until the last one is ready, and the log says how long it took. MLX's buffer
+    cache is kept between prompt chunks (buffer_cache_bytes) and answers stay the same."""
+    settings = config(tiny_models_root, tmp_path / "kv")
+    settings["defaults"].update(prefill_buckets=True, prefill_step_size=64, buffer_cache_bytes=64 << 20)
+    server = start_server(tmp_path, settings)
+    try:
+        def warming() -> list[bool]:
+            with server.client() as http:
+                return [m["warming"] for m in http.get("/v1/health").json()["loaded_models"]]
+
+        assert wait_until(lambda: warming() == [False], timeout=30)
+        assert wait_until(lambda: "prefill widths prepared in" in server.log(), timeout=10)
+        widths = re.search(r"\[tiny-llama\] (\d+) prefill widths prepared", server.log())
+        assert widths is not None and int(widths.group(1)) == 9  # 16-32 by 4, 40-64 by 8
+        system = f"Zq{uuid.uuid4().hex} " + "Read the tools first. " * 20  # several chunks of 64
+        first, again = ask(server, system, "Which tool?"), ask(server, system, "Which tool?")
+    finally:
+        server.stop()
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]

@@ -8,6 +8,8 @@
 #   bash docs/perf/probes/gpu_run.sh sampled  # the 1B at temperature 0.7 (shared samplers), 1/8/32
 #   bash docs/perf/probes/gpu_run.sh engine   # install, one stream's decode step (probe), the 1B at 1-128 streams
 #     (LEVELS, PART_SECONDS, BENCH_SKIP to fit; SPY_SECONDS > 30 adds py-spy of the 1B at 32 streams)
+#   bash docs/perf/probes/gpu_run.sh final    # install, the 1B at 1-128 streams, prefix, disconnect, agent session
+#   bash docs/perf/probes/gpu_run.sh final8b  # the 8B 4-bit at 1/8/32 streams, the same scenarios
 #   bash docs/perf/probes/gpu_run.sh alloc    # install, clear_cache.py (MLX's buffer cache emptied or kept), the 1B
 #     at LEVELS (default 1,32) with the prefix scenario, then served again with buffer_cache_bytes 0
 # Results go to $OUT (at most 8 files come back, so work folders travel as .tgz).
@@ -44,6 +46,13 @@ spy() {  # NAME CONCURRENCY TOKENS SECONDS: the router and its worker under py-s
   wait "$bench_pid"
 }
 case $part in
+  final)  # the 1B at LEVELS (default 1-128 streams) with every scenario but mlx_lm.server
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu-host.txt" 2>&1
+    bench llama-1b "${LEVELS:-1,8,32,64,128}" $((${PART_SECONDS:-585} - SECONDS))
+    ;;
+  final8b)  # the 8B 4-bit at 1/8/32 streams with every scenario but mlx_lm.server
+    bench llama-8b-4bit "${LEVELS:-1,8,32}" $((${PART_SECONDS:-585} - SECONDS)) llama-8b-4bit
+    ;;
   alloc)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-alloc.txt" 2>&1
     python3 -c "from pathlib import Path; from helper_tools.bench.models import make_model; print(make_model('llama-1b', Path('/tmp/bench-cache'), 170))" >> "$out/probes-alloc.txt" 2>&1
