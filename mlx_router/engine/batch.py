@@ -312,13 +312,17 @@ class BatchScheduler:
         self._samplers: OrderedDict[tuple[float, float, float, int], Callable[[mx.array], mx.array]] = OrderedDict()
         """One sampler per sampling setting, shared by the unseeded requests that ask for it."""
         self.buckets = _use_buckets(engine, options)
-        if self.buckets:
-            attend_short_chunks_directly(engine.model)
+        cold = attend_short_chunks_directly(engine.model) if self.buckets else None
         self.buffer_cache_bytes = _buffer_cache_bytes(engine, options)
         if self.buffer_cache_bytes:
             mx.set_cache_limit(self.buffer_cache_bytes)
         self._warm_widths = prefill_widths(options.prefill_step_size) if self.buckets and options.prefill_warmup else []
         """Prefill widths still to prepare while the worker is idle (longest last)."""
+        self._cold: set[int] = cold if cold is not None else set()
+        """The same widths, as the model's attention reads them: a prompt's first chunk of one of
+        these widths, alone in its batch, attends through matrix products, so a request that
+        comes before its width is prepared does not wait for the fused kernel's preparation."""
+        self._cold.update(self._warm_widths)
         self.emit: Callable[[list[GenerationChunk]], None] | None = None
         """Where a step's decoded chunks go as soon as they are sampled (the worker's pipe). mlx-lm
         runs a step's decode, then a prefill chunk for waiting prompts, in one call: without this
@@ -482,11 +486,19 @@ class BatchScheduler:
         return failed
 
     def run_to_end(self, request: GenerationRequest) -> list[GenerationChunk]:
-        """Generate one request alone until it finishes (warm-up)."""
-        self.add(request)
-        chunks: list[GenerationChunk] = []
-        while self.active:
-            chunks.extend(self.step())
+        """Generate one request alone until it finishes (the load's warm-up). Its prompt goes
+        through the fused attention, so that the backend's first use of it (on a CUDA GPU,
+        loading cuDNN) happens here and not in the first piece of idle work, which a request
+        arriving then would wait for."""
+        cold = set(self._cold)
+        self._cold.clear()
+        try:
+            self.add(request)
+            chunks: list[GenerationChunk] = []
+            while self.active:
+                chunks.extend(self.step())
+        finally:
+            self._cold.update(cold)
         return chunks
 
     def _finish(self, uid: int, sequence: _Sequence) -> None:
@@ -527,7 +539,9 @@ class BatchScheduler:
         return disk is not None and disk.write_one()
 
     def _warm(self, width: int) -> None:
-        """Prefill ``width`` tokens and decode one, kept nowhere (no prefix cache, no chunk)."""
+        """Prefill ``width`` tokens and decode one, kept nowhere (no prefix cache, no chunk); from
+        then on a first chunk of that width attends through the fused kernel."""
+        self._cold.discard(width)
         (uid,) = self._generator.insert([[0] * (width + 1)], max_tokens=[1])
         while not any(r.uid == uid for r in self._generator.next()[1]):
             pass
@@ -574,8 +588,6 @@ def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUP
             )
         except OSError as exc:
             logger.warning("prefix cache: no disk tier (%s)", exc)
-        else:
-            disk.keep_buffers = _buffer_cache_bytes(engine, options) > 0
     return PrefixCache(
         layers=len(layers), block_tokens=options.prefix_cache_block_tokens, max_bytes=options.prefix_cache_bytes, disk=disk
     )

@@ -301,31 +301,39 @@ SHORT_PREFILL_SCORES = 1 << 27
 """...as long as their attention scores (batch x heads x chunk x keys) stay below this many."""
 
 
-def attend_short_chunks_directly(model: Any) -> bool:
+def attend_short_chunks_directly(model: Any) -> set[int] | None:
     """Route a model's attention for short prompt chunks that follow cached tokens (a prefix-cache
-    hit, the next turn of a conversation) through matrix products instead of the fused kernel.
+    hit, the next turn of a conversation) through matrix products instead of the fused kernel;
+    so too a prompt's first chunk, alone in its batch, whose length is in the returned set (the
+    prefill widths whose fused kernels are not prepared yet: :class:`BatchScheduler` fills it and
+    takes each width out as its idle warm-up prepares it).
 
     On the CUDA backend the fused attention of a prompt chunk builds a cuDNN graph for every new
     (chunk, keys) shape, 70 ms to a second each, and after a cached prefix nearly every request
     has a new one; the same attention as two matrix products and a softmax costs a few
-    milliseconds for a short chunk. Returns whether the model's module was patched (its
-    attention is mlx-lm's shared function)."""
+    milliseconds for a short chunk. Returns None when the model's module cannot be patched (its
+    attention is not mlx-lm's shared function)."""
     from mlx_lm.models import base
 
     module = sys.modules.get(type(model).__module__)
     fused = getattr(module, "scaled_dot_product_attention", None)
-    if module is None or getattr(fused, "short_chunks_direct", False):
-        return module is not None
+    if module is None:
+        return None
+    cold = getattr(fused, "cold_widths", None)
+    if cold is not None:
+        return cast(set[int], cold)
     if fused is not base.scaled_dot_product_attention:
-        return False
+        return None
+    cold_widths: set[int] = set()
 
     def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float, mask: Any,
                   sinks: Any = None) -> mx.array:
         b, heads, length, dim = queries.shape
         width = keys.shape[2]
+        after_cache = 1 < length <= SHORT_PREFILL_TOKENS and width > length
+        first_cold = b == 1 and width == length and length in cold_widths
         if (
-            not 1 < length <= SHORT_PREFILL_TOKENS
-            or width <= length
+            not (after_cache or first_cold)
             or b * heads * length * width > SHORT_PREFILL_SCORES
             or sinks is not None
             or hasattr(cache, "bits")
@@ -343,9 +351,9 @@ def attend_short_chunks_directly(model: Any) -> bool:
         probs = mx.softmax(scores, axis=-1, precise=True)
         return (probs @ values[:, :, None]).reshape(b, heads, length, values.shape[-1])
 
-    attention.short_chunks_direct = True  # type: ignore[attr-defined]  # a marker on a plain function, read back by getattr
+    attention.cold_widths = cold_widths  # type: ignore[attr-defined]  # read back by getattr on a second call
     setattr(module, "scaled_dot_product_attention", attention)  # noqa: B010 (mlx-lm's module has no stub for it)
-    return True
+    return cold_widths
 
 
 def classify_exception(exc: BaseException, request_id: str | None) -> EngineError:

@@ -96,11 +96,6 @@ def model_identity(model_path: str, block_tokens: int) -> str:
 class DiskTier:
     """Blocks as safetensors files in one folder per model identity, bounded in bytes."""
 
-    keep_buffers = False
-    """Leave MLX's buffer cache alone after a write (the scheduler keeps buffers for reuse): the
-    copies, read on the host, then return to the cache, a few MB per block, instead of the whole
-    cache being given back to the system."""
-
     def __init__(self, directory: str, model_path: str, block_tokens: int, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.block_tokens = block_tokens
@@ -208,9 +203,7 @@ class DiskTier:
             tmp.unlink(missing_ok=True)
             return True
         finally:
-            del arrays
-            if not self.keep_buffers:  # the copies' memory goes back to the system, not to buffers the model reuses
-                mx.clear_cache()
+            release(arrays)
         self._files[digest] = size
         self.nbytes += size
         self._bound()
@@ -229,6 +222,19 @@ class DiskTier:
     def _drop(self, digest: bytes) -> None:
         self.nbytes -= self._files.pop(digest, 0)
         self._path(digest).unlink(missing_ok=True)
+
+
+def release(arrays: dict[str, mx.array]) -> None:
+    """Drop ``arrays`` (this is their last reference) with their memory given back to the system,
+    not to MLX's buffer cache, whose other buffers stay (the CPU's allocator trims its small cache
+    to the new limit instead). For arrays read on the host: where the backend keeps memory in CUDA
+    managed memory their pages are on the host now, and a buffer the cache handed to the next GPU
+    step would fault them back, page by page."""
+    limit = mx.set_cache_limit(0)
+    try:
+        arrays.clear()
+    finally:
+        mx.set_cache_limit(limit)
 
 
 def _forget_stale(root: Path, owner: str, identity: str) -> None:

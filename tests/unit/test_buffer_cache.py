@@ -64,3 +64,24 @@ def test_kept_buffers_are_not_given_back_after_each_chunk(engine: LMEngine, clea
 def test_the_default_keeps_buffers_on_a_cuda_gpu_only(engine: LMEngine) -> None:
     assert _buffer_cache_bytes(engine, BatchOptions()) == 0  # the CPU: mlx-lm's way
     assert _buffer_cache_bytes(engine, BatchOptions(buffer_cache_bytes=5)) == 5
+
+
+def test_released_arrays_do_not_return_to_the_buffer_cache() -> None:
+    """The disk tier's copies, read on the host, go back to the system; MLX's cache limit is as before."""
+    from mlx_router.engine.prefix_cache import release
+
+    limit = mx.set_cache_limit(16 << 20)
+    try:
+        kept = mx.ones((1 << 18,))
+        mx.eval(kept)
+        del kept  # 1 MB in the cache
+        before = mx.get_cache_memory()
+        copy = mx.ones((3 << 18,)) * 2
+        assert copy[-1].item() == 2.0  # read on the host, as safetensors writing does
+        arrays = {"k.0": copy}
+        del copy
+        release(arrays)
+        assert arrays == {} and mx.get_cache_memory() <= before
+        assert mx.set_cache_limit(limit) == 16 << 20
+    finally:
+        mx.set_cache_limit(limit)

@@ -242,7 +242,7 @@ def test_short_chunks_after_cached_tokens_attend_like_the_fused_kernel(engine: L
 
     from mlx_router.engine.lm import attend_short_chunks_directly
 
-    assert attend_short_chunks_directly(engine.model)
+    assert attend_short_chunks_directly(engine.model) is not None
     direct = sys.modules[type(engine.model).__module__].scaled_dot_product_attention
     assert direct is not base.scaled_dot_product_attention
     q, k, v = (mx.random.normal(shape, key=mx.random.key(i)) for i, shape in enumerate([(2, 8, 5, 16), (2, 2, 37, 16), (2, 2, 37, 16)]))
@@ -252,3 +252,42 @@ def test_short_chunks_after_cached_tokens_attend_like_the_fused_kernel(engine: L
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
     got = direct(q, k, v, cache=None, scale=0.25, mask=mask)
     assert got.shape == want.shape and mx.allclose(got, want, atol=1e-5).item()
+
+
+def test_a_first_chunk_of_a_width_not_yet_prepared_attends_directly(engine: LMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone in its batch and of a width still in the cold set: matrix products, the same result;
+    once the width is prepared, or in a batch of two, the fused kernel."""
+    import sys
+
+    from mlx_router.engine.lm import attend_short_chunks_directly
+
+    cold = attend_short_chunks_directly(engine.model)
+    assert cold is not None and attend_short_chunks_directly(engine.model) is cold  # one set per patched module
+    direct = sys.modules[type(engine.model).__module__].scaled_dot_product_attention
+    fused, calls = mx.fast.scaled_dot_product_attention, []
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", lambda *a, **k: (calls.append(a[0].shape), fused(*a, **k))[1])
+    q, k, v = (mx.random.normal(shape, key=mx.random.key(i)) for i, shape in enumerate([(2, 8, 24, 16), (2, 2, 24, 16), (2, 2, 24, 16)]))
+    want = fused(q[:1], k[:1], v[:1], scale=0.25, mask="causal")
+    cold.add(24)
+    try:
+        got = direct(q[:1], k[:1], v[:1], cache=None, scale=0.25, mask="causal")
+        assert calls == [] and mx.allclose(got, want, atol=1e-5).item()
+        direct(q, k, v, cache=None, scale=0.25, mask="causal")  # two prompts in the batch
+        assert calls == [(2, 8, 24, 16)]
+    finally:
+        cold.discard(24)
+    assert mx.allclose(direct(q[:1], k[:1], v[:1], cache=None, scale=0.25, mask="causal"), want, atol=1e-5).item()
+    assert calls[-1] == (1, 8, 24, 16)
+
+
+def test_the_idle_warm_up_takes_each_width_out_of_the_cold_set(engine: LMEngine) -> None:
+    from mlx_router.engine.lm import attend_short_chunks_directly
+
+    scheduler = BatchScheduler(engine, BatchOptions(prefill_step_size=64, prefill_buckets=True, prefill_warmup=True))
+    cold, widths = attend_short_chunks_directly(engine.model), set(prefill_widths(64))
+    assert cold is not None and cold >= widths and scheduler.warming == len(widths)
+    scheduler.run_to_end(GenerationRequest("warmup", GenerationParams(max_tokens=2), prompt_ids=(5, 6, 7)))
+    assert cold >= widths and scheduler.warming == len(widths)  # the load's warm-up leaves them cold
+    while scheduler.idle_work():
+        pass
+    assert scheduler.warming == 0 and not cold & widths
