@@ -291,3 +291,24 @@ def test_the_idle_warm_up_takes_each_width_out_of_the_cold_set(engine: LMEngine)
     while scheduler.idle_work():
         pass
     assert scheduler.warming == 0 and not cold & widths
+
+
+def test_a_prefix_is_assembled_in_one_copy_per_block_not_per_layer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Blocks hold every layer in one array (and one file on disk): fetching 5 blocks concatenates
+    keys once and values once, whatever the number of layers."""
+    import mlx_router.engine.prefix_cache as module
+
+    disk = DiskTier(str(tmp_path), str(tmp_path), BLOCK, 1 << 20)
+    cache = PrefixCache(layers=LAYERS, block_tokens=BLOCK, max_bytes=1 << 20, disk=disk)
+    stored = list(range(100, 141))
+    cache.insert(stored, kv_of(stored))
+    concatenated: list[int] = []
+    real = module.mx.concatenate
+    monkeypatch.setattr(module.mx, "concatenate", lambda arrays, **kw: (concatenated.append(len(arrays)), real(arrays, **kw))[1])
+    kv, cached = cache.fetch(stored)
+    assert cached == 40 and kv is not None and concatenated == [5, 5]
+    for got, want in zip(kv, kv_of(stored)):
+        assert got.keys.shape == (1, HEADS, 40, DIM) and mx.array_equal(got.keys, want.keys[..., :40, :]).item()
+    assert disk.write_one()
+    written = mx.load(str(next(tmp_path.rglob("*.safetensors"))))
+    assert sorted(written) == ["k", "v"] and written["k"].shape == (LAYERS, 1, HEADS, BLOCK, DIM)
