@@ -12,6 +12,8 @@
 #   bash docs/perf/probes/gpu_run.sh final8b  # the 8B 4-bit at 1/8/32 streams, the same scenarios
 #   bash docs/perf/probes/gpu_run.sh turn     # install, cached_turn.py (widths not prepared attend directly, then
 #     fused, then directly again), the 1B at LEVELS (default 1-128 streams) with every scenario but mlx_lm.server
+#   bash docs/perf/probes/gpu_run.sh check    # install, cached_turn.py once, the 1B served alone (no mlx-lm direct)
+#     at LEVELS (default 1,32) with the prefix, disconnect and agent scenarios
 #   bash docs/perf/probes/gpu_run.sh alloc    # install, clear_cache.py (MLX's buffer cache emptied or kept), the 1B
 #     at LEVELS (default 1,32) with the prefix scenario, then served again with buffer_cache_bytes 0
 # Results go to $OUT (at most 8 files come back, so work folders travel as .tgz).
@@ -62,6 +64,14 @@ case $part in
     done
     bench llama-1b "${LEVELS:-1,8,32,64,128}" $((${PART_SECONDS:-585} - SECONDS))
     cat "$out/probes-turn.txt"
+    ;;
+  check)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/probes-check.txt" 2>&1
+    python3 -c "from pathlib import Path; from helper_tools.bench.models import make_model; print(make_model('llama-1b', Path('/tmp/bench-cache'), 170))" >> "$out/probes-check.txt" 2>&1
+    timeout 110 python3 docs/perf/probes/cached_turn.py /tmp/bench-cache/llama-1b/random-llama-1b 16384 >> "$out/probes-check.txt" 2>&1
+    echo "cached_turn.py exit $?" >> "$out/probes-check.txt"
+    BENCH_SKIP=server,direct bench llama-1b "${LEVELS:-1,32}" $((${PART_SECONDS:-585} - SECONDS)) llama-1b-check
+    cat "$out/probes-check.txt"
     ;;
   final8b)  # the 8B 4-bit at 1/8/32 streams with every scenario but mlx_lm.server
     bench llama-8b-4bit "${LEVELS:-1,8,32}" $((${PART_SECONDS:-585} - SECONDS)) llama-8b-4bit
