@@ -593,6 +593,13 @@ def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUP
     )
 
 
+def warmup_request(tokens: int) -> GenerationRequest:
+    """The request a load ends with (:meth:`BatchScheduler.run_to_end`): a chat message, so that
+    the chat template is compiled and the tokenizer's first call made before the model is ready,
+    not in the first client's request."""
+    return GenerationRequest("warmup", GenerationParams(max_tokens=tokens), messages=({"role": "user", "content": "Hello"},))
+
+
 def canonical_request(request: GenerationRequest) -> GenerationRequest:
     """The request with its messages canonical (:func:`canonicalize_messages`): what admission
     and counting tokenize, so both see the same prompt."""
