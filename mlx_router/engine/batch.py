@@ -501,6 +501,18 @@ class BatchScheduler:
             self._cold.update(cold)
         return chunks
 
+    def warm_up(self, tokens: int) -> None:
+        """The last step of a load: generate ``tokens`` tokens for a chat message, so that the
+        chat template is compiled and the tokenizer's first call made before the model is ready,
+        not in the first client's request; a raw prompt where the template refuses the message."""
+        params = GenerationParams(max_tokens=tokens)
+        try:
+            self.engine.encode(GenerationRequest("warmup", params, messages=({"role": "user", "content": "Hello"},)))
+        except Exception:  # noqa: BLE001 (a template that needs more than one user message still loads)
+            self.run_to_end(GenerationRequest("warmup", params, prompt="Hello"))
+        else:
+            self.run_to_end(GenerationRequest("warmup", params, messages=({"role": "user", "content": "Hello"},)))
+
     def _finish(self, uid: int, sequence: _Sequence) -> None:
         self._sequences.pop(uid, None)
         if self._uids.get(sequence.request_id) == uid:
@@ -591,13 +603,6 @@ def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUP
     return PrefixCache(
         layers=len(layers), block_tokens=options.prefix_cache_block_tokens, max_bytes=options.prefix_cache_bytes, disk=disk
     )
-
-
-def warmup_request(tokens: int) -> GenerationRequest:
-    """The request a load ends with (:meth:`BatchScheduler.run_to_end`): a chat message, so that
-    the chat template is compiled and the tokenizer's first call made before the model is ready,
-    not in the first client's request."""
-    return GenerationRequest("warmup", GenerationParams(max_tokens=tokens), messages=({"role": "user", "content": "Hello"},))
 
 
 def canonical_request(request: GenerationRequest) -> GenerationRequest:

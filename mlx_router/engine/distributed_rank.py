@@ -176,7 +176,7 @@ class GroupRank(_Worker):
     def run(self) -> None:
         import mlx.core as mx
 
-        from mlx_router.engine.batch import BatchScheduler, warmup_request
+        from mlx_router.engine.batch import BatchScheduler
         from mlx_router.engine.lm import LMEngine, classify_exception
 
         if self.conn is not None:
@@ -210,7 +210,7 @@ class GroupRank(_Worker):
         scheduler = BatchScheduler(engine, self.options.batch)
         ranks = tuple(info for info, _ in reports)
         if self.options.warmup_tokens > 0:
-            scheduler.run_to_end(warmup_request(self.options.warmup_tokens))
+            scheduler.warm_up(self.options.warmup_tokens)
         info: LoadInfo = replace(engine.load_info, weight_bytes=sum(r.weight_bytes for r in ranks), ranks=ranks)
         self.send(("ready", info))
         self.watchdog.start()

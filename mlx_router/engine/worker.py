@@ -87,13 +87,12 @@ class _Worker:
 
     def run(self) -> None:
         threading.Thread(target=_reader, args=(self.conn, self.inbox), daemon=True).start()
-        from mlx_router.engine.batch import warmup_request
         from mlx_router.engine.lm import classify_exception
 
         try:
             engine, scheduler = self.load()
             if self.options.warmup_tokens > 0 and not self.options.embedding_model:
-                scheduler.run_to_end(warmup_request(self.options.warmup_tokens))
+                scheduler.warm_up(self.options.warmup_tokens)
         except Exception as exc:  # noqa: BLE001 (any load failure is reported, never raised past here)
             kind = classify_exception(exc, None).kind
             # The class name is for the log; the message reaches clients, who need no internals.

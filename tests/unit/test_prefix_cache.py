@@ -312,3 +312,22 @@ def test_a_prefix_is_assembled_in_one_copy_per_block_not_per_layer(monkeypatch: 
     assert disk.write_one()
     written = mx.load(str(next(tmp_path.rglob("*.safetensors"))))
     assert sorted(written) == ["k", "v"] and written["k"].shape == (LAYERS, 1, HEADS, BLOCK, DIM)
+
+
+def test_the_load_warm_up_goes_through_the_chat_template_else_a_raw_prompt(engine: LMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler = BatchScheduler(engine, BatchOptions(prefix_cache_bytes=0))
+    real, chat = engine.encode, []
+    monkeypatch.setattr(engine, "encode", lambda r: (chat.append(r.messages is not None), real(r))[1])
+    scheduler.warm_up(2)
+    assert chat and all(chat) and scheduler.active == 0
+
+    def refuse(request: GenerationRequest) -> list[int]:
+        chat.append(request.messages is not None)
+        if request.messages is not None:
+            raise ValueError("this template needs a system message")
+        return real(request)
+
+    chat.clear()
+    monkeypatch.setattr(engine, "encode", refuse)
+    scheduler.warm_up(2)
+    assert chat == [True, False] and scheduler.active == 0
