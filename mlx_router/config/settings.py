@@ -243,8 +243,13 @@ class Defaults(_Section):
         description="Keep one worker process started, with MLX imported, so a model load does not also "
         "pay for starting Python and importing MLX.",
     )
-    warmup_tokens: int = Field(
-        0, ge=0, le=256, description="Tokens generated right after a load to warm kernels."
+    warmup_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="Tokens generated for a short chat message right after a load, before the model is "
+        "ready, to prepare its kernels and chat template. null: 4 on a CUDA GPU (Linux), where a fresh "
+        "process's first request would otherwise prepare them, else 0.",
     )
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="Requests per model decoded together (continuous batching)."

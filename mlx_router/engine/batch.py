@@ -501,10 +501,15 @@ class BatchScheduler:
             self._cold.update(cold)
         return chunks
 
-    def warm_up(self, tokens: int) -> None:
+    def warm_up(self, tokens: int | None) -> None:
         """The last step of a load: generate ``tokens`` tokens for a chat message, so that the
-        chat template is compiled and the tokenizer's first call made before the model is ready,
-        not in the first client's request; a raw prompt where the template refuses the message."""
+        kernels are prepared, the chat template compiled and the tokenizer's first call made before
+        the model is ready, not in the first client's request; a raw prompt where the template
+        refuses the message. None: 4 on a CUDA GPU, else none."""
+        if tokens is None:
+            tokens = 4 if _on_cuda(self.engine) else 0
+        if tokens <= 0:
+            return
         params = GenerationParams(max_tokens=tokens)
         try:
             self.engine.encode(GenerationRequest("warmup", params, messages=({"role": "user", "content": "Hello"},)))
@@ -569,7 +574,7 @@ def _use_buckets(engine: LMEngine, options: BatchOptions) -> bool:
     costs a kernel preparation), for models whose every layer keeps a plain KV cache."""
     wanted = options.prefill_buckets
     if wanted is None:
-        wanted = engine.load_info.backend == "gpu" and sys.platform.startswith("linux")
+        wanted = _on_cuda(engine)
     return wanted and blockable(make_prompt_cache(engine.model))
 
 
@@ -578,7 +583,12 @@ def _buffer_cache_bytes(engine: LMEngine, options: BatchOptions) -> int:
     2 GiB on a CUDA GPU, where giving buffers back and allocating them again is costly."""
     if options.buffer_cache_bytes is not None:
         return options.buffer_cache_bytes
-    return 2 << 30 if engine.load_info.backend == "gpu" and sys.platform.startswith("linux") else 0
+    return 2 << 30 if _on_cuda(engine) else 0
+
+
+def _on_cuda(engine: LMEngine) -> bool:
+    """Whether the model runs on MLX's CUDA backend (a GPU on Linux)."""
+    return engine.load_info.backend == "gpu" and sys.platform.startswith("linux")
 
 
 def _prefix_cache(engine: LMEngine, options: BatchOptions) -> PrefixCache | LRUPromptCache | None:

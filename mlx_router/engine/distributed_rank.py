@@ -209,8 +209,7 @@ class GroupRank(_Worker):
             return
         scheduler = BatchScheduler(engine, self.options.batch)
         ranks = tuple(info for info, _ in reports)
-        if self.options.warmup_tokens > 0:
-            scheduler.warm_up(self.options.warmup_tokens)
+        scheduler.warm_up(self.options.warmup_tokens)
         info: LoadInfo = replace(engine.load_info, weight_bytes=sum(r.weight_bytes for r in ranks), ranks=ranks)
         self.send(("ready", info))
         self.watchdog.start()

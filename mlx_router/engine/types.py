@@ -240,7 +240,7 @@ class WorkerOptions:
     """Override of the model's own context window."""
     chat_template: str | None = None
     """A named template, or None / ``auto`` for the tokenizer's own."""
-    warmup_tokens: int = 0
+    warmup_tokens: int | None = None
     batch: BatchOptions = field(default_factory=lambda: BatchOptions())
     """Batch and prefix-cache limits."""
     vision: bool = False

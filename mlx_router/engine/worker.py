@@ -91,7 +91,7 @@ class _Worker:
 
         try:
             engine, scheduler = self.load()
-            if self.options.warmup_tokens > 0 and not self.options.embedding_model:
+            if not self.options.embedding_model:
                 scheduler.warm_up(self.options.warmup_tokens)
         except Exception as exc:  # noqa: BLE001 (any load failure is reported, never raised past here)
             kind = classify_exception(exc, None).kind

@@ -318,6 +318,8 @@ def test_the_load_warm_up_goes_through_the_chat_template_else_a_raw_prompt(engin
     scheduler = BatchScheduler(engine, BatchOptions(prefix_cache_bytes=0))
     real, chat = engine.encode, []
     monkeypatch.setattr(engine, "encode", lambda r: (chat.append(r.messages is not None), real(r))[1])
+    scheduler.warm_up(None)  # the default off a CUDA GPU: no warm-up
+    assert chat == []
     scheduler.warm_up(2)
     assert chat and all(chat) and scheduler.active == 0
 
