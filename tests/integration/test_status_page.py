@@ -74,13 +74,22 @@ def model_state(server: RunningServer, model_id: str) -> str:
 def test_status_page_shows_models_and_its_buttons_load_and_unload(
     browser: Any, keyed_server: RunningServer, tmp_path: Path
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, WAIT)
+    # The page redraws a row whose state changed; a reference taken just before is then stale.
+    wait = WebDriverWait(browser, WAIT, ignored_exceptions=[StaleElementReferenceException])
 
     def row(model_id: str) -> Any:
         return browser.find_element(By.CSS_SELECTOR, f'tr[data-model="{model_id}"]')
+
+    def click(model_id: str, button: str) -> None:
+        def attempt(_: Any) -> bool:
+            row(model_id).find_element(By.CSS_SELECTOR, f"button.{button}").click()
+            return True
+
+        wait.until(attempt)
 
     def state_is(model_id: str, state: str) -> Any:
         return lambda _: browser.find_elements(By.CSS_SELECTOR, f'tr[data-model="{model_id}"][data-state="{state}"]')
@@ -107,13 +116,20 @@ def test_status_page_shows_models_and_its_buttons_load_and_unload(
     wait.until(lambda _: "no-such-model" in browser.find_element(By.ID, "errors").text)
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-requests rect")
 
+    # A refresh redraws only the cells that changed: the idle time moves, the Unload button stays
+    # the same element (a click landing during a refresh is not lost).
+    unload = row("tiny-llama").find_element(By.CSS_SELECTOR, "button.unload")
+    idle = row("tiny-llama").find_elements(By.TAG_NAME, "td")[6].text
+    wait.until(lambda _: row("tiny-llama").find_elements(By.TAG_NAME, "td")[6].text != idle)
+    assert unload.is_enabled()
+
     # Load the other model with its button, then unload it.
     assert model_state(keyed_server, "tiny-spare") == "unloaded"
-    row("tiny-spare").find_element(By.CSS_SELECTOR, "button.load").click()
+    click("tiny-spare", "load")
     wait.until(state_is("tiny-spare", "ready"))
     assert model_state(keyed_server, "tiny-spare") == "ready"
     wait.until(lambda _: row("tiny-spare").find_element(By.CSS_SELECTOR, "button.unload").is_enabled())
-    row("tiny-spare").find_element(By.CSS_SELECTOR, "button.unload").click()
+    click("tiny-spare", "unload")
     wait.until(state_is("tiny-spare", "unloaded"))
     assert model_state(keyed_server, "tiny-spare") == "unloaded"
     assert model_state(keyed_server, "tiny-llama") == "ready"
