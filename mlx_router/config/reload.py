@@ -18,7 +18,7 @@ __all__ = ["LIVE_SERVER_KEYS", "RESTART_DEFAULT_KEYS", "split_reload"]
 LIVE_SERVER_KEYS = frozenset({"sse_keepalive_seconds", "worker_start_timeout"})
 """``server`` keys read at each use; every other ``server`` key is fixed once the server has
 started (bind address, API key, CORS, Host list, body cap, logging, drain, metrics, status page)."""
-RESTART_DEFAULT_KEYS = frozenset({"model", "spare_worker", "embedded_model"})
+RESTART_DEFAULT_KEYS = frozenset({"model", "spare_worker", "worker_pytorch", "embedded_model"})
 """``defaults`` keys used only at start (the preloaded, kept default model, the spare worker
 process, the embedded-model import); the others apply from the next request or load."""
 

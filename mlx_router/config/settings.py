@@ -243,6 +243,13 @@ class Defaults(_Section):
         description="Keep one worker process started, with MLX imported, so a model load does not also "
         "pay for starting Python and importing MLX.",
     )
+    worker_pytorch: bool = Field(
+        False,
+        description="Let model workers import an installed PyTorch. Off, workers hide it from transformers "
+        "(which would import it, though MLX never uses it: a worker's load took 3 s and 700 MB more); "
+        "tokenizers and image processors then take the paths they take on a host without PyTorch. Turn "
+        "on only for a tokenizer or processor that needs PyTorch.",
+    )
     warmup_tokens: int | None = Field(
         None,
         ge=0,

@@ -122,10 +122,13 @@ class WorkerClient:
         *,
         on_exit: Callable[[WorkerClient, str], None] | None = None,
         blas_library: str | None = None,
+        pytorch: bool = False,
     ) -> None:
         self.options = options
         self.on_exit = on_exit
         self.blas_library = blas_library
+        self.pytorch = pytorch
+        """The process may import PyTorch (else it hides it: ``defaults.worker_pytorch``)."""
         self.load_info: LoadInfo | None = None
         self._process: Any = None
         self._conn: Any = None
@@ -174,7 +177,7 @@ class WorkerClient:
         env = {"LD_PRELOAD": self.blas_library} if self.blas_library else {}
         name = "mlx-worker:spare" if spare else f"mlx-worker:{self.options.model_id}"
         self._process = _SPAWN.Process(
-            target=worker_main, args=(child, None if spare else self.options), name=name, daemon=True
+            target=worker_main, args=(child, None if spare else self.options, self.pytorch), name=name, daemon=True
         )
         with _child_environment(env):
             await asyncio.to_thread(self._process.start)

@@ -71,8 +71,8 @@ def python_of(options: DistributedOptions) -> str:
     return options.python or sys.executable
 
 
-def rank_command(options: DistributedOptions, connect: str) -> list[str]:
-    """What every host runs: one rank."""
+def rank_command(options: DistributedOptions, connect: str, pytorch: bool = False) -> list[str]:
+    """What every host runs: one rank (``pytorch``: it may import an installed PyTorch)."""
     return [
         python_of(options),
         "-m",
@@ -85,6 +85,7 @@ def rank_command(options: DistributedOptions, connect: str) -> list[str]:
         connect,
         "--step-timeout",
         str(options.step_timeout),
+        *(["--pytorch"] if pytorch else []),
     ]
 
 
@@ -95,7 +96,7 @@ def rank_environment(options: DistributedOptions) -> dict[str, str]:
     return env
 
 
-def launch_command(options: DistributedOptions, connect: str, port: int | None) -> list[str]:
+def launch_command(options: DistributedOptions, connect: str, port: int | None, pytorch: bool = False) -> list[str]:
     """The ``mlx.launch`` command line that starts the group."""
     cmd = [sys.executable, "-c", _LAUNCHER, "--backend", options.backend]
     if options.hostfile:
@@ -109,7 +110,7 @@ def launch_command(options: DistributedOptions, connect: str, port: int | None) 
         cmd += ["--cwd", options.cwd]
     for key, value in rank_environment(options).items():
         cmd += ["--env", f"{key}={value}"]
-    return [*cmd, "--", *rank_command(options, connect)]
+    return [*cmd, "--", *rank_command(options, connect, pytorch)]
 
 
 def _repeated(hosts: tuple[str, ...]) -> tuple[list[str], int]:
@@ -318,7 +319,7 @@ class GroupClient(WorkerClient):
         key = secrets.token_bytes(32)
         listener = Listener((group.router_address, 0), authkey=key)
         host, listen_port = listener.address
-        cmd = launch_command(group, f"{host}:{listen_port}", port)
+        cmd = launch_command(group, f"{host}:{listen_port}", port, self.pytorch)
         env = {"LD_PRELOAD": self.blas_library} if self.blas_library else {}
         with _child_environment(env):
             popen = await asyncio.to_thread(

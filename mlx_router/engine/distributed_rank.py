@@ -45,7 +45,7 @@ from mlx_router.engine.types import (
     RankInfo,
     WorkerOptions,
 )
-from mlx_router.engine.worker import _reader, _Worker, describe_exception
+from mlx_router.engine.worker import _reader, _Worker, describe_exception, keep_pytorch_out
 
 __all__ = ["GroupChannel", "main"]
 
@@ -306,11 +306,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strategy", required=True, choices=["pipeline", "tensor"])
     parser.add_argument("--connect", required=True, help="HOST:PORT of the router, for rank 0")
     parser.add_argument("--step-timeout", type=float, default=120.0)
+    parser.add_argument("--pytorch", action="store_true", help="let this rank import an installed PyTorch")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if not args.pytorch:
+        keep_pytorch_out()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download while serving
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)

@@ -113,7 +113,11 @@ class MLXModelManager:
     ) -> None:
         self.settings = settings
         self.monitor = monitor or ResourceMonitor(settings.defaults)
-        self.supply = WorkerSupply(client_factory=client_factory, spare_worker=settings.defaults.spare_worker)
+        self.supply = WorkerSupply(
+            client_factory=client_factory,
+            spare_worker=settings.defaults.spare_worker,
+            pytorch=settings.defaults.worker_pytorch,
+        )
         self.residency = Residency(
             cost_of=lambda resident: self.cost_bytes(resident.entry),
             is_pinned=lambda model_id: model_id in self.pinned,

@@ -36,8 +36,10 @@ def _import_gguf_job(src: str, dst: str, dequantize: bool) -> str:
 class WorkerSupply:
     """Engines for model loads, the spare worker, and GGUF imports (see the module docstring)."""
 
-    def __init__(self, *, client_factory: ClientFactory | None, spare_worker: bool) -> None:
+    def __init__(self, *, client_factory: ClientFactory | None, spare_worker: bool, pytorch: bool = False) -> None:
         self.blas = openblas_library()
+        self.pytorch = pytorch
+        """Workers may import PyTorch (``defaults.worker_pytorch``)."""
         self._factory: ClientFactory = client_factory or self._worker
         self._spares = client_factory is None and spare_worker
         """Keep a pre-started worker process ready (only with real workers)."""
@@ -57,13 +59,13 @@ class WorkerSupply:
         """A worker process: the waiting spare when there is one (then a new spare starts in the
         background), else a new process."""
         if options.distributed is not None:  # a group of ranks, started by mlx.launch
-            return GroupClient(options, on_exit=on_exit, blas_library=self.blas)
+            return GroupClient(options, on_exit=on_exit, blas_library=self.blas, pytorch=self.pytorch)
         spare, self._spare = self._spare, None
         if spare is not None and spare.alive:
             spare.adopt(options, on_exit)
             self.start_spare()
             return spare
-        return WorkerClient(options, on_exit=on_exit, blas_library=self.blas)
+        return WorkerClient(options, on_exit=on_exit, blas_library=self.blas, pytorch=self.pytorch)
 
     def start_spare(self) -> None:
         """Start a spare worker process (MLX imported, no model) in the background."""
@@ -71,7 +73,7 @@ class WorkerSupply:
             return
 
         async def spawn() -> None:
-            client = WorkerClient(WorkerOptions(model_id="spare", model_path=""), blas_library=self.blas)
+            client = WorkerClient(WorkerOptions(model_id="spare", model_path=""), blas_library=self.blas, pytorch=self.pytorch)
             await client.spawn(spare=True)
             if self._spare is None and not self._closing:
                 self._spare = client

@@ -100,9 +100,15 @@ class BackgroundStream:
 
 
 def start_server(
-    tmp: Path, config: dict[str, Any], *, extra_args: list[str] | None = None, wait_ready: float = 300.0
+    tmp: Path,
+    config: dict[str, Any],
+    *,
+    extra_args: list[str] | None = None,
+    wait_ready: float = 300.0,
+    env: dict[str, str] | None = None,
 ) -> RunningServer:
-    """Write ``config`` to a file, start ``main.py`` on a free port and wait for /health."""
+    """Write ``config`` to a file, start ``main.py`` on a free port and wait for /health
+    (``env``: variables added to the server's environment)."""
     port = free_port()
     config.setdefault("server", {}).update({"port": port, "log_file": str(tmp / "router.log")})
     # A spare worker process costs a Python + MLX start on this small machine; the tests that
@@ -111,7 +117,7 @@ def start_server(
     config["defaults"].setdefault("prefix_cache_directory", str(tmp / "prefix-cache"))
     config_path = tmp / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_ROUTER_") and k != "MLX_MODEL_DIR"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_ROUTER_") and k != "MLX_MODEL_DIR"} | (env or {})
     with (tmp / "stdout.txt").open("wb") as stdout:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [sys.executable, str(REPO_ROOT / "main.py"), "--config", str(config_path), *(extra_args or [])],

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from mlx_router.config.settings import ConfigError, load_settings
+from mlx_router.engine import distributed_rank
 from mlx_router.engine.client import EngineFailure, WorkerClient
 from mlx_router.engine.distributed import (
     GroupLaunchError,
@@ -133,6 +134,10 @@ def test_launch_command_is_mlx_launch_around_one_rank(tmp_path: Path) -> None:
     assert mixed[mixed.index("--hosts") + 1] == "10.0.0.1,10.0.0.2,10.0.0.1" and "-n" not in mixed
     nccl = launch_command(DistributedOptions(hosts=("10.0.0.1",) * 2, backend="nccl", hostfile="/h.json"), "x:1", 5000)
     assert "--nccl-port" in nccl and "--hostfile" in nccl and "--hosts" not in nccl
+    # defaults.worker_pytorch reaches the ranks, which otherwise hide an installed PyTorch.
+    assert launch_command(options, "x:1", 5000, pytorch=True)[-1] == "--pytorch"
+    assert distributed_rank._parse_args(rank[3:] + ["--pytorch"]).pytorch
+    assert not distributed_rank._parse_args(rank[3:]).pytorch
 
 
 def test_ports_busy_here_and_missing_python_fail_before_a_launch(tmp_path: Path) -> None:
