@@ -270,7 +270,13 @@ class _EmbeddingOnly:
 
 def describe_exception(exc: BaseException) -> str:
     """The first line of an exception, without paths or its class name (clients need no
-    internals; the log has the class), for a load failure message."""
+    internals; the log has the class), for a load failure message; for an import of the PyTorch
+    this process hides, what to set instead."""
+    if isinstance(exc, ImportError) and exc.name in PYTORCH_MODULES and sys.modules.get(exc.name, 0) is None:
+        return (
+            f"this model's code imports {exc.name}, which model workers keep out; "
+            "set defaults.worker_pytorch to true (with PyTorch installed) and restart"
+        )
     detail = redact_paths(str(exc).splitlines()[0][:300]) if str(exc) else ""
     return detail or "the model files could not be loaded"
 
