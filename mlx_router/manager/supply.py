@@ -19,6 +19,7 @@ from mlx_router.engine.client import WorkerClient, openblas_library
 from mlx_router.engine.distributed import GroupClient
 from mlx_router.engine.protocol import ClientFactory, Engine, ExitCallback
 from mlx_router.engine.types import WorkerOptions
+from mlx_router.engine.worker import keep_pytorch_out
 from mlx_router.manager.registry import EMBEDDED_MODEL_ID, IMPORT_DIR_NAME, ModelEntry
 
 __all__ = ["WorkerSupply"]
@@ -26,8 +27,11 @@ __all__ = ["WorkerSupply"]
 logger = logging.getLogger(__name__)
 
 
-def _import_gguf_job(src: str, dst: str, dequantize: bool) -> str:
-    """Runs in a child process: GGUF → MLX folder (the router process never touches MLX)."""
+def _import_gguf_job(src: str, dst: str, dequantize: bool, pytorch: bool) -> str:
+    """Runs in a child process: GGUF → MLX folder (the router process never touches MLX); an
+    installed PyTorch hidden as in the workers unless ``pytorch``."""
+    if not pytorch:
+        keep_pytorch_out()
     from mlx_router.importers.gguf import import_gguf
 
     return str(import_gguf(src, dst, dequantize=dequantize))
@@ -110,7 +114,7 @@ class WorkerSupply:
         dequantize = self.blas is not None
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            return Path(await loop.run_in_executor(pool, _import_gguf_job, str(src), str(dst), dequantize))
+            return Path(await loop.run_in_executor(pool, _import_gguf_job, str(src), str(dst), dequantize, self.pytorch))
 
     async def close(self) -> None:
         self._closing = True
