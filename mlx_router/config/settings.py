@@ -273,6 +273,12 @@ class Defaults(_Section):
         "them while the model is idle after its load, so new prompt lengths cost no kernel preparation; null: on "
         "a CUDA GPU only."
     )
+    idle_work_delay: float = Field(
+        0.5, ge=0, le=3600, description="Seconds a model's worker waits without requests, after its load or its "
+        "last request, before background work (preparing prompt widths, writing prefix blocks to disk), so that "
+        "a request arriving meanwhile (the one that caused the load, an agent's next turn) is not kept waiting "
+        "for a piece of that work."
+    )
     buffer_cache_bytes: int | None = Field(
         None, ge=0, le=1 << 40, description="Bytes of freed MLX buffers a model's worker keeps for reuse instead of "
         "emptying MLX's buffer cache after every prompt chunk, as mlx-lm does (0: emptied). On a CUDA GPU every "

@@ -267,6 +267,10 @@ class BatchOptions:
     prompts (None: on a CUDA GPU only)."""
     prefill_warmup: bool = True
     """With padded widths: prepare every width while the worker is idle after the load."""
+    idle_work_delay: float = 0.5
+    """Seconds without a request before the worker's background work (preparing prefill widths,
+    writing prefix blocks to disk) begins after the load or the last request: a request arriving
+    meanwhile is admitted at once instead of waiting for the piece of work in progress."""
     buffer_cache_bytes: int | None = None
     """Bytes of freed MLX buffers kept for reuse after a prompt chunk (0: MLX's buffer cache is
     emptied after every prefill chunk, as mlx-lm does; None: 2 GiB on a CUDA GPU, else 0)."""

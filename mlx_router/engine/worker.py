@@ -147,12 +147,17 @@ class _Worker:
     def loop(self, scheduler: Any) -> None:
         idle_work = getattr(scheduler, "idle_work", None)
         warming, warm_seconds = getattr(scheduler, "warming", 0), 0.0
+        delay = self.options.batch.idle_work_delay
+        busy = time.monotonic()  # the last request, step or the load: background work waits `delay` after it
         while True:
             embedding = self.embeddings is not None and self.embeddings.active
             block = not scheduler.active and not embedding
+            timeout = None
             if block and idle_work is not None and self.inbox.empty():
                 started = time.monotonic()
-                if idle_work():  # idle: one piece of background work, then look at the inbox again
+                if started - busy < delay:
+                    timeout = busy + delay - started  # a request may come: wait for it first
+                elif idle_work():  # idle: one piece of background work, then look at the inbox again
                     if warming:
                         warm_seconds += time.monotonic() - started
                         if not scheduler.warming:
@@ -161,17 +166,19 @@ class _Worker:
                     continue
             while True:
                 try:
-                    msg = self.inbox.get(block=block)
+                    msg = self.inbox.get(block=block, timeout=timeout)
                 except queue.Empty:
                     break
-                block = False
+                block, busy = False, time.monotonic()
                 if not self.handle(scheduler, msg):
                     return
             if self.embeddings is not None and self.embeddings.active:  # one forward pass, then a decode step
                 for result in self.embeddings.step():
                     self.send(("embedded" if isinstance(result, EmbeddingResult) else "error", result))
+                busy = time.monotonic()
             if scheduler.active:
                 self.step(scheduler)
+                busy = time.monotonic()
                 if not scheduler.active or time.monotonic() - self.memory_reported >= MEMORY_REPORT_SECONDS:
                     self.report_memory()
 

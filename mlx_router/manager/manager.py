@@ -485,6 +485,7 @@ class MLXModelManager:
             prefill_batch_size=defaults.prefill_batch_size,
             prefill_step_size=defaults.prefill_step_size,
             prefill_buckets=defaults.prefill_buckets,
+            idle_work_delay=defaults.idle_work_delay,
             buffer_cache_bytes=defaults.buffer_cache_bytes,
             prefix_cache_bytes=view.prefix_cache_bytes,
             prefix_cache_entries=defaults.prefix_cache_entries,

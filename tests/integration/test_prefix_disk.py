@@ -126,3 +126,31 @@ def test_padded_widths_are_prepared_while_idle_and_health_says_so(tmp_path: Path
         server.stop()
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+
+
+def test_background_work_waits_for_idle_work_delay_after_the_load_and_each_request(
+    tmp_path: Path, tiny_models_root: Path
+) -> None:
+    """``idle_work_delay``: the worker begins preparing widths and writing blocks only after that
+    long without requests, so a request sent right after the load (as one that caused it is) is
+    admitted at once, and so is the next one, before any block of the first is written."""
+    settings = config(tiny_models_root, tmp_path / "kv")
+    settings["defaults"].update(prefill_buckets=True, prefill_step_size=64, idle_work_delay=4.0)
+    server = start_server(tmp_path, settings)
+
+    def health() -> dict[str, Any]:
+        with server.client() as http:
+            return http.get("/v1/health").json()["loaded_models"][0]  # type: ignore[no-any-return]
+
+    def blocks_on_disk() -> int:
+        return len(list((tmp_path / "kv").glob("*/*.safetensors")))
+
+    try:
+        system = f"Zq{uuid.uuid4().hex} " + "Read the tools first. " * 20
+        ask(server, system, "Which tool?")
+        ask(server, system, "And then?")
+        assert health()["warming"] and blocks_on_disk() == 0  # within the delay: nothing done yet
+        assert wait_until(lambda: not health()["warming"], timeout=60)
+        assert wait_until(lambda: blocks_on_disk() > 0, timeout=30)
+    finally:
+        server.stop()
