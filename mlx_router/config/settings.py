@@ -246,7 +246,7 @@ class Defaults(_Section):
     worker_pytorch: bool = Field(
         False,
         description="Let model workers (and GGUF imports) import an installed PyTorch. Off, they hide it from transformers "
-        "(which would import it, though MLX never uses it: a worker's load took 3 s and 700 MB more); "
+        "(which would import it, though MLX never uses it: a worker's load took 2-3 s and 500 MB more); "
         "tokenizers and image processors then take the paths they take on a host without PyTorch. Turn "
         "on only for a tokenizer or processor that needs PyTorch.",
     )

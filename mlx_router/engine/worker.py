@@ -295,8 +295,8 @@ def keep_pytorch_out() -> None:
     """Hide an installed PyTorch from this process before transformers is imported.
 
     transformers imports PyTorch whenever it is installed, and MLX never uses it: with torch 2.14
-    installed, a tiny model's load took 4.0-4.6 s instead of 1.5-1.7 s and the worker held 800 MB
-    instead of 100 MB. A ``None`` entry in ``sys.modules`` makes
+    installed, a tiny model's load took 3.6-4.7 s instead of 1.3-1.6 s and the worker held 630 MB
+    instead of 106 MB (``docs/perf/probes/served_start.py``). A ``None`` entry in ``sys.modules`` makes
     ``importlib.util.find_spec`` answer "not installed" and an ``import`` fail, so tokenizers and
     image processors take the paths they take on a host without PyTorch."""
     for name in PYTORCH_MODULES:

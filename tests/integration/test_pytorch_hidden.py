@@ -1,7 +1,7 @@
 """Model workers keep an installed PyTorch out (``defaults.worker_pytorch``).
 
 transformers imports PyTorch whenever it is installed; MLX never uses it, and a worker's load
-takes ~3 s and ~700 MB more. These tests put a stand-in ``torch`` (with its dist-info, so
+takes 2-3 s and ~500 MB more. These tests put a stand-in ``torch`` (with its dist-info, so
 transformers finds it "installed") on the server's path. It records each import and has none of
 PyTorch's modules, so a process that imports it cannot load a model: by default every worker —
 the first one, the spare a later load adopts — loads and serves without importing it, and with
