@@ -303,6 +303,11 @@ class Defaults(_Section):
         10 << 30, ge=0, description="Bytes of KV blocks kept on disk per model, so that long prefixes survive an "
         "eviction, a model swap and a restart (0: no disk tier)."
     )
+    prefix_cache_flush_seconds: float = Field(
+        3.0, ge=0, le=600, description="Seconds a model's worker spends, when it is unloaded or the server stops, "
+        "writing the prefix blocks its disk tier has not written yet (the rest are not kept); an unload or a "
+        "stop waits that much longer for the worker."
+    )
     prefix_cache_directory: str | None = Field(
         None, description="Where the disk tier of the prefix cache keeps its blocks (one folder per model identity); "
         "null: prefix-cache/ in server.data_directory."

@@ -563,10 +563,11 @@ class BatchScheduler:
         while not any(r.uid == uid for r in self._generator.next()[1]):
             pass
 
-    def close(self, seconds: float = 3.0) -> None:
-        """Before the process exits: write what the disk tier still has pending."""
+    def close(self) -> None:
+        """Before the process exits: write what the disk tier still has pending, for at most
+        ``prefix_cache_flush_seconds``."""
         if isinstance(self.prefix_cache, PrefixCache) and self.prefix_cache.disk is not None:
-            self.prefix_cache.disk.flush(seconds)
+            self.prefix_cache.disk.flush(self.options.prefix_cache_flush_seconds)
 
 
 def _use_buckets(engine: LMEngine, options: BatchOptions) -> bool:

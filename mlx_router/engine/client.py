@@ -392,7 +392,8 @@ class WorkerClient:
             self._close(request.request_id, finished)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Ask the worker to exit; kill it after ``grace`` seconds."""
+        """Ask the worker to exit; kill it after ``grace`` seconds, plus, unless ``grace`` is 0,
+        the time it may spend writing pending prefix blocks (``prefix_cache_flush_seconds``)."""
         self._closing = True
         process = self._process
         if process is None:
@@ -402,7 +403,8 @@ class WorkerClient:
                 self._send(("shutdown",))
             except (OSError, ValueError):
                 pass
-        await asyncio.to_thread(process.join, grace)
+        wait = grace + self.options.batch.prefix_cache_flush_seconds if grace > 0 else 0.0
+        await asyncio.to_thread(process.join, wait)
         if process.is_alive():
             process.kill()
             await asyncio.to_thread(process.join, 5)

@@ -284,6 +284,8 @@ class BatchOptions:
     """Folder of the disk tier of the prefix cache (None: no disk tier)."""
     prefix_cache_disk_bytes: int = 0
     """Bytes of KV blocks the disk tier keeps for this model (0: no disk tier)."""
+    prefix_cache_flush_seconds: float = 3.0
+    """Seconds spent at exit writing the blocks the disk tier has not written yet."""
     grammar_cache_entries: int = 64
     """Compiled output grammars (response_format schemas, forced tool calls) kept for reuse."""
 

@@ -492,6 +492,7 @@ class MLXModelManager:
             prefix_cache_block_tokens=defaults.prefix_cache_block_tokens,
             prefix_cache_directory=str(self.settings.prefix_cache_dir),
             prefix_cache_disk_bytes=0 if entry.supports_vision else defaults.prefix_cache_disk_bytes,
+            prefix_cache_flush_seconds=defaults.prefix_cache_flush_seconds,
             grammar_cache_entries=defaults.grammar_cache_entries,
         )
 

@@ -154,3 +154,23 @@ def test_background_work_waits_for_idle_work_delay_after_the_load_and_each_reque
         assert wait_until(lambda: blocks_on_disk() > 0, timeout=30)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("flush_seconds", [0.0, 20.0])
+def test_an_unload_writes_pending_blocks_for_prefix_cache_flush_seconds(
+    tmp_path: Path, tiny_models_root: Path, flush_seconds: float
+) -> None:
+    """Blocks the disk tier has not written yet (no idle time: ``idle_work_delay`` is long) are
+    written when the model is unloaded, for at most ``prefix_cache_flush_seconds``."""
+    settings = config(tiny_models_root, tmp_path / "kv")
+    settings["defaults"].update(idle_work_delay=600.0, prefix_cache_flush_seconds=flush_seconds)
+    server = start_server(tmp_path, settings)
+    try:
+        ask(server, f"Zq{uuid.uuid4().hex} " + "Read the tools first. " * 20, "Which tool?")
+        assert not list((tmp_path / "kv").glob("*/*.safetensors"))
+        with server.client() as http:
+            assert http.post("/v1/admin/models/tiny-llama/unload").status_code == 200
+    finally:
+        server.stop()
+    written = len(list((tmp_path / "kv").glob("*/*.safetensors")))
+    assert written == 0 if flush_seconds == 0 else written > 0
